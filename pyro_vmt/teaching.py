@@ -1,0 +1,316 @@
+r"""Variational MCMC teaching (PyTorch / Pyro): the joint training of an EBM and a VAE.
+
+One iteration (Xie, Zheng & Li, "Learning Energy-Based Model with Variational
+Auto-Encoder as Amortized Sampler", AAAI 2021, https://arxiv.org/abs/2012.14936):
+
+1. :math:`z_i \sim \mathcal N(0, I)`, :math:`x^{(0)}_i = g_\alpha(z_i)`.
+2. :math:`K` Langevin steps
+   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`,
+   :math:`\tilde x = x^{(K)}` (no gradient flows through the chain).
+3. Energy step on :math:`\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
+   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)`, the maximum-likelihood gradient.
+4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+
+The option ``init`` swaps step 1 (and 4) for the baselines that share this code path:
+uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
+regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
+
+Both losses are computed and checked before either optimiser steps, so an iteration
+that diverges raises :class:`vmt.errors.DivergenceError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Dict, Optional, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vmt.energy import EnergyModel
+from pyro_vmt.langevin import RNG, Langevin, as_generator
+from pyro_vmt.vae import VAE
+from vmt.api import TeachingInfo
+from vmt.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
+from vmt.config import TeachingConfig
+from vmt.errors import CheckpointError, DivergenceError, divergence_message
+
+__all__ = ["VariationalMCMCTeaching", "TeachingInfo"]
+
+Tensor = torch.Tensor
+
+
+class VariationalMCMCTeaching:
+    """Train an :class:`EnergyModel` with a :class:`VAE` as amortised Langevin sampler.
+
+    Parameters
+    ----------
+    energy : EnergyModel
+    vae : VAE or None
+        Needed for ``init="vae"`` and ``"generator"``; ignored otherwise.
+    config : TeachingConfig, optional
+        All options (see :class:`vmt.TeachingConfig`); keyword ``options`` override it.
+    rng : int or torch.Generator
+        Seed (or generator) of every random draw of training: minibatches, latents,
+        Langevin noise, buffer resets and the VAE's reparameterised samples.
+    **options
+        Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
+
+    Examples
+    --------
+    >>> from vmt.data import load_dataset
+    >>> from pyro_vmt import EnergyModel, VAE, VariationalMCMCTeaching
+    >>> from pyro_vmt.nets import default_networks
+    >>> e_net, enc, dec = default_networks((2,), latent_dim=2)
+    >>> teacher = VariationalMCMCTeaching(EnergyModel(e_net, (2,)), VAE(enc, dec, 2, (2,)),
+    ...                                   rng=0, step_size=0.05, num_steps=10)
+    >>> history = teacher.fit(load_dataset("grid25").train, num_iters=2, progress=False)
+    >>> teacher.sample(5).shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
+        if not isinstance(energy, EnergyModel):
+            raise TypeError(f"energy must be a pyro_vmt.EnergyModel, got {type(energy).__name__}")
+        config = (config or TeachingConfig()).replace(**options) if options else (config or TeachingConfig())
+        if config.init in ("vae", "generator"):
+            if not isinstance(vae, VAE):
+                raise ValueError(f"init={config.init!r} needs a pyro_vmt.VAE, got {type(vae).__name__}")
+            if vae.event_shape != energy.event_shape:
+                raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
+        else:
+            vae = None
+        self.config = config
+        self.energy = energy
+        self.vae = vae
+        param = next(energy.parameters(), None)
+        if param is None:
+            raise ValueError("the energy model has no parameters to train")
+        self.device, self.dtype = param.device, param.dtype
+        gen = as_generator(rng, self.device)
+        if gen is None:
+            raise ValueError("rng is required: pass a torch.Generator or an int seed")
+        self.generator = gen
+        self.sampler = Langevin(energy, config.step_size, config.num_steps, config.noise_scale, config.adjust)
+        self.energy_optim = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
+        self.vae_optim = (torch.optim.Adam(vae.parameters(), lr=config.vae_lr, betas=config.betas)
+                          if vae is not None else None)
+        self.buffer = self._uniform(config.buffer_size, gen) if config.init == "persistent" else None
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ sampling
+    def _uniform(self, n: int, gen: torch.Generator) -> Tensor:
+        low, high = self.config.init_bounds
+        u = torch.rand((n,) + self.energy.event_shape, generator=gen, device=self.device, dtype=self.dtype)
+        return low + (high - low) * u
+
+    def _initial(self, n: int, gen: torch.Generator, training: bool):
+        """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
+        init = self.config.init
+        if init in ("vae", "generator"):
+            z = self.vae.sample_latent(n, gen)
+            with torch.no_grad():
+                return self.vae.decode(z), z
+        if init == "noise":
+            return self._uniform(n, gen), None
+        idx = torch.randint(self.buffer.shape[0], (n,), generator=gen, device=self.device)
+        x0 = self.buffer[idx]
+        if training:
+            reset = torch.rand(n, generator=gen, device=self.device) < self.config.reinit_prob
+            mask = reset.reshape((-1,) + (1,) * len(self.energy.event_shape))
+            x0 = torch.where(mask, self._uniform(n, gen), x0)
+        return x0, idx
+
+    def _revise(self, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None):
+        state, info = self.sampler.run(gen, x0, num_steps)
+        bad = info.is_divergent.any(0)
+        if bad.any():
+            first = int(info.is_divergent.any(1).nonzero()[0, 0])
+            raise DivergenceError(divergence_message(first, int(bad.sum()), x0.shape[0], self.config.step_size))
+        return state, info
+
+    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None) -> Tensor:
+        """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
+
+        ``num_steps=0`` returns the starting points (e.g. the VAE's own samples).
+        Without ``rng`` the draw is seeded from the training RNG's seed and the
+        iteration count, so it is reproducible and leaves training unaffected.
+        """
+        gen = as_generator(rng, self.device)
+        if gen is None:
+            seed = (self.generator.initial_seed() * 1_000_003 + self.iteration) % 2 ** 63
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        x0, _ = self._initial(int(n), gen, training=False)
+        if num_steps == 0:
+            return x0
+        return self._revise(x0, gen, num_steps)[0].position
+
+    # ------------------------------------------------------------------ training
+    def _as_batch(self, batch: Any, name: str = "batch") -> Tensor:
+        if not isinstance(batch, Tensor):
+            batch = torch.as_tensor(np.asarray(batch))
+        if not (batch.is_floating_point()):
+            raise ValueError(f"{name} must hold floating-point numbers, got dtype {batch.dtype}")
+        event = self.energy.event_shape
+        if batch.ndim != len(event) + 1 or tuple(batch.shape[1:]) != event or batch.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(batch.shape)}")
+        bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(1)
+        if bad.any():
+            raise ValueError(f"{name} has non-finite values in {int(bad.sum())} rows (first: row {int(bad.nonzero()[0, 0])})")
+        return batch.to(device=self.device, dtype=self.dtype)
+
+    def step(self, batch: Any) -> TeachingInfo:
+        """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
+        batch = self._as_batch(batch)
+        cfg, gen = self.config, self.generator
+        n = cfg.num_samples or batch.shape[0]
+        x0, aux = self._initial(n, gen, training=True)
+        state, sinfo = self._revise(x0, gen)
+        x_tilde = state.position
+
+        e_data, e_samp = self.energy(batch), self.energy(x_tilde)
+        loss = e_data.mean() - e_samp.mean()
+        if cfg.energy_reg:
+            loss = loss + cfg.energy_reg * (e_data.pow(2).mean() + e_samp.pow(2).mean())
+        vae_loss = self._vae_loss(x_tilde, aux, gen)
+        _check_finite("energy loss", loss)
+        if self.vae_optim is not None:
+            _check_finite("VAE loss", vae_loss)
+
+        self.energy_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
+        _check_finite("energy parameter gradient", gnorm)
+        if self.vae_optim is not None:
+            self.vae_optim.zero_grad(set_to_none=True)
+            vae_loss.backward()
+            _check_finite("VAE parameter gradient", _grad_norm(self.vae.parameters()))
+        self.energy_optim.step()
+        if self.vae_optim is not None:
+            self.vae_optim.step()
+        if cfg.init == "persistent":
+            self.buffer[aux] = x_tilde
+        self.iteration += 1
+        return TeachingInfo(
+            loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), vae_loss.detach(),
+            sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm.detach())
+
+    def _vae_loss(self, x_tilde: Tensor, z: Optional[Tensor], gen: torch.Generator) -> Tensor:
+        init = self.config.init
+        if init == "vae":
+            # Pyro draws the reparameterised z from torch's global RNG: run it on a
+            # fork seeded from our generator, so training is reproducible and the
+            # caller's global RNG is left as it was.
+            seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=self.device))
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return self.vae.elbo_loss(x_tilde)
+        if init == "generator":
+            return self.vae.joint_loss(x_tilde, z)
+        return torch.tensor(math.nan, device=self.device, dtype=self.dtype)
+
+    def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
+            callback: Optional[Callable[["VariationalMCMCTeaching", TeachingInfo], None]] = None
+            ) -> Dict[str, np.ndarray]:
+        """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
+
+        Returns the history: one array per :class:`~vmt.api.TeachingInfo` field.
+        ``callback(teacher, info)`` is called after every iteration.
+        """
+        data = self._as_batch(data, "data")
+        if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
+            raise ValueError(f"num_iters must be a non-negative integer, got {num_iters!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        rows = []
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        for _ in bar:
+            idx = torch.randint(data.shape[0], (batch_size,), generator=self.generator, device=self.device)
+            info = self.step(data[idx])
+            rows.append(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in info]))
+            if callback is not None:
+                callback(self, info)
+            if progress:
+                bar.set_postfix(loss=f"{float(info.loss):.3g}", e_data=f"{float(info.energy_data):.3g}",
+                                e_samples=f"{float(info.energy_samples):.3g}", refresh=False)
+        table = torch.stack(rows).cpu().numpy() if rows else np.zeros((0, len(TeachingInfo._fields)))
+        return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything training depends on: networks, optimisers, RNG, buffer, iteration."""
+        return {
+            "config": self.config.to_dict(),
+            "energy": self.energy.state_dict(),
+            "vae": None if self.vae is None else self.vae.state_dict(),
+            "energy_optim": self.energy_optim.state_dict(),
+            "vae_optim": None if self.vae_optim is None else self.vae_optim.state_dict(),
+            "rng": self.generator.get_state(),
+            "buffer": self.buffer,
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; raises :class:`~vmt.errors.CheckpointError` on any mismatch."""
+        diff = config_mismatch(state.get("config", {}), self.config.to_dict())
+        if diff:
+            raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
+        try:
+            self.energy.load_state_dict(state["energy"])
+            if self.vae is not None:
+                self.vae.load_state_dict(state["vae"])
+            self.energy_optim.load_state_dict(state["energy_optim"])
+            if self.vae_optim is not None:
+                self.vae_optim.load_state_dict(state["vae_optim"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
+        self.generator.set_state(state["rng"])
+        if self.buffer is not None:
+            if state["buffer"] is None or state["buffer"].shape != self.buffer.shape:
+                raise CheckpointError("checkpoint's replay buffer does not match this configuration")
+            self.buffer = state["buffer"].to(self.device, self.dtype)
+        self.iteration = int(state["iteration"])
+
+    def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
+        """Write a checkpoint atomically (an interrupted save leaves the old file intact)."""
+        payload = {"format": FORMAT, "version": VERSION, "backend": "pyro",
+                   "state": self.state_dict(), "metadata": metadata}
+        atomic_write(path, lambda f: torch.save(payload, f))
+
+    def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
+        """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
+
+        The object must have been built with the same configuration and networks.
+        """
+        payload = read_checkpoint(path, self.device)
+        self.load_state_dict(payload["state"])
+        return payload["metadata"]
+
+
+def read_checkpoint(path, device=None) -> Dict[str, Any]:
+    """Read and check a checkpoint file written by :meth:`VariationalMCMCTeaching.save`."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
+    if payload.get("backend") != "pyro":
+        raise CheckpointError(f"{str(path)!r} was written by the {payload.get('backend')!r} backend, not 'pyro'")
+    return payload
+
+
+def _check_finite(what: str, value: Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")
+
+
+def _grad_norm(params) -> Tensor:
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    return torch.cat(grads).norm() if grads else torch.zeros(())

@@ -1,0 +1,121 @@
+"""The interface both backends implement, and how to pick one.
+
+``pyro_vmt`` (PyTorch + Pyro) and ``numpyro_vmt`` (JAX + NumPyro) export the same
+public names with the same call signatures; the conformance suite checks it. The
+Protocols below describe the parts a user composes with: a potential function, the
+Langevin sampler's pure ``init``/``step`` functions and its state and diagnostics.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol, Tuple
+
+__all__ = [
+    "BACKENDS",
+    "PotentialFn",
+    "SamplerInit",
+    "SamplerStep",
+    "PUBLIC_NAMES",
+    "TeachingInfo",
+    "available_backends",
+    "default_backend",
+    "load_backend",
+]
+
+#: backend name -> (import package, packages it needs)
+BACKENDS = {
+    "pyro": ("pyro_vmt", ("torch", "pyro")),
+    "numpyro": ("numpyro_vmt", ("jax", "numpyro", "optax", "equinox")),
+}
+
+#: The public names every backend exports (its ``__all__``).
+PUBLIC_NAMES = (
+    "EnergyModel",
+    "VAE",
+    "Langevin",
+    "LangevinState",
+    "LangevinInfo",
+    "LangevinKernel",
+    "VariationalMCMCTeaching",
+    "TeachingInfo",
+    "init",
+    "step",
+)
+
+Array = Any  # a torch.Tensor or a jax.Array
+
+
+class PotentialFn(Protocol):
+    """``E(x)``: a batch ``(n, *event_shape)`` to one energy (−log density) per row."""
+
+    def __call__(self, x: Array) -> Array: ...
+
+
+class SamplerInit(Protocol):
+    def __call__(self, position: Array, potential_fn: PotentialFn) -> NamedTuple: ...
+
+
+class SamplerStep(Protocol):
+    def __call__(self, rng: Any, state: NamedTuple, potential_fn: PotentialFn,
+                 step_size: float, **kwargs: Any) -> Tuple[NamedTuple, NamedTuple]: ...
+
+
+class TeachingInfo(NamedTuple):
+    """Diagnostics of one training iteration (0-d arrays of the backend).
+
+    Attributes
+    ----------
+    loss : energy loss ``mean E(data) − mean E(x̃)`` plus the energy penalty.
+    energy_data : ``mean E(data)``.
+    energy_samples : ``mean E(x̃)`` of the revised samples.
+    vae_loss : negative ELBO per sample (``init="vae"``), the generator's
+        ``−log p(x̃, z)`` per sample (``"generator"``), NaN otherwise.
+    acceptance_rate : mean Metropolis acceptance over steps and chains (1 if unadjusted).
+    grad_norm : mean ``‖∇ₓE‖`` over chains at the end of the revision.
+    energy_grad_norm : global norm of the energy's parameter gradient (before clipping).
+    """
+
+    loss: Any
+    energy_data: Any
+    energy_samples: Any
+    vae_loss: Any
+    acceptance_rate: Any
+    grad_norm: Any
+    energy_grad_norm: Any
+
+
+def available_backends() -> list:
+    """Backends whose packages are importable here, in preference order."""
+    return [name for name, (_, needs) in BACKENDS.items()
+            if all(importlib.util.find_spec(m) is not None for m in needs)]
+
+
+def default_backend() -> str:
+    """The first available backend (``"pyro"`` before ``"numpyro"``)."""
+    found = available_backends()
+    if not found:
+        raise ImportError(
+            "no backend is installed: pip install 'pyro-vmt[pyro]' or 'pyro-vmt[numpyro]'")
+    return found[0]
+
+
+def load_backend(name: str | None = None) -> ModuleType:
+    """Import and return a backend package (``pyro_vmt`` or ``numpyro_vmt``).
+
+    Parameters
+    ----------
+    name : {"pyro", "numpyro"} or None
+        ``None`` picks :func:`default_backend`.
+    """
+    name = default_backend() if name is None else name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    package, needs = BACKENDS[name]
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"backend {name!r} needs {missing}: pip install 'pyro-vmt[{name}]'")
+    return importlib.import_module(package)
+
