@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -75,6 +76,15 @@ class EnergyModel(nn.Module):
         if self.ref_scale is not None:
             out = out + x.reshape(n, -1).pow(2).sum(1) / (2 * self.ref_scale ** 2)
         return out
+
+    @torch.no_grad()
+    def numpy_energy(self, x, batch_size: int = 65536):
+        """Energies of a numpy array ``(n, *event_shape)`` as a float64 numpy array (for metrics and plots)."""
+        p = next(self.parameters(), None)
+        like = dict(dtype=p.dtype, device=p.device) if p is not None else {}
+        out = [self(torch.as_tensor(np.asarray(x[i:i + batch_size]), **like)).cpu().double().numpy()
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0)
 
     def model(self, num_samples: Optional[int] = None) -> torch.Tensor:
         """Pyro model of ``p(x) ∝ exp(−E(x))``: an improper flat site ``"x"`` plus a factor.

@@ -8,6 +8,7 @@ energy has a piecewise-constant gradient).
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -48,6 +49,8 @@ class ConvEnergyNet(nn.Module):
     def __init__(self, image_shape: Tuple[int, int] = (8, 8), channels: Sequence[int] = (32, 64, 128)):
         super().__init__()
         self.image_shape = tuple(int(d) for d in image_shape)
+        if len(self.image_shape) != 2 or any(d < 4 or d % 4 for d in self.image_shape):
+            raise ValueError(f"image_shape must be (H, W) with sides divisible by 4, got {image_shape!r}")
         c1, c2, c3 = (int(c) for c in channels)
         self.convs = nn.ModuleList([
             nn.Conv2d(1, c1, 3, stride=1, padding=1),
@@ -66,17 +69,18 @@ class ConvEnergyNet(nn.Module):
 
 def default_networks(event_shape: Sequence[int], latent_dim: int,
                      image_shape: Optional[Tuple[int, int]] = None,
-                     hidden: Sequence[int] = (128, 128)) -> Tuple[nn.Module, nn.Module, nn.Module]:
-    """``(energy_net, encoder, decoder)`` for data of ``event_shape``.
+                     hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """``(energy_net, encoder, decoder)`` for data of ``event_shape``, initialised from seed ``rng``.
 
     The energy is a :class:`ConvEnergyNet` when ``image_shape`` is given, else an
     :class:`MLP`; encoder (``→ 2·latent_dim``: location and pre-softplus scale) and
-    decoder (``latent_dim →`` data) are MLPs.
+    decoder (``latent_dim →`` data) are MLPs. Initialisation runs on a fork of
+    torch's global RNG, which is left as it was.
     """
-    dim = 1
-    for d in event_shape:
-        dim *= int(d)
-    energy = ConvEnergyNet(image_shape) if image_shape is not None else MLP(dim, 1, hidden)
-    encoder = MLP(dim, 2 * latent_dim, hidden)
-    decoder = MLP(latent_dim, dim, hidden)
+    dim = math.prod(int(d) for d in event_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng)
+        energy = ConvEnergyNet(image_shape) if image_shape is not None else MLP(dim, 1, hidden)
+        encoder = MLP(dim, 2 * latent_dim, hidden)
+        decoder = MLP(latent_dim, dim, hidden)
     return energy, encoder, decoder

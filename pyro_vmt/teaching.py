@@ -201,14 +201,7 @@ class VariationalMCMCTeaching:
     def _vae_loss(self, x_tilde: Tensor, z: Optional[Tensor], gen: torch.Generator) -> Tensor:
         init = self.config.init
         if init == "vae":
-            # Pyro draws the reparameterised z from torch's global RNG: run it on a
-            # fork seeded from our generator, so training is reproducible and the
-            # caller's global RNG is left as it was.
-            seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=self.device))
-            devices = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                return self.vae.elbo_loss(x_tilde)
+            return self.vae.elbo_loss(x_tilde, gen)
         if init == "generator":
             return self.vae.joint_loss(x_tilde, z)
         return torch.tensor(math.nan, device=self.device, dtype=self.dtype)

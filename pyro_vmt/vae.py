@@ -155,13 +155,21 @@ class VAE(PyroModule):
         """Decoder means ``g(z)`` of ``n`` prior draws (the starting points of VMT's Langevin runs)."""
         return self.decode(self.sample_latent(n, rng))
 
-    def elbo_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def elbo_loss(self, x: torch.Tensor, rng: RNG) -> torch.Tensor:
         """Negative ELBO per sample, averaged over the batch (differentiable).
 
-        Uses module-local parameters, so it neither reads nor writes the global
-        Pyro parameter store.
+        Pyro draws the reparameterised ``z`` from torch's global RNG; it runs here on
+        a fork of that RNG seeded from ``rng``, so the loss is reproducible and the
+        caller's global RNG is left as it was. Module-local parameters are used: the
+        global Pyro parameter store is neither read nor written.
         """
-        with _LocalParams():
+        gen = as_generator(rng, x.device)
+        if gen is None:
+            raise ValueError("rng is required: pass a torch.Generator or an int seed")
+        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), _LocalParams():
+            torch.manual_seed(seed)
             return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, x) / x.shape[0]
 
     def joint_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ def test_plain_pyro_svi_step_moves_encoder_and_decoder_weights():
 
 def test_library_elbo_does_not_touch_the_param_store():
     vae = VAE(MLP(2, 4), MLP(2, 2), 2, (2,))
-    loss = vae.elbo_loss(torch.randn(8, 2))
+    loss = vae.elbo_loss(torch.randn(8, 2), 0)
     loss.backward()
     assert len(pyro.get_param_store()) == 0
     assert all(p.grad is not None for p in vae.parameters())
@@ -42,7 +42,7 @@ def test_linear_gaussian_vae_recovers_ppca_solution():
     optim = torch.optim.Adam(vae.parameters(), lr=0.03)
     for _ in range(600):
         optim.zero_grad()
-        vae.elbo_loss(x).backward()
+        vae.elbo_loss(x, gen).backward()
         optim.step()
     w = vae.decoder.weight.item()
     b = vae.decoder.bias.item()
@@ -84,10 +84,10 @@ def test_bad_options_raise(kwargs, match):
 def test_bad_shapes_raise():
     vae = VAE(MLP(2, 4), MLP(2, 2), 2, (2,))
     with pytest.raises(ValueError, match=r"VAE expects data of shape \(n, 2\), got \(4, 3\)"):
-        vae.elbo_loss(torch.randn(4, 3))
+        vae.elbo_loss(torch.randn(4, 3), 0)
     bad_enc = VAE(MLP(2, 3), MLP(2, 2), 2, (2,))
     with pytest.raises(ValueError, match=r"encoder must return shape \(n, 4\)"):
-        bad_enc.elbo_loss(torch.randn(4, 2))
+        bad_enc.elbo_loss(torch.randn(4, 2), 0)
     bad_dec = VAE(MLP(2, 4), MLP(2, 5), 2, (2,))
     with pytest.raises(ValueError, match="decoder must return 2 values per sample"):
         bad_dec.sample(3, 0)
