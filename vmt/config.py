@@ -88,9 +88,6 @@ class TeachingConfig:
         Adam ``(β₁, β₂)`` for both optimisers; the reference code uses ``β₁ = 0.5``.
     energy_reg : float
         Weight ``λ`` of the energy-magnitude penalty ``λ·(mean E(data)² + mean E(x̃)²)``.
-    kl_weight : float
-        Weight of the KL term of the ELBO (the reference code uses 2 or 3 with a
-        squared-error decoder).
     grad_clip : float or None
         Clip the energy gradient to this global norm (``None``: no clipping).
     buffer_size : int
@@ -112,7 +109,6 @@ class TeachingConfig:
     vae_lr: float = 1e-3
     betas: Tuple[float, float] = (0.5, 0.999)
     energy_reg: float = 0.0
-    kl_weight: float = 1.0
     grad_clip: Optional[float] = None
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
@@ -126,7 +122,7 @@ class TeachingConfig:
         check_noise_scale(self.noise_scale, self.adjust)
         if self.num_samples is not None:
             _positive_int("num_samples", self.num_samples)
-        for name in ("energy_lr", "vae_lr", "kl_weight"):
+        for name in ("energy_lr", "vae_lr"):
             _positive_real(name, getattr(self, name))
         if not _is_real(self.energy_reg) or self.energy_reg < 0:
             raise ValueError(f"energy_reg must be a non-negative number, got {self.energy_reg!r}")

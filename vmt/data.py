@@ -79,7 +79,9 @@ def validate_data(x, event_shape: Optional[tuple] = None, name: str = "data") ->
     dtype = np.float64 if (arr.dtype == np.float64 and hasattr(x, "dtype")) else np.float32
     arr = arr.astype(dtype, copy=False)
     if arr.ndim < 2:
-        raise ValueError(f"{name} must have a leading batch dimension: got shape {arr.shape}, expected (batch, *event_shape)")
+        raise ValueError(
+            f"{name} must have a leading batch dimension: got shape {arr.shape}, expected (batch, *event_shape)"
+        )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {arr.shape})")
     if event_shape is not None and arr.shape[1:] != tuple(event_shape):
@@ -448,8 +450,8 @@ def load_dataset(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: in
         ``"digits"`` or one of :data:`DENSITIES` (``"grid25"``, ``"8gaussians"``,
         ``"ring8"``, ``"rings"``, ``"2spirals"``).
     n_train, n_test : int
-        Split sizes for the 2-D densities. Ignored for ``"digits"``, whose split is
-        fixed by :func:`load_digits` (1437 train, 360 test).
+        Split sizes for the 2-D densities. Checked but not used for ``"digits"``,
+        whose split is fixed by :func:`load_digits` (1437 train, 360 test).
     seed : int
         For 2-D data, train and test are drawn from the independent streams
         ``np.random.SeedSequence(seed).spawn(2)``; for digits, the split's seed.
@@ -458,13 +460,11 @@ def load_dataset(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: in
     -------
     Dataset
     """
+    n_train, n_test = _check_positive_int("n_train", n_train), _check_positive_int("n_test", n_test)
     if name == "digits":
         return load_digits(seed=seed)
     if name not in DENSITIES:
-        valid = sorted(DENSITIES) + ["digits"]
-        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
-    n_train = _check_positive_int("n_train", n_train)
-    n_test = _check_positive_int("n_test", n_test)
+        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DENSITIES) + ['digits']}")
     seed_train, seed_test = np.random.SeedSequence(_check_seed(seed)).spawn(2)
     density = get_density(name)
     train, test = density.sample(n_train, seed_train), density.sample(n_test, seed_test)

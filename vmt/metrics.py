@@ -8,7 +8,6 @@ improved precision/recall in the feature space of a small classifier.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -16,7 +15,7 @@ import numpy as np
 from scipy import linalg
 from scipy.spatial.distance import cdist, pdist
 from scipy.special import logsumexp
-from scipy.stats import norm
+from scipy.stats import chi2, norm
 
 from vmt.data import Dataset, _check_positive_int, _check_positive_real, _check_seed, validate_data
 
@@ -76,7 +75,9 @@ def mode_coverage(samples, modes, sd: float, threshold: float = 3.0, criterion: 
     adversarial networks", NeurIPS 2018, arXiv:1712.04086.
     """
     modes = validate_data(modes, name="modes").astype(np.float64)
-    samples = _as_points(samples, modes.shape[1:], "samples")
+    if modes.ndim != 2:
+        raise ValueError(f"modes must have shape (m, d), got {modes.shape}")
+    samples = _as_points(samples, modes.shape[1], "samples")
     sd, threshold = _check_positive_real("sd", sd), _check_positive_real("threshold", threshold)
     if criterion not in _CRITERIA:
         raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
@@ -100,8 +101,6 @@ def high_quality_probability(dim: int = 2, threshold: float = 3.0, criterion: st
     ``"per_dimension"``: :math:`(2\Phi(\tau) - 1)^d`; ``"radial"``:
     :math:`P(\chi^2_d < \tau^2)`. See :func:`mode_coverage`.
     """
-    from scipy.stats import chi2
-
     dim, threshold = _check_positive_int("dim", dim), _check_positive_real("threshold", threshold)
     if criterion == "per_dimension":
         return float((2.0 * norm.cdf(threshold) - 1.0) ** dim)
@@ -110,11 +109,12 @@ def high_quality_probability(dim: int = 2, threshold: float = 3.0, criterion: st
     raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
 
 
-def _as_points(x, event_shape, name: str) -> np.ndarray:
-    """Like :func:`validate_data` but lets non-finite rows through (as float64)."""
+def _as_points(x, dim: int, name: str) -> np.ndarray:
+    """Points of shape ``(n, dim)`` as float64; unlike :func:`validate_data`, NaN/inf may pass."""
     arr = np.asarray(x)
-    if arr.dtype.kind not in "iuf" or arr.ndim != 1 + len(event_shape) or arr.shape[1:] != tuple(event_shape) or not len(arr):
-        raise ValueError(f"{name} must be a non-empty real array of shape (n, *{tuple(event_shape)}), got shape {arr.shape}, dtype {arr.dtype}")
+    if arr.dtype.kind not in "iuf" or arr.shape[1:] != (dim,) or not len(arr):
+        raise ValueError(f"{name} must be a non-empty real array of shape (n, {dim}), "
+                         f"got shape {arr.shape}, dtype {arr.dtype}")
     return arr.astype(np.float64)
 
 
@@ -355,15 +355,15 @@ def frechet_distance(feat_a, feat_b) -> float:
         root = linalg.sqrtm(product)
     if not np.isfinite(root).all():
         raise ValueError("sqrtm(cov_a @ cov_b) is not finite; use more samples than feature dimensions")
-    residual = np.linalg.norm(root @ root - product) / max(np.linalg.norm(product), 1e-300)
-    if residual > 1e-6:
-        raise ValueError(f"sqrtm(cov_a @ cov_b) is inaccurate (relative residual {residual:.2g})")
     if np.iscomplexobj(root):
         imag, scale = np.abs(np.diagonal(root).imag).max(), max(1.0, np.abs(np.diagonal(root).real).max())
         if imag > 1e-3 * scale:
             raise ValueError(f"sqrtm(cov_a @ cov_b) has an imaginary part of {imag:.3g}; "
                              "the covariances are too ill-conditioned (too few samples?)")
         root = root.real
+    residual = np.linalg.norm(root @ root - product) / max(np.linalg.norm(product), 1e-300)
+    if residual > 1e-6:
+        raise ValueError(f"sqrtm(cov_a @ cov_b) is inaccurate (relative residual {residual:.2g})")
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
 
 
@@ -443,7 +443,8 @@ class DigitClassifier:
             raise ValueError("DigitClassifier is not fitted: call fit(x, labels) first")
         x = _features(x, "x")
         if x.shape[1] != self._mlp.coefs_[0].shape[0]:
-            raise ValueError(f"x has {x.shape[1]} features per row, the classifier expects {self._mlp.coefs_[0].shape[0]}")
+            expected = self._mlp.coefs_[0].shape[0]
+            raise ValueError(f"x has {x.shape[1]} features per row, the classifier expects {expected}")
         return x
 
     def features(self, x) -> np.ndarray:

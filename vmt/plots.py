@@ -1,4 +1,4 @@
-"""Figures for 2-D samples, 2-D energies and digit images, written as PNG files.
+"""Figures for 2-D samples, 2-D energies, digit images and training histories (PNG).
 
 Figures are built as :class:`matplotlib.figure.Figure` objects and saved through the
 Agg canvas directly: nothing here imports ``matplotlib.pyplot`` or touches its
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib import colormaps
@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 from scipy.special import logsumexp
 
 from vmt.data import _check_positive_int, validate_data
-from vmt.metrics import _check_bounds, evaluate_energy, grid_midpoints
+from vmt.metrics import _as_points, _check_bounds, evaluate_energy, grid_midpoints
 
-__all__ = ["plot_samples_2d", "plot_energy_2d", "plot_digits"]
+__all__ = ["plot_samples_2d", "plot_energy_2d", "plot_digits", "plot_history"]
 
 PathLike = Union[str, Path]
 
@@ -38,11 +38,9 @@ def _save(fig: Figure, path: PathLike) -> Path:
 
 def _finite_rows(samples, name: str) -> Tuple[np.ndarray, int]:
     """2-D points of shape (n, 2) with non-finite rows removed, and how many were removed."""
-    arr = np.asarray(samples)
-    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 2 or not len(arr):
-        raise ValueError(f"{name} must be a non-empty real array of shape (n, 2), got shape {arr.shape}, dtype {arr.dtype}")
+    arr = _as_points(samples, 2, name)
     finite = np.isfinite(arr).all(axis=1)
-    return arr[finite].astype(np.float64), int((~finite).sum())
+    return arr[finite], int((~finite).sum())
 
 
 def _default_bounds(*arrays: np.ndarray) -> Tuple[float, float]:
@@ -210,4 +208,68 @@ def plot_digits(images, path: PathLike, image_shape: Sequence[int] = (8, 8), nro
     ax.set_axis_off()
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` finite values (NaN where there are none)."""
+    finite = np.isfinite(values)
+    sums = np.cumsum(np.where(finite, values, 0.0))
+    counts = np.cumsum(finite)
+    sums[window:], counts[window:] = sums[window:] - sums[:-window], counts[window:] - counts[:-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def _history_series(history) -> dict:
+    if not isinstance(history, Mapping) or not history:
+        raise ValueError(f"history must be a non-empty mapping of name -> 1-D array, got {type(history).__name__}")
+    series = {}
+    for name, values in history.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+            raise ValueError(f"history[{name!r}] must be a 1-D real array, got shape {arr.shape}, dtype {arr.dtype}")
+        series[str(name)] = arr.astype(np.float64)
+    return series
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: PathLike, title: Optional[str] = None,
+                 ncols: int = 3) -> Path:
+    """One panel per training diagnostic, against the iteration number.
+
+    Parameters
+    ----------
+    history : mapping of str to 1-D array
+        E.g. what ``VariationalMCMCTeaching.fit`` returns: one array per
+        ``TeachingInfo`` field. Each panel shows the raw values and their trailing
+        mean over ``max(1, n // 50)`` iterations. Non-finite values (e.g. the NaN
+        ``vae_loss`` of noise-initialised runs) are gaps, and the panel's title
+        counts them; empty series are drawn as empty panels.
+    path : str or pathlib.Path
+        PNG file to write.
+    title : str, optional
+    ncols : int
+        Panels per row.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    series = _history_series(history)
+    ncols = min(_check_positive_int("ncols", ncols), len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (name, values) in zip(axes, series.items()):
+        steps = np.arange(1, len(values) + 1)
+        shown = np.where(np.isfinite(values), values, np.nan)
+        ax.plot(steps, shown, color="tab:blue", alpha=0.35, linewidth=0.8)
+        ax.plot(steps, _moving_average(values, max(1, len(values) // 50)), color="tab:blue", linewidth=1.5)
+        bad = int((~np.isfinite(values)).sum())
+        ax.set_title(name + (f" ({bad} non-finite)" if bad else ""), fontsize=10)
+        ax.set_xlabel("iteration", fontsize=8)
+    for ax in axes[len(series):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -5,7 +5,6 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.linalg import LinAlgWarning
 from scipy.stats import norm
 
 from vmt.data import EightGaussians, Grid25, Ring8, load_dataset, load_digits
@@ -83,7 +82,7 @@ def test_mode_coverage_rejects_bad_arguments():
     modes = Grid25().modes
     with pytest.raises(ValueError, match="sd must be a positive"):
         mode_coverage(np.zeros((3, 2)), modes, sd=0.0)
-    with pytest.raises(ValueError, match=r"samples must be .*shape \(n, \*\(2,\)\), got shape \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"samples must be .*shape \(n, 2\), got shape \(3, 3\)"):
         mode_coverage(np.zeros((3, 3)), modes, sd=1.0)
     with pytest.raises(ValueError, match="criterion"):
         mode_coverage(np.zeros((3, 2)), modes, sd=1.0, criterion="l1")
@@ -254,6 +253,23 @@ def test_frechet_distance_exact_values():
     assert frechet_distance(fa, fb) == pytest.approx(_frechet_formula(mu_a, cov_a, mu_b, cov_b), abs=1e-8)
 
 
+def test_frechet_distance_checks_the_matrix_root(monkeypatch):
+    import vmt.metrics
+
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal((50, 2)), rng.standard_normal((50, 2))
+    sqrtm = vmt.metrics.linalg.sqrtm
+    monkeypatch.setattr(vmt.metrics.linalg, "sqrtm", lambda m: sqrtm(m) + 1e-9j)
+    assert frechet_distance(a, b) == pytest.approx(_frechet_formula(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)), abs=1e-8)
+    monkeypatch.setattr(vmt.metrics.linalg, "sqrtm", lambda m: sqrtm(m) + 0.5j * np.eye(2))
+    with pytest.raises(ValueError, match="imaginary part"):
+        frechet_distance(a, b)
+    monkeypatch.setattr(vmt.metrics.linalg, "sqrtm", lambda m: 2 * sqrtm(m))
+    with pytest.raises(ValueError, match="inaccurate"):
+        frechet_distance(a, b)
+
+
 def test_frechet_distance_rejects_bad_input():
     with pytest.raises(ValueError, match="feature dimensions differ: 3 and 4"):
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
@@ -332,8 +348,8 @@ def test_digit_scores(digits, classifier):
     assert abs(perfect["frechet"]) < 1e-6 and perfect["precision"] == perfect["recall"] == 1.0
     noise = np.random.default_rng(13).uniform(-1, 1, size=(1437, 64))
     with warnings.catch_warnings():
-        # Noise leaves some ReLU units dead, so its feature covariance is singular.
-        warnings.simplefilter("ignore", LinAlgWarning)
+        # Dead ReLU units make the feature covariances singular; that must not warn.
+        warnings.simplefilter("error")
         bad = digit_scores(noise, digits, classifier)
     assert bad["frechet"] > 20 * bad["frechet_floor"] and bad["precision"] < 0.05
     with pytest.raises(ValueError, match="image data set with labels"):
