@@ -46,7 +46,7 @@ class ConvEnergyNet(nn.Module):
     with SiLU, and a linear read-out. For 8×8 digits: 8×8 → 8×8 → 4×4 → 2×2.
     """
 
-    def __init__(self, image_shape: Tuple[int, int] = (8, 8), channels: Sequence[int] = (32, 64, 128)):
+    def __init__(self, image_shape: Tuple[int, int] = (8, 8), channels: Sequence[int] = (16, 32, 64)):
         super().__init__()
         self.image_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) != 2 or any(d < 4 or d % 4 for d in self.image_shape):

@@ -1,0 +1,22 @@
+"""JAX + NumPyro backend of pyro-vmt.
+
+The same public names, with the same signatures, as :mod:`pyro_vmt`.
+"""
+
+from numpyro_vmt import nets
+from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step
+from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
+from numpyro_vmt.vae import VAE
+
+__all__ = [
+    "EnergyModel",
+    "VAE",
+    "Langevin",
+    "LangevinState",
+    "LangevinInfo",
+    "VariationalMCMCTeaching",
+    "TeachingInfo",
+    "init",
+    "step",
+]

@@ -1,0 +1,348 @@
+r"""Finite-step Langevin dynamics over a batch of chains (JAX).
+
+Pure functions :func:`init` and :func:`step` over a :class:`LangevinState`, in the
+shape of BlackJAX's samplers, and :class:`Langevin`, a thin wrapper that closes over
+the parameters and runs ``K`` steps as a ``lax.scan``. The chain state never lives
+on an object.
+
+One step with energy :math:`E` (the potential, :math:`-\log` of the unnormalised
+density), step size :math:`\delta` and noise scale :math:`\sigma`:
+
+.. math::
+
+    x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
+    \qquad \xi \sim \mathcal N(0, I).
+
+``noise_scale = 1`` is the Euler–Maruyama discretisation of overdamped Langevin
+dynamics (ULA); ``noise_scale = 0`` is the deterministic revision of the reference
+implementation of Xie, Zheng & Li, "Learning Energy-Based Model with Variational
+Auto-Encoder as Amortized Sampler", AAAI 2021 (https://arxiv.org/abs/2012.14936).
+With ``adjust=True`` the move is a proposal accepted with probability
+
+.. math::
+
+    \alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
+    \quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+
+the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
+In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
+
+Every step evaluates the energy and its gradient once (``jax.value_and_grad`` of the
+summed energy). :meth:`Langevin.run` is compiled (``equinox.filter_jit``) and
+everything works under the caller's ``jax.jit`` and ``jax.vmap`` too; the host-side
+checks of the inputs (non-finite initial positions, ...) run only when the values
+are concrete, and are skipped on tracers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmt.config import check_noise_scale, check_num_steps, check_step_size
+
+__all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad"]
+
+Array = jax.Array
+PotentialFn = Callable[[Array], Array]
+RNG = Union[None, int, Array]
+
+
+class LangevinState(NamedTuple):
+    """State of a batch of chains.
+
+    Attributes
+    ----------
+    position : Array, shape ``(n, *event_shape)``
+    energy : Array, shape ``(n,)``
+        ``E(position)``.
+    grad : Array, shape ``(n, *event_shape)``
+        ``∇E(position)``.
+    """
+
+    position: Array
+    energy: Array
+    grad: Array
+
+
+class LangevinInfo(NamedTuple):
+    """Diagnostics of one step, per chain (stacked over steps by :meth:`Langevin.run`).
+
+    Attributes
+    ----------
+    acceptance_rate : Array, shape ``(n,)``
+        Metropolis acceptance probability ``α`` (1 for unadjusted steps, 0 for a
+        non-finite proposal).
+    is_accepted : Array of bool, shape ``(n,)``
+    grad_norm : Array, shape ``(n,)``
+        ``‖∇E‖`` at the state returned by the step.
+    is_divergent : Array of bool, shape ``(n,)``
+        The move produced a non-finite energy, gradient or position. MALA rejects
+        such a proposal; an unadjusted chain keeps it, so the flag is the report.
+    """
+
+    acceptance_rate: Array
+    is_accepted: Array
+    grad_norm: Array
+    is_divergent: Array
+
+
+def _flat_sum(t: Array) -> Array:
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+def is_concrete(x: Any) -> bool:
+    """``True`` unless ``x`` is a tracer (inside ``jit``/``vmap``/``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_key(rng: RNG) -> Optional[Array]:
+    """A ``jax.random`` key from an int seed or a key (``None`` stays ``None``)."""
+    if rng is None:
+        return None
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return jax.random.PRNGKey(int(rng))
+    if isinstance(rng, (jax.Array, np.ndarray)) and (
+            jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.dtype == jnp.uint32):
+        return rng
+    raise TypeError(f"rng must be a jax.random key or an int seed, got {type(rng).__name__}")
+
+
+def energy_and_grad(potential_fn: PotentialFn, position: Array) -> Tuple[Array, Array]:
+    """``E(x)`` and ``∇ₓE(x)`` for a batch, from one ``jax.value_and_grad`` of ``Σᵢ E(xᵢ)``.
+
+    Raises ``ValueError`` if ``potential_fn`` does not return one energy per chain.
+    """
+    def total(x):
+        energy = potential_fn(x)
+        if not isinstance(energy, jax.Array) or energy.shape != x.shape[:1]:
+            shape = tuple(energy.shape) if isinstance(energy, jax.Array) else type(energy).__name__
+            raise ValueError(
+                f"potential_fn must return one energy per chain, shape ({x.shape[0]},); "
+                f"got {shape} for positions of shape {tuple(x.shape)}"
+            )
+        return energy.sum(), energy
+
+    (_, energy), grad = jax.value_and_grad(total, has_aux=True)(position)
+    return jax.lax.stop_gradient(energy), jax.lax.stop_gradient(grad)
+
+
+def _check_position(position: Any) -> Array:
+    if isinstance(position, np.ndarray):
+        position = jnp.asarray(position)
+    if not isinstance(position, jax.Array):
+        raise TypeError(f"position must be a jax.Array, got {type(position).__name__}")
+    if not jnp.issubdtype(position.dtype, jnp.floating):
+        raise ValueError(f"position must be a floating-point tensor, got dtype {position.dtype}")
+    if position.ndim < 2 or position.shape[0] == 0:
+        raise ValueError(
+            "position must have a leading batch (chain) dimension and an event shape, "
+            f"e.g. (num_chains, dim); got shape {tuple(position.shape)}"
+        )
+    if is_concrete(position):
+        bad = ~np.isfinite(np.asarray(_flat_sum(position)))
+        if bad.any():
+            raise ValueError(f"initial position is non-finite in {int(bad.sum())} of {position.shape[0]} chains")
+    return position
+
+
+def init(position: Array, potential_fn: PotentialFn) -> LangevinState:
+    """Start chains at ``position`` (shape ``(n, *event_shape)``)."""
+    position = _check_position(position)
+    energy, grad = energy_and_grad(potential_fn, position)
+    if is_concrete(energy) and is_concrete(grad):
+        bad = ~(np.isfinite(np.asarray(energy)) & np.isfinite(np.asarray(_flat_sum(grad))))
+        if bad.any():
+            raise ValueError(
+                f"energy or its gradient is non-finite at the initial position of "
+                f"{int(bad.sum())} of {position.shape[0]} chains"
+            )
+    return LangevinState(jax.lax.stop_gradient(position), energy, grad)
+
+
+def _positive(value: Any) -> bool:
+    """``value > 0`` for a concrete number; a traced value is taken as positive."""
+    return bool(value > 0) if is_concrete(value) else True
+
+
+def step(
+    rng: RNG,
+    state: LangevinState,
+    potential_fn: PotentialFn,
+    step_size: float,
+    noise_scale: float = 1.0,
+    adjust: bool = False,
+    noise: Optional[Array] = None,
+    uniform: Optional[Array] = None,
+) -> Tuple[LangevinState, LangevinInfo]:
+    """One (optionally Metropolis-adjusted) Langevin step for every chain.
+
+    Parameters
+    ----------
+    rng : jax.random key, int or None
+        Source of ``ξ`` (and of the Metropolis uniforms). May be ``None`` only when
+        no randomness is needed (``noise`` given, or ``noise_scale = 0``).
+    state : LangevinState
+    potential_fn : callable
+        ``E``: ``(n, *event_shape) -> (n,)``.
+    step_size : float
+        ``δ > 0``.
+    noise_scale : float
+        ``σ ≥ 0``.
+    adjust : bool
+        Metropolis-adjust (MALA).
+    noise, uniform : Array, optional
+        Injected ``ξ`` (shape of the position) and Metropolis uniforms (shape
+        ``(n,)``), for deterministic tests.
+
+    Returns
+    -------
+    (LangevinState, LangevinInfo)
+    """
+    x, e, g = state
+    h = 0.5 * step_size * step_size
+    scale = step_size * noise_scale
+    noisy = _positive(scale)
+    needs_rng = (noise is None and _positive(noise_scale)) or (adjust and uniform is None)
+    key = as_key(rng)
+    if needs_rng and key is None:
+        raise ValueError("rng is required: pass a jax.random key or an int seed")
+    key_noise, key_uniform = jax.random.split(key) if key is not None else (None, None)
+    drift = x - h * g
+    if noisy:
+        if noise is None:
+            noise = jax.random.normal(key_noise, x.shape, dtype=x.dtype)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x.shape)}")
+        new_x = drift + scale * noise
+    else:
+        new_x = drift
+    new_e, new_g = energy_and_grad(potential_fn, new_x)
+    finite = jnp.isfinite(new_e) & jnp.isfinite(_flat_sum(new_g)) & jnp.isfinite(_flat_sum(new_x))
+    if not adjust:
+        ones = jnp.ones_like(new_e)
+        info = LangevinInfo(ones, jnp.ones_like(finite), jnp.sqrt(_flat_sum(new_g * new_g)), ~finite)
+        return LangevinState(new_x, new_e, new_g), info
+
+    # log q(x' | x) - log q(x | x'), both with variance (δσ)²
+    fwd = _flat_sum((new_x - drift) ** 2)
+    bwd = _flat_sum((x - (new_x - h * new_g)) ** 2)
+    log_alpha = e - new_e + (fwd - bwd) / (2 * scale * scale)
+    log_alpha = jnp.where(finite, log_alpha, -jnp.inf)
+    if uniform is None:
+        uniform = jax.random.uniform(key_uniform, e.shape, dtype=x.dtype)
+    accept = jnp.log(uniform) < log_alpha
+    mask = accept.reshape((-1,) + (1,) * (x.ndim - 1))
+    pos = jnp.where(mask, new_x, x)
+    grad = jnp.where(mask, new_g, g)
+    info = LangevinInfo(
+        jnp.exp(jnp.minimum(log_alpha, 0.0)),
+        accept,
+        jnp.sqrt(_flat_sum(grad * grad)),
+        ~finite,
+    )
+    return LangevinState(pos, jnp.where(accept, new_e, e), grad), info
+
+
+def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_size: float,
+               noise_scale: float, adjust: bool, num_steps: int, noise: Optional[Array] = None,
+               uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
+    """``num_steps`` calls of :func:`step` from ``state``, as one ``lax.scan``.
+
+    Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``.
+    """
+    key = as_key(rng)
+    keys = None if key is None else jax.random.split(key, num_steps)
+
+    def body(s, xs):
+        k, nz, u = xs
+        return step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
+
+    return jax.lax.scan(body, state, (keys, noise, uniform), length=num_steps)
+
+
+class Langevin:
+    """K-step Langevin sampler: :func:`init` and :func:`step` closed over their options.
+
+    Parameters
+    ----------
+    potential_fn : callable
+        ``E``: ``(n, *event_shape) -> (n,)``, the negative log unnormalised density.
+    step_size : float
+        ``δ > 0``; drift ``δ²/2 ∇E``, noise ``δ σ ξ``.
+    num_steps : int
+        ``K``, the default length of :meth:`run`.
+    noise_scale : float
+        ``σ``: 1.0 Langevin dynamics, 0.0 noise-free revision.
+    adjust : bool
+        Metropolis-adjusted (MALA) when ``True``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> sampler = Langevin(lambda x: 0.5 * (x ** 2).sum(-1), step_size=0.5, num_steps=100)
+    >>> state, info = sampler.run(0, jnp.zeros((1000, 2)))
+    >>> state.position.shape, info.is_divergent.shape
+    ((1000, 2), (100, 1000))
+    """
+
+    def __init__(self, potential_fn: PotentialFn, step_size: float, num_steps: int = 1,
+                 noise_scale: float = 1.0, adjust: bool = False):
+        if not callable(potential_fn):
+            raise TypeError("potential_fn must be callable: (n, *event_shape) -> (n,)")
+        self.potential_fn = potential_fn
+        self.step_size = check_step_size(step_size)
+        self.num_steps = check_num_steps(num_steps)
+        self.noise_scale = check_noise_scale(noise_scale, adjust)
+        self.adjust = bool(adjust)
+
+    def init(self, position: Array) -> LangevinState:
+        """See :func:`init`."""
+        return init(position, self.potential_fn)
+
+    def step(self, rng: RNG, state: LangevinState, noise: Optional[Array] = None,
+             uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
+        """See :func:`step`."""
+        return step(rng, state, self.potential_fn, self.step_size, self.noise_scale,
+                    self.adjust, noise, uniform)
+
+    def run(self, rng: RNG, position: Array, num_steps: Optional[int] = None,
+            noise: Optional[Array] = None, uniform: Optional[Array] = None
+            ) -> Tuple[LangevinState, LangevinInfo]:
+        """Run ``num_steps`` steps from ``position`` (a jitted ``lax.scan``).
+
+        The compiled run is cached per potential function (by identity; an equinox
+        module by its static structure) and options, so repeated calls do not
+        recompile.
+
+        Returns the final state and the per-step diagnostics stacked along a new
+        leading axis (shape ``(num_steps, n)`` each). ``noise`` / ``uniform``, if
+        given, carry a leading ``num_steps`` axis.
+        """
+        num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
+        position = _check_position(position)
+        state, info, bad = _run(as_key(rng), position, self.potential_fn, self.step_size,
+                                self.noise_scale, self.adjust, num_steps, noise, uniform)
+        if is_concrete(bad) and int(bad):
+            raise ValueError(
+                f"energy or its gradient is non-finite at the initial position of "
+                f"{int(bad)} of {position.shape[0]} chains"
+            )
+        return state, info
+
+
+@eqx.filter_jit
+def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
+    """:func:`init` then :func:`scan_steps`, compiled once per potential and options.
+
+    Returns the number of chains whose initial energy or gradient is non-finite, for
+    the caller to check on the host.
+    """
+    state = init(position, potential_fn)
+    bad = (~(jnp.isfinite(state.energy) & jnp.isfinite(_flat_sum(state.grad)))).sum()
+    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+    return final, info, bad
