@@ -137,7 +137,7 @@ def _check_position(position: Any) -> Array:
     if not isinstance(position, jax.Array):
         raise TypeError(f"position must be a jax.Array, got {type(position).__name__}")
     if not jnp.issubdtype(position.dtype, jnp.floating):
-        raise ValueError(f"position must be a floating-point tensor, got dtype {position.dtype}")
+        raise ValueError(f"position must be a floating-point array, got dtype {position.dtype}")
     if position.ndim < 2 or position.shape[0] == 0:
         raise ValueError(
             "position must have a leading batch (chain) dimension and an event shape, "

@@ -111,7 +111,7 @@ def _check_position(position: Tensor) -> None:
     if not isinstance(position, Tensor):
         raise TypeError(f"position must be a torch.Tensor, got {type(position).__name__}")
     if not position.is_floating_point():
-        raise ValueError(f"position must be a floating-point tensor, got dtype {position.dtype}")
+        raise ValueError(f"position must be a floating-point array, got dtype {str(position.dtype).replace('torch.', '')}")
     if position.ndim < 2 or position.shape[0] == 0:
         raise ValueError(
             "position must have a leading batch (chain) dimension and an event shape, "

@@ -153,7 +153,7 @@ class VariationalMCMCTeaching:
         if not isinstance(batch, Tensor):
             batch = torch.as_tensor(np.asarray(batch))
         if not (batch.is_floating_point()):
-            raise ValueError(f"{name} must hold floating-point numbers, got dtype {batch.dtype}")
+            raise ValueError(f"{name} must hold floating-point numbers, got dtype {str(batch.dtype).replace('torch.', '')}")
         event = self.energy.event_shape
         if batch.ndim != len(event) + 1 or tuple(batch.shape[1:]) != event or batch.shape[0] == 0:
             raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(batch.shape)}")
