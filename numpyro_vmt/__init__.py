@@ -5,9 +5,11 @@ The same public names, with the same signatures, as :mod:`pyro_vmt`.
 
 from numpyro_vmt import nets
 from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.kernel import LangevinKernel
 from numpyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from numpyro_vmt.vae import VAE
+from numpyro_vmt.warmstart import initial_params_from_guide
 
 __all__ = [
     "EnergyModel",
@@ -15,8 +17,10 @@ __all__ = [
     "Langevin",
     "LangevinState",
     "LangevinInfo",
+    "LangevinKernel",
     "VariationalMCMCTeaching",
     "TeachingInfo",
     "init",
     "step",
+    "initial_params_from_guide",
 ]

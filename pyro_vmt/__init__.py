@@ -5,9 +5,11 @@ The same public names, with the same signatures, as :mod:`numpyro_vmt`.
 
 from pyro_vmt import nets
 from pyro_vmt.energy import EnergyModel
+from pyro_vmt.kernel import LangevinKernel
 from pyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from pyro_vmt.vae import VAE
+from pyro_vmt.warmstart import initial_params_from_guide
 
 __all__ = [
     "EnergyModel",
@@ -15,8 +17,10 @@ __all__ = [
     "Langevin",
     "LangevinState",
     "LangevinInfo",
+    "LangevinKernel",
     "VariationalMCMCTeaching",
     "TeachingInfo",
     "init",
     "step",
+    "initial_params_from_guide",
 ]
