@@ -15,6 +15,11 @@ The option ``init`` swaps step 1 (and 4) for the baselines that share this code 
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
 regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
 
+The conditional teacher (:mod:`numpyro_vmt.conditional`) runs this same code with a
+conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
+:func:`_bind` passes ``ctx`` as the second argument of the energy, the decoder and
+the VAE losses.
+
 The whole iteration is one jitted pure function over a :class:`TeachingState`
 pytree, in the shape of NumPyro's ``SVI.update``. The new state is committed only
 after the host has checked the run and the losses, so an iteration that diverges
@@ -39,6 +44,7 @@ from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import RNG, Langevin, _flat_sum, as_key, init, scan_steps
 from numpyro_vmt.vae import VAE
 from vmt.api import TeachingInfo
+from numpyro_vmt.checkpoint import read_checkpoint, restore_leaves
 from vmt.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
 from vmt.config import TeachingConfig, check_num_steps
 from vmt.errors import CheckpointError, DivergenceError, divergence_message
@@ -134,14 +140,17 @@ class VariationalMCMCTeaching:
     (5, 2)
     """
 
+    _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
+
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
-        if not isinstance(energy, EnergyModel):
-            raise TypeError(f"energy must be a numpyro_vmt.EnergyModel, got {type(energy).__name__}")
+        if not isinstance(energy, self._energy_cls):
+            raise TypeError(f"energy must be a numpyro_vmt.{self._energy_cls.__name__}, got {type(energy).__name__}")
         config = (config or TeachingConfig()).replace(**options) if options else (config or TeachingConfig())
         if config.init in ("vae", "generator"):
-            if not isinstance(vae, VAE):
-                raise ValueError(f"init={config.init!r} needs a numpyro_vmt.VAE, got {type(vae).__name__}")
+            if not isinstance(vae, self._vae_cls) or _conditional(vae) != _conditional(energy):
+                raise ValueError(f"init={config.init!r} needs a numpyro_vmt.{self._vae_cls.__name__}, "
+                                 f"got {type(vae).__name__}")
             if vae.event_shape != energy.event_shape:
                 raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
         else:
@@ -213,15 +222,17 @@ class VariationalMCMCTeaching:
         Without ``rng`` the draw is seeded from the training seed and the iteration
         count, so it is reproducible and leaves training unaffected.
         """
+        return self._sample(int(n), num_steps, rng)
+
+    def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Array] = None) -> Array:
         key = as_key(rng)
         if key is None:
             key = jax.random.fold_in(self.state.seed, self.state.iteration)
-        n = int(n)
         if num_steps is None:
             num_steps = self.config.num_steps
         elif num_steps != 0:
             num_steps = check_num_steps(num_steps)
-        x, diag = _sample_core(self._spec, self.state, key, n, int(num_steps))
+        x, diag = _sample_core(self._spec, self.state, key, n, int(num_steps), ctx)
         if diag is not None:
             _raise_if_diverged(jax.device_get(diag), n, self.config.step_size)
         return x
@@ -234,16 +245,18 @@ class VariationalMCMCTeaching:
         changes. A concrete ``batch`` is validated as in :meth:`step`; inside a
         user's ``jit``/``scan`` it is used as given.
         """
-        if not isinstance(batch, jax.core.Tracer):
+        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(batch)):
             batch = self._as_batch(batch)
         new, info, _ = _update_core(self._spec, state, batch)
         return new, info
 
     def _as_batch(self, batch: Any, name: str = "batch") -> Array:
+        return self._as_array(batch, name, self._energy_static.event_shape)
+
+    def _as_array(self, batch: Any, name: str, event: tuple) -> Array:
         arr = np.asarray(batch)
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"{name} must hold floating-point numbers, got dtype {arr.dtype}")
-        event = self._energy_static.event_shape
         if arr.ndim != len(event) + 1 or tuple(arr.shape[1:]) != event or arr.shape[0] == 0:
             raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(arr.shape)}")
         bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1)
@@ -268,7 +281,7 @@ class VariationalMCMCTeaching:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
         batch = self._as_batch(batch)
         new, info, diag = _update_core(self._spec, self.state, batch)
-        self._commit(new, info, diag, self.config.num_samples or batch.shape[0])
+        self._commit(new, info, diag, self.config.num_samples or _split(batch)[1].shape[0])
         return info
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
@@ -320,7 +333,7 @@ class VariationalMCMCTeaching:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
         cur = self.state
         try:
-            restored = {f: _restore(f, state[f], getattr(cur, f))
+            restored = {f: restore_leaves(f, state[f], getattr(cur, f))
                         for f in ("energy", "vae", "energy_optim", "vae_optim", "rng", "seed")}
         except KeyError as e:
             raise CheckpointError(f"checkpoint does not match these networks: missing entry {e}") from e
@@ -394,14 +407,14 @@ def _uniform(spec: _Spec, key: Array, n: int, dtype) -> Array:
     return low + (high - low) * u
 
 
-def _initial(spec: _Spec, state: TeachingState, n: int, key: Array, training: bool):
+def _initial(spec: _Spec, state: TeachingState, n: int, key: Array, training: bool, ctx: Optional[Array] = None):
     """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
     cfg = spec.config
     dtype = jax.tree.leaves(state.energy)[0].dtype
     if cfg.init in ("vae", "generator"):
         vae = eqx.combine(state.vae, spec.vae)
         z = vae.sample_latent(n, key)
-        return jax.lax.stop_gradient(vae.decode(z)), z
+        return jax.lax.stop_gradient(_bind(vae.decode, ctx)(z)), z
     if cfg.init == "noise":
         return _uniform(spec, key, n, dtype), None
     k_idx, k_reset, k_noise = jax.random.split(key, 3)
@@ -431,12 +444,12 @@ def _revise(spec: _Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: 
 
 
 @partial(jax.jit, static_argnums=(0, 3, 4))
-def _sample_core(spec: _Spec, state: TeachingState, key: Array, n: int, num_steps: int):
+def _sample_core(spec: _Spec, state: TeachingState, key: Array, n: int, num_steps: int, ctx: Optional[Array]):
     k_init, k_run = jax.random.split(key)
-    x0, _ = _initial(spec, state, n, k_init, training=False)
+    x0, _ = _initial(spec, state, n, k_init, training=False, ctx=ctx)
     if num_steps == 0:
         return x0, None
-    energy = eqx.combine(state.energy, spec.energy)
+    energy = _bind(eqx.combine(state.energy, spec.energy), ctx)
     lstate, _, diag = _revise(spec, energy, x0, k_run, num_steps)
     return lstate.position, diag
 
@@ -447,14 +460,15 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
     cfg = spec.config
     energy_optim, vae_optim = _optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
+    ctx, batch = _split(batch)
     n = cfg.num_samples or batch.shape[0]
-    x0, aux = _initial(spec, state, n, k_init, training=True)
-    energy = eqx.combine(state.energy, spec.energy)
+    x0, aux = _initial(spec, state, n, k_init, training=True, ctx=ctx)
+    energy = _bind(eqx.combine(state.energy, spec.energy), ctx)
     lstate, sinfo, diag = _revise(spec, energy, x0, k_run, cfg.num_steps)
     x_tilde = jax.lax.stop_gradient(lstate.position)
 
     def energy_loss(params):
-        model = eqx.combine(params, spec.energy)
+        model = _bind(eqx.combine(params, spec.energy), ctx)
         e_data, e_samp = model(batch), model(x_tilde)
         loss = e_data.mean() - e_samp.mean()
         if cfg.energy_reg:
@@ -470,8 +484,8 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
         def vae_loss_fn(params):
             vae = eqx.combine(params, spec.vae)
             if cfg.init == "vae":
-                return vae.elbo_loss(x_tilde, k_vae)
-            return vae.joint_loss(x_tilde, aux)
+                return _bind(vae.elbo_loss, ctx)(x_tilde, k_vae)
+            return _bind(vae.joint_loss, ctx)(x_tilde, aux)
 
         vae_loss, v_grad = jax.value_and_grad(vae_loss_fn)(state.vae)
         diag = diag._replace(vae_grad_norm=optax.tree.norm(v_grad))
@@ -491,51 +505,26 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
 def _fit_core(spec: _Spec, state: TeachingState, data: Array, batch_size: int):
     """A minibatch drawn (with replacement) from the training key, then :func:`_update_core`."""
     rng, k_idx = jax.random.split(state.rng)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])
-    return _update_core(spec, state._replace(rng=rng), data[idx])
+    idx = jax.random.randint(k_idx, (batch_size,), 0, _split(data)[1].shape[0])
+    return _update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data))
 
 
-def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Read and check a checkpoint file written by :meth:`VariationalMCMCTeaching.save`.
+def _bind(fn: Callable, ctx: Optional[Array]) -> Callable:
+    """``fn``, or for the conditional teacher ``fn`` with ``ctx`` as its second argument.
 
-    Returns the JSON header and the arrays by name.
+    ``E(y | x)``, ``g(z, x)``, ``elbo_loss(y, x, rng)`` and ``joint_loss(y, x, z)`` all
+    take the conditioning input second, so one hook serves them all.
     """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile) or "header" not in z.files:
-                # torch.save also writes a zip archive, with a pickle inside
-                torch_file = isinstance(z, np.lib.npyio.NpzFile) and any(f.endswith("data.pkl") for f in z.files)
-                header = {"format": FORMAT, "backend": "pyro"} if torch_file else None
-            else:
-                header = json.loads(str(z["header"][()]))
-                arrays = {k: z[k] for k in z.files if k != "header"}
-    except FileNotFoundError:
-        raise
-    except AttributeError:  # np.load gave a plain array (a .npy file): no context manager
-        header = None
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
-    if header.get("backend") != "numpyro":
-        raise CheckpointError(f"{str(path)!r} was written by the {header.get('backend')!r} backend, not 'numpyro'")
-    return header, arrays
+    return fn if ctx is None else (lambda first, *rest: fn(first, ctx, *rest))
 
 
-def _restore(field: str, given: Any, current: Any) -> Any:
-    """``given`` (a pytree or a list of leaves) in the structure of ``current``; ``ValueError`` on mismatch."""
-    cur_leaves, treedef = jax.tree.flatten(current)
-    new_leaves = jax.tree.leaves(given)
-    if len(new_leaves) != len(cur_leaves):
-        raise ValueError(f"{field} has {len(new_leaves)} arrays, expected {len(cur_leaves)}")
-    out = []
-    for i, (a, b) in enumerate(zip(new_leaves, cur_leaves)):
-        a = np.asarray(a)
-        if a.shape != b.shape or a.dtype != b.dtype:
-            raise ValueError(f"{field} array {i} has shape {a.shape} and dtype {a.dtype}, "
-                             f"expected {tuple(b.shape)} and {b.dtype}")
-        out.append(jnp.asarray(a))
-    return jax.tree.unflatten(treedef, out)
+def _split(batch: Any):
+    """A validated batch as ``(ctx, data)``: ``ctx`` is ``None`` unless it is a conditional pair."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (None, batch)
+
+
+def _conditional(model: Any) -> bool:
+    return getattr(model, "cond_shape", None) is not None
 
 
 def _raise_if_diverged(diag: _Diagnosis, n: int, step_size: float) -> None:

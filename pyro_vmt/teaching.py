@@ -15,6 +15,11 @@ The option ``init`` swaps step 1 (and 4) for the baselines that share this code 
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
 regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
 
+The conditional teacher (:mod:`pyro_vmt.conditional`) runs this same code with a
+conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
+:func:`_bind` passes ``ctx`` as the second argument of the energy, the decoder and
+the VAE losses.
+
 Both losses are computed and checked before either optimiser steps, so an iteration
 that diverges raises :class:`vmt.errors.DivergenceError` and changes nothing.
 """
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vmt.checkpoint import read_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import RNG, Langevin, as_generator
 from pyro_vmt.vae import VAE
@@ -71,14 +77,17 @@ class VariationalMCMCTeaching:
     torch.Size([5, 2])
     """
 
+    _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
+
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
-        if not isinstance(energy, EnergyModel):
-            raise TypeError(f"energy must be a pyro_vmt.EnergyModel, got {type(energy).__name__}")
+        if not isinstance(energy, self._energy_cls):
+            raise TypeError(f"energy must be a pyro_vmt.{self._energy_cls.__name__}, got {type(energy).__name__}")
         config = (config or TeachingConfig()).replace(**options) if options else (config or TeachingConfig())
         if config.init in ("vae", "generator"):
-            if not isinstance(vae, VAE):
-                raise ValueError(f"init={config.init!r} needs a pyro_vmt.VAE, got {type(vae).__name__}")
+            if not isinstance(vae, self._vae_cls) or _conditional(vae) != _conditional(energy):
+                raise ValueError(f"init={config.init!r} needs a pyro_vmt.{self._vae_cls.__name__}, "
+                                 f"got {type(vae).__name__}")
             if vae.event_shape != energy.event_shape:
                 raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
         else:
@@ -107,13 +116,13 @@ class VariationalMCMCTeaching:
         u = torch.rand((n,) + self.energy.event_shape, generator=gen, device=self.device, dtype=self.dtype)
         return low + (high - low) * u
 
-    def _initial(self, n: int, gen: torch.Generator, training: bool):
+    def _initial(self, n: int, gen: torch.Generator, training: bool, ctx: Optional[Tensor] = None):
         """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
         init = self.config.init
         if init in ("vae", "generator"):
             z = self.vae.sample_latent(n, gen)
             with torch.no_grad():
-                return self.vae.decode(z), z
+                return _bind(self.vae.decode, ctx)(z), z
         if init == "noise":
             return self._uniform(n, gen), None
         idx = torch.randint(self.buffer.shape[0], (n,), generator=gen, device=self.device)
@@ -124,8 +133,12 @@ class VariationalMCMCTeaching:
             x0 = torch.where(mask, self._uniform(n, gen), x0)
         return x0, idx
 
-    def _revise(self, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None):
-        state, info = self.sampler.run(gen, x0, num_steps)
+    def _revise(self, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None,
+                ctx: Optional[Tensor] = None):
+        cfg = self.config
+        sampler = self.sampler if ctx is None else Langevin(
+            _bind(self.energy, ctx), cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
+        state, info = sampler.run(gen, x0, num_steps)
         bad = info.is_divergent.any(0)
         if bad.any():
             first = int(info.is_divergent.any(1).nonzero()[0, 0])
@@ -139,22 +152,27 @@ class VariationalMCMCTeaching:
         Without ``rng`` the draw is seeded from the training RNG's seed and the
         iteration count, so it is reproducible and leaves training unaffected.
         """
+        return self._sample(int(n), num_steps, rng)
+
+    def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Tensor] = None) -> Tensor:
         gen = as_generator(rng, self.device)
         if gen is None:
             seed = (self.generator.initial_seed() * 1_000_003 + self.iteration) % 2 ** 63
             gen = torch.Generator(device=self.device).manual_seed(seed)
-        x0, _ = self._initial(int(n), gen, training=False)
+        x0, _ = self._initial(n, gen, training=False, ctx=ctx)
         if num_steps == 0:
             return x0
-        return self._revise(x0, gen, num_steps)[0].position
+        return self._revise(x0, gen, num_steps, ctx)[0].position
 
     # ------------------------------------------------------------------ training
     def _as_batch(self, batch: Any, name: str = "batch") -> Tensor:
+        return self._as_array(batch, name, self.energy.event_shape)
+
+    def _as_array(self, batch: Any, name: str, event: tuple) -> Tensor:
         if not isinstance(batch, Tensor):
             batch = torch.as_tensor(np.asarray(batch))
         if not (batch.is_floating_point()):
             raise ValueError(f"{name} must hold floating-point numbers, got dtype {str(batch.dtype).replace('torch.', '')}")
-        event = self.energy.event_shape
         if batch.ndim != len(event) + 1 or tuple(batch.shape[1:]) != event or batch.shape[0] == 0:
             raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(batch.shape)}")
         bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(1)
@@ -164,18 +182,19 @@ class VariationalMCMCTeaching:
 
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
-        batch = self._as_batch(batch)
+        ctx, batch = _split(self._as_batch(batch))
         cfg, gen = self.config, self.generator
         n = cfg.num_samples or batch.shape[0]
-        x0, aux = self._initial(n, gen, training=True)
-        state, sinfo = self._revise(x0, gen)
+        x0, aux = self._initial(n, gen, training=True, ctx=ctx)
+        state, sinfo = self._revise(x0, gen, ctx=ctx)
         x_tilde = state.position
 
-        e_data, e_samp = self.energy(batch), self.energy(x_tilde)
+        energy = _bind(self.energy, ctx)
+        e_data, e_samp = energy(batch), energy(x_tilde)
         loss = e_data.mean() - e_samp.mean()
         if cfg.energy_reg:
             loss = loss + cfg.energy_reg * (e_data.pow(2).mean() + e_samp.pow(2).mean())
-        vae_loss = self._vae_loss(x_tilde, aux, gen)
+        vae_loss = self._vae_loss(x_tilde, aux, gen, ctx)
         _check_finite("energy loss", loss)
         if self.vae_optim is not None:
             _check_finite("VAE loss", vae_loss)
@@ -198,12 +217,13 @@ class VariationalMCMCTeaching:
             loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), vae_loss.detach(),
             sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm.detach())
 
-    def _vae_loss(self, x_tilde: Tensor, z: Optional[Tensor], gen: torch.Generator) -> Tensor:
+    def _vae_loss(self, x_tilde: Tensor, z: Optional[Tensor], gen: torch.Generator,
+                  ctx: Optional[Tensor] = None) -> Tensor:
         init = self.config.init
         if init == "vae":
-            return self.vae.elbo_loss(x_tilde, gen)
+            return _bind(self.vae.elbo_loss, ctx)(x_tilde, gen)
         if init == "generator":
-            return self.vae.joint_loss(x_tilde, z)
+            return _bind(self.vae.joint_loss, ctx)(x_tilde, z)
         return torch.tensor(math.nan, device=self.device, dtype=self.dtype)
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
@@ -221,9 +241,10 @@ class VariationalMCMCTeaching:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        rows_in_data = _split(data)[1].shape[0]
         for _ in bar:
-            idx = torch.randint(data.shape[0], (batch_size,), generator=self.generator, device=self.device)
-            info = self.step(data[idx])
+            idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
+            info = self.step(_take(data, idx))
             rows.append(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in info]))
             if callback is not None:
                 callback(self, info)
@@ -284,19 +305,26 @@ class VariationalMCMCTeaching:
         return payload["metadata"]
 
 
-def read_checkpoint(path, device=None) -> Dict[str, Any]:
-    """Read and check a checkpoint file written by :meth:`VariationalMCMCTeaching.save`."""
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
-    if payload.get("backend") != "pyro":
-        raise CheckpointError(f"{str(path)!r} was written by the {payload.get('backend')!r} backend, not 'pyro'")
-    return payload
+def _bind(fn: Callable, ctx: Optional[Tensor]) -> Callable:
+    """``fn``, or for the conditional teacher ``fn`` with ``ctx`` as its second argument.
+
+    ``E(y | x)``, ``g(z, x)``, ``elbo_loss(y, x, rng)`` and ``joint_loss(y, x, z)`` all
+    take the conditioning input second, so one hook serves them all.
+    """
+    return fn if ctx is None else (lambda first, *rest: fn(first, ctx, *rest))
+
+
+def _split(batch: Any):
+    """A validated batch as ``(ctx, data)``: ``ctx`` is ``None`` unless it is a conditional pair."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (None, batch)
+
+
+def _take(data: Any, idx: Tensor) -> Any:
+    return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
+
+
+def _conditional(model: Any) -> bool:
+    return getattr(model, "cond_shape", None) is not None
 
 
 def _check_finite(what: str, value: Tensor) -> None:

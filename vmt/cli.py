@@ -9,6 +9,11 @@ whichever backend is installed and writes, into ``--out``:
   wall time, and the same sample metrics for the VAE alone,
 - ``samples.npy``, ``samples.png`` (and ``energy.png`` for 2-D data, ``digits.png``
   for digits), ``history.png`` — the training curves.
+
+``vmt train --task completion|class|regression1d`` trains the conditional variant on
+a built-in supervised task (:mod:`vmt.tasks`) instead and writes the checkpoint,
+``run.json``, ``metrics.json`` (the task's result table: VMT next to its baselines,
+see :mod:`vmt.supervised`), the task's pictures and ``history.png``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import numpy as np
 
 from vmt import plots
 from vmt.api import BACKENDS, default_backend, load_backend
+from vmt.conditional import ConditionalRecipe, build_conditional_teacher, get_conditional_recipe
 from vmt.data import DENSITIES, Dataset, load_dataset
 from vmt.metrics import digit_scores, heldout_log_likelihood, mmd, mode_coverage
 from vmt.recipes import Recipe, build_teacher, get_recipe, to_numpy
+from vmt.tasks import TASKS, load_task
 
 __all__ = ["main", "evaluate"]
 
@@ -51,12 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an EBM with a VAE as amortised sampler")
     t.add_argument("--backend", choices=sorted(BACKENDS), default=None,
                    help="default: the first installed of pyro, numpyro")
-    t.add_argument("--data", choices=DATASETS, default="grid25")
-    t.add_argument("--out", type=Path, default=None, help="default: runs/<data>-<backend>")
+    t.add_argument("--data", choices=DATASETS, default=None, help="default: grid25")
+    t.add_argument("--task", choices=TASKS, default=None,
+                   help="a supervised task instead of --data: conditional EBM + conditional VAE")
+    t.add_argument("--out", type=Path, default=None, help="default: runs/<data or task>-<backend>")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--iters", type=int)
     t.add_argument("--batch-size", type=int)
-    t.add_argument("--init", choices=["vae", "noise", "persistent", "generator"])
+    t.add_argument("--init", choices=["vae", "noise", "persistent", "generator"],
+                   help="--task accepts vae, noise, generator")
     t.add_argument("--step-size", type=float)
     t.add_argument("--num-steps", type=int)
     t.add_argument("--noise-scale", type=float)
@@ -74,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", type=Path, help="the --out folder of vmt train")
-    s.add_argument("-n", "--num-samples", type=int, default=1000)
+    s.add_argument("-n", "--num-samples", type=int, default=1000,
+                   help="for a --task run: one y for each of the first n test inputs x (cycled)")
     s.add_argument("--num-steps", type=int, default=None, help="Langevin steps (0: the VAE's samples)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="default: <run>/samples-<seed>.npy")
@@ -85,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recipe_from_args(args: argparse.Namespace) -> Recipe:
-    recipe = get_recipe(args.data)
+def _recipe_from_args(args: argparse.Namespace):
+    recipe = get_conditional_recipe(args.task) if args.task else get_recipe(args.data)
     changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items()
                if getattr(args, flag) is not None}
     if args.adjust:
@@ -98,6 +109,12 @@ def _recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 def _load_run(run: Path):
     meta = json.loads((run / "run.json").read_text())
+    if "task" in meta:
+        task = load_task(meta["task"], seed=meta["seed"])
+        recipe = ConditionalRecipe.from_dict(meta["recipe"])
+        teacher = build_conditional_teacher(load_backend(meta["backend"]), task, recipe, meta["seed"])
+        teacher.load(run / CHECKPOINT)
+        return meta, task, recipe, teacher
     dataset = load_dataset(meta["data"], seed=meta["seed"])
     recipe = Recipe.from_dict(meta["recipe"])
     teacher = build_teacher(load_backend(meta["backend"]), dataset, recipe, meta["seed"])
@@ -144,6 +161,11 @@ def _write_outputs(out: Path, teacher, dataset: Dataset, metrics: Dict[str, Any]
 
 
 def _train(args: argparse.Namespace) -> Path:
+    if args.task and args.data:
+        raise ValueError("choose either --data (unconditional) or --task (supervised), not both")
+    if args.task:
+        return _train_task(args)
+    args.data = args.data or "grid25"
     backend = args.backend or default_backend()
     out = args.out or Path("runs") / f"{args.data}-{backend}"
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +190,36 @@ def _train(args: argparse.Namespace) -> Path:
     return out
 
 
+def _train_task(args: argparse.Namespace) -> Path:
+    from vmt.supervised import evaluate_task
+
+    backend = args.backend or default_backend()
+    out = args.out or Path("runs") / f"{args.task}-{backend}"
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = _recipe_from_args(args)
+    task = load_task(args.task, seed=args.seed)
+    teacher = build_conditional_teacher(load_backend(backend), task, recipe, args.seed)
+    print(f"vmt train: task {args.task} with {backend}, init={recipe.config.init}, "
+          f"{recipe.num_iters} iterations -> {out}")
+    start = time.perf_counter()
+    history = teacher.fit((task.x_train, task.y_train), recipe.num_iters, recipe.batch_size,
+                          progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    teacher.save(out / CHECKPOINT, task=args.task, seed=args.seed)
+    run = {"backend": backend, "task": args.task, "seed": args.seed, "recipe": recipe.to_dict(),
+           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine()}
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    rows = evaluate_task(teacher, task, recipe, args.seed, out)
+    metrics = {"task": args.task, "backend": backend, "init": recipe.config.init, "iterations": recipe.num_iters,
+               "train_seconds": seconds, "rows": rows}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    plots.plot_history(history, out / "history.png")
+    print(f"trained in {seconds:.1f}s")
+    for name, row in rows.items():
+        print(f"  {name:32s} " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    return out
+
+
 def _print_summary(metrics: Dict[str, Any]) -> None:
     ebm = metrics["ebm"]
     keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "mmd", "frechet", "precision", "recall"]
@@ -176,8 +228,12 @@ def _print_summary(metrics: Dict[str, Any]) -> None:
 
 
 def _sample(args: argparse.Namespace) -> Path:
-    _, dataset, _, teacher = _load_run(args.run)
-    x = to_numpy(teacher.sample(args.num_samples, num_steps=args.num_steps, rng=args.seed))
+    meta, dataset, _, teacher = _load_run(args.run)
+    if "task" in meta:  # one y for each of the first n test inputs, cycled
+        cond = dataset.x_test[np.arange(args.num_samples) % len(dataset.x_test)]
+        x = to_numpy(teacher.sample(cond, num_steps=args.num_steps, rng=args.seed))
+    else:
+        x = to_numpy(teacher.sample(args.num_samples, num_steps=args.num_steps, rng=args.seed))
     path = args.out or args.run / f"samples-{args.seed}.npy"
     np.save(path, x)
     print(f"wrote {x.shape[0]} samples to {path}")
@@ -186,6 +242,13 @@ def _sample(args: argparse.Namespace) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> Path:
     meta, dataset, recipe, teacher = _load_run(args.run)
+    if "task" in meta:
+        from vmt.supervised import evaluate_task
+
+        metrics = json.loads((args.run / "metrics.json").read_text())
+        metrics["rows"] = evaluate_task(teacher, dataset, recipe, meta["seed"], args.run)
+        (args.run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        return args.run / "metrics.json"
     metrics = evaluate(teacher, dataset, args.eval_samples)
     previous = json.loads((args.run / "metrics.json").read_text()) if (args.run / "metrics.json").exists() else {}
     metrics.update(data=meta["data"], backend=meta["backend"], init=recipe.config.init,

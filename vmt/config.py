@@ -97,6 +97,18 @@ class TeachingConfig:
     init_bounds : tuple of float
         ``(low, high)`` of the uniform noise that starts ``"noise"`` chains and fills
         the replay buffer.
+    noise_fraction : float
+        With ``init="vae"`` or ``"generator"``: the fraction of each training batch's
+        chains started from uniform noise on ``init_bounds`` instead of the decoder
+        (noise-initialised chains reach regions the amortised sampler misses;
+        Nijkamp et al. 2020). The VAE learns from all revised samples; the CoopNets
+        generator only from the ones it started. Sampling after training uses the
+        decoder alone.
+    lr_decay_steps : int or None
+        Cosine decay of both learning rates from their value to ``lr_final_ratio``
+        times it over this many iterations, constant afterwards (``None``: constant).
+    lr_final_ratio : float
+        The final fraction of the learning rates under ``lr_decay_steps``.
     """
 
     init: str = "vae"
@@ -113,6 +125,9 @@ class TeachingConfig:
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
     init_bounds: Tuple[float, float] = field(default=(-1.0, 1.0))
+    noise_fraction: float = 0.0
+    lr_decay_steps: Optional[int] = None
+    lr_final_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -134,6 +149,12 @@ class TeachingConfig:
         _positive_int("buffer_size", self.buffer_size)
         if not _is_real(self.reinit_prob) or not 0 <= self.reinit_prob <= 1:
             raise ValueError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob!r}")
+        if not _is_real(self.noise_fraction) or not 0 <= self.noise_fraction < 1:
+            raise ValueError(f"noise_fraction must lie in [0, 1), got {self.noise_fraction!r}")
+        if self.lr_decay_steps is not None:
+            _positive_int("lr_decay_steps", self.lr_decay_steps)
+        if not _is_real(self.lr_final_ratio) or not 0 <= self.lr_final_ratio <= 1:
+            raise ValueError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio!r}")
         low, high = _pair("init_bounds", self.init_bounds)
         if not low < high:
             raise ValueError(f"init_bounds must satisfy low < high, got {self.init_bounds!r}")

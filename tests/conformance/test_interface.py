@@ -16,8 +16,9 @@ BACKENDS = {"pyro": pyro_vmt, "numpyro": numpyro_vmt}
 
 # Documented backend idioms (docs/design.md): JAX's functional core of the teacher,
 # equinox's __call__ for torch's forward, and explicit init keys for JAX networks.
-ONLY_NUMPYRO = {"VariationalMCMCTeaching": {"update", "state"}, "EnergyModel": {"__call__"}}
-ONLY_PYRO = {"EnergyModel": {"forward"}}
+ONLY_NUMPYRO = {"VariationalMCMCTeaching": {"update", "state"}, "EnergyModel": {"__call__"},
+                "ConditionalEnergyModel": {"__call__"}}
+ONLY_PYRO = {"EnergyModel": {"forward"}, "ConditionalEnergyModel": {"forward"}}
 # The kernels implement two different PPL protocols (pyro.infer.mcmc.MCMCKernel and
 # numpyro.infer.mcmc.MCMCKernel); the Pyro one also batches chains in one process.
 ONLY_PYRO["LangevinKernel"] = {"setup", "cleanup", "sample", "end_warmup", "logging", "diagnostics"}

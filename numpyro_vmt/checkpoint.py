@@ -1,0 +1,63 @@
+"""Reading the JAX backend's checkpoint files (written by ``VariationalMCMCTeaching.save``).
+
+An ``.npz`` archive (no pickle): a JSON header (format, version, backend,
+configuration, metadata, leaf shapes and dtypes) and the leaves of the
+``TeachingState`` pytree. Shared by the unconditional and the conditional teacher.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vmt.checkpoint import FORMAT
+from vmt.errors import CheckpointError
+
+__all__ = ["read_checkpoint", "restore_leaves"]
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """Read and check a checkpoint file written by :meth:`numpyro_vmt.VariationalMCMCTeaching.save`.
+
+    Returns the JSON header and the arrays by name.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile) or "header" not in z.files:
+                # torch.save also writes a zip archive, with a pickle inside
+                torch_file = isinstance(z, np.lib.npyio.NpzFile) and any(f.endswith("data.pkl") for f in z.files)
+                header = {"format": FORMAT, "backend": "pyro"} if torch_file else None
+            else:
+                header = json.loads(str(z["header"][()]))
+                arrays = {k: z[k] for k in z.files if k != "header"}
+    except FileNotFoundError:
+        raise
+    except AttributeError:  # np.load gave a plain array (a .npy file): no context manager
+        header = None
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
+    if header.get("backend") != "numpyro":
+        raise CheckpointError(f"{str(path)!r} was written by the {header.get('backend')!r} backend, not 'numpyro'")
+    return header, arrays
+
+
+def restore_leaves(field: str, given: Any, current: Any) -> Any:
+    """``given`` (a pytree or a list of leaves) in the structure of ``current``; ``ValueError`` on mismatch."""
+    cur_leaves, treedef = jax.tree.flatten(current)
+    new_leaves = jax.tree.leaves(given)
+    if len(new_leaves) != len(cur_leaves):
+        raise ValueError(f"{field} has {len(new_leaves)} arrays, expected {len(cur_leaves)}")
+    out = []
+    for i, (a, b) in enumerate(zip(new_leaves, cur_leaves)):
+        a = np.asarray(a)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"{field} array {i} has shape {a.shape} and dtype {a.dtype}, "
+                             f"expected {tuple(b.shape)} and {b.dtype}")
+        out.append(jnp.asarray(a))
+    return jax.tree.unflatten(treedef, out)
