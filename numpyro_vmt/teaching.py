@@ -396,9 +396,15 @@ class _Spec(NamedTuple):
 
 def _optimizers(config: TeachingConfig, with_vae: bool):
     b1, b2 = config.betas
-    adam = optax.adam(config.energy_lr, b1=b1, b2=b2)
+
+    def lr(value):  # the same cosine decay as TeachingConfig.lr_factor
+        if config.lr_decay_steps is None:
+            return value
+        return optax.cosine_decay_schedule(value, config.lr_decay_steps, alpha=config.lr_final_ratio)
+
+    adam = optax.adam(lr(config.energy_lr), b1=b1, b2=b2)
     energy_optim = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
-    return energy_optim, (optax.adam(config.vae_lr, b1=b1, b2=b2) if with_vae else None)
+    return energy_optim, (optax.adam(lr(config.vae_lr), b1=b1, b2=b2) if with_vae else None)
 
 
 def _uniform(spec: _Spec, key: Array, n: int, dtype) -> Array:
@@ -413,8 +419,11 @@ def _initial(spec: _Spec, state: TeachingState, n: int, key: Array, training: bo
     dtype = jax.tree.leaves(state.energy)[0].dtype
     if cfg.init in ("vae", "generator"):
         vae = eqx.combine(state.vae, spec.vae)
-        z = vae.sample_latent(n, key)
-        return jax.lax.stop_gradient(_bind(vae.decode, ctx)(z)), z
+        m = cfg.num_noise_chains(n) if training else 0
+        k_z, k_u = jax.random.split(key) if m else (key, None)
+        z = vae.sample_latent(n - m, k_z)
+        x0 = jax.lax.stop_gradient(_bind(vae.decode, None if ctx is None else ctx[:n - m])(z))
+        return (jnp.concatenate([x0, _uniform(spec, k_u, m, x0.dtype)]) if m else x0), z
     if cfg.init == "noise":
         return _uniform(spec, key, n, dtype), None
     k_idx, k_reset, k_noise = jax.random.split(key, 3)
@@ -485,7 +494,8 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
             vae = eqx.combine(params, spec.vae)
             if cfg.init == "vae":
                 return _bind(vae.elbo_loss, ctx)(x_tilde, k_vae)
-            return _bind(vae.joint_loss, ctx)(x_tilde, aux)
+            k = aux.shape[0]  # only the chains the generator started (see noise_fraction)
+            return _bind(vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], aux)
 
         vae_loss, v_grad = jax.value_and_grad(vae_loss_fn)(state.vae)
         diag = diag._replace(vae_grad_norm=optax.tree.norm(v_grad))

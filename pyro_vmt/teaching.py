@@ -120,9 +120,11 @@ class VariationalMCMCTeaching:
         """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
         init = self.config.init
         if init in ("vae", "generator"):
-            z = self.vae.sample_latent(n, gen)
+            m = self.config.num_noise_chains(n) if training else 0
+            z = self.vae.sample_latent(n - m, gen)
             with torch.no_grad():
-                return _bind(self.vae.decode, ctx)(z), z
+                x0 = _bind(self.vae.decode, None if ctx is None else ctx[:n - m])(z)
+            return (torch.cat([x0, self._uniform(m, gen)]) if m else x0), z
         if init == "noise":
             return self._uniform(n, gen), None
         idx = torch.randint(self.buffer.shape[0], (n,), generator=gen, device=self.device)
@@ -207,9 +209,12 @@ class VariationalMCMCTeaching:
             self.vae_optim.zero_grad(set_to_none=True)
             vae_loss.backward()
             _check_finite("VAE parameter gradient", _grad_norm(self.vae.parameters()))
-        self.energy_optim.step()
-        if self.vae_optim is not None:
-            self.vae_optim.step()
+        factor = cfg.lr_factor(self.iteration)
+        for optim, lr in [(self.energy_optim, cfg.energy_lr), (self.vae_optim, cfg.vae_lr)]:
+            if optim is not None:
+                for group in optim.param_groups:
+                    group["lr"] = lr * factor
+                optim.step()
         if cfg.init == "persistent":
             self.buffer[aux] = x_tilde
         self.iteration += 1
@@ -222,8 +227,9 @@ class VariationalMCMCTeaching:
         init = self.config.init
         if init == "vae":
             return _bind(self.vae.elbo_loss, ctx)(x_tilde, gen)
-        if init == "generator":
-            return _bind(self.vae.joint_loss, ctx)(x_tilde, z)
+        if init == "generator":  # only the chains the generator started (see noise_fraction)
+            k = z.shape[0]
+            return _bind(self.vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], z)
         return torch.tensor(math.nan, device=self.device, dtype=self.dtype)
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,

@@ -162,6 +162,22 @@ class TeachingConfig:
         object.__setattr__(self, "betas", (float(b1), float(b2)))
         object.__setattr__(self, "init_bounds", (float(low), float(high)))
 
+    def lr_factor(self, iteration: int) -> float:
+        r"""Learning-rate multiplier at ``iteration`` (0-based count of updates applied).
+
+        Cosine decay (the schedule of ``optax.cosine_decay_schedule``):
+        :math:`r + (1 - r)\,\tfrac12\big(1 + \cos(\pi \min(t, T)/T)\big)` with
+        ``r = lr_final_ratio`` and ``T = lr_decay_steps``; 1 when ``lr_decay_steps`` is ``None``.
+        """
+        if self.lr_decay_steps is None:
+            return 1.0
+        t = min(iteration, self.lr_decay_steps) / self.lr_decay_steps
+        return self.lr_final_ratio + (1 - self.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def num_noise_chains(self, n: int) -> int:
+        """How many of ``n`` training chains start from noise under ``noise_fraction``."""
+        return int(round(self.noise_fraction * n)) if self.init in ("vae", "generator") else 0
+
     def replace(self, **changes: Any) -> "TeachingConfig":
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)

@@ -34,16 +34,20 @@ def params(t):
     return out
 
 
-@pytest.mark.parametrize("init", INITS)
-def test_save_load_resumes_bit_for_bit(init, tmp_path):
+RESUME_CASES = [(init, {}) for init in INITS] + [
+    (init, dict(noise_fraction=0.25, lr_decay_steps=4, lr_final_ratio=0.2)) for init in ("vae", "generator")]
+
+
+@pytest.mark.parametrize("init, opts", RESUME_CASES)
+def test_save_load_resumes_bit_for_bit(init, opts, tmp_path):
     x = data()
-    straight = make(init)
+    straight = make(init, **opts)
     h_straight = straight.fit(x, num_iters=6, batch_size=16, progress=False)
 
-    first = make(init)
+    first = make(init, **opts)
     first.fit(x, num_iters=3, batch_size=16, progress=False)
     first.save(tmp_path / "ck.pt", note="half-way")
-    resumed = make(init, seed=123)  # different init and RNG: everything must come from the file
+    resumed = make(init, seed=123, **opts)  # different init and RNG: everything must come from the file
     assert resumed.load(tmp_path / "ck.pt") == {"note": "half-way"}
     h_resumed = resumed.fit(x, num_iters=3, batch_size=16, progress=False)
 
