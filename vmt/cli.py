@@ -54,8 +54,13 @@ _OVERRIDES = {
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmt", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: the small default networks run "
+                             "fastest on one thread, and a multi-threaded torch slows down by orders "
+                             "of magnitude on a busy machine; 0 keeps torch's default)")
 
-    t = sub.add_parser("train", help="train an EBM with a VAE as amortised sampler")
+    t = sub.add_parser("train", parents=[common], help="train an EBM with a VAE as amortised sampler")
     t.add_argument("--backend", choices=sorted(BACKENDS), default=None,
                    help="default: the first installed of pyro, numpyro")
     t.add_argument("--data", choices=DATASETS, default=None, help="default: grid25")
@@ -82,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-samples", type=int, default=5000)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s = sub.add_parser("sample", parents=[common], help="draw samples from a trained run")
     s.add_argument("run", type=Path, help="the --out folder of vmt train")
     s.add_argument("-n", "--num-samples", type=int, default=1000,
                    help="for a --task run: one y for each of the first n test inputs x (cycled)")
@@ -90,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="default: <run>/samples-<seed>.npy")
 
-    e = sub.add_parser("evaluate", help="recompute metrics.json of a trained run")
+    e = sub.add_parser("evaluate", parents=[common], help="recompute metrics.json of a trained run")
     e.add_argument("run", type=Path)
     e.add_argument("--eval-samples", type=int, default=5000)
     return p
@@ -107,17 +112,27 @@ def _recipe_from_args(args: argparse.Namespace):
     return recipe.replace(**changes)
 
 
-def _load_run(run: Path):
+def _backend(name: str, threads: int):
+    """Import a backend; for torch, set its intra-op thread count (see ``--threads``)."""
+    module = load_backend(name)
+    if name == "pyro" and threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return module
+
+
+def _load_run(run: Path, threads: int = 1):
     meta = json.loads((run / "run.json").read_text())
     if "task" in meta:
         task = load_task(meta["task"], seed=meta["seed"])
         recipe = ConditionalRecipe.from_dict(meta["recipe"])
-        teacher = build_conditional_teacher(load_backend(meta["backend"]), task, recipe, meta["seed"])
+        teacher = build_conditional_teacher(_backend(meta["backend"], threads), task, recipe, meta["seed"])
         teacher.load(run / CHECKPOINT)
         return meta, task, recipe, teacher
     dataset = load_dataset(meta["data"], seed=meta["seed"])
     recipe = Recipe.from_dict(meta["recipe"])
-    teacher = build_teacher(load_backend(meta["backend"]), dataset, recipe, meta["seed"])
+    teacher = build_teacher(_backend(meta["backend"], threads), dataset, recipe, meta["seed"])
     teacher.load(run / CHECKPOINT)
     return meta, dataset, recipe, teacher
 
@@ -171,7 +186,7 @@ def _train(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe_from_args(args)
     dataset = load_dataset(args.data, seed=args.seed)
-    teacher = build_teacher(load_backend(backend), dataset, recipe, args.seed)
+    teacher = build_teacher(_backend(backend, args.threads), dataset, recipe, args.seed)
     print(f"vmt train: {args.data} with {backend}, init={recipe.config.init}, "
           f"{recipe.num_iters} iterations -> {out}")
     start = time.perf_counter()
@@ -198,7 +213,7 @@ def _train_task(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe_from_args(args)
     task = load_task(args.task, seed=args.seed)
-    teacher = build_conditional_teacher(load_backend(backend), task, recipe, args.seed)
+    teacher = build_conditional_teacher(_backend(backend, args.threads), task, recipe, args.seed)
     print(f"vmt train: task {args.task} with {backend}, init={recipe.config.init}, "
           f"{recipe.num_iters} iterations -> {out}")
     start = time.perf_counter()
@@ -228,7 +243,7 @@ def _print_summary(metrics: Dict[str, Any]) -> None:
 
 
 def _sample(args: argparse.Namespace) -> Path:
-    meta, dataset, _, teacher = _load_run(args.run)
+    meta, dataset, _, teacher = _load_run(args.run, args.threads)
     if "task" in meta:  # one y for each of the first n test inputs, cycled
         cond = dataset.x_test[np.arange(args.num_samples) % len(dataset.x_test)]
         x = to_numpy(teacher.sample(cond, num_steps=args.num_steps, rng=args.seed))
@@ -241,7 +256,7 @@ def _sample(args: argparse.Namespace) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> Path:
-    meta, dataset, recipe, teacher = _load_run(args.run)
+    meta, dataset, recipe, teacher = _load_run(args.run, args.threads)
     if "task" in meta:
         from vmt.supervised import evaluate_task
 
