@@ -16,12 +16,11 @@ start at the conditional VAE's :math:`g_\alpha(z, x)`.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 from vmt.config import TeachingConfig
+from vmt.recipes import Recipe
 
 __all__ = [
     "CONDITIONAL_INITS",
@@ -64,55 +63,9 @@ def shape_text(shape: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------------- recipes
-@dataclass(frozen=True)
-class ConditionalRecipe:
-    """Networks, options and budget that train well on one built-in supervised task.
-
-    Parameters
-    ----------
-    latent_dim : int
-        Latent dimension of the conditional VAE.
-    hidden : tuple of int
-        Hidden widths of the three MLPs (energy on ``[y, x]``, encoder on ``[y, x]``,
-        decoder on ``[z, x]``).
-    ref_scale : float or None
-        Gaussian reference scale of the energy on ``y``.
-    obs_scale : float or None
-        Observation scale of the conditional VAE (``None``: learned).
-    kl_weight : float
-    num_iters, batch_size : int
-    config : TeachingConfig
-    """
-
-    latent_dim: int = 2
-    hidden: Tuple[int, ...] = (64, 64)
-    ref_scale: Optional[float] = None
-    obs_scale: Optional[float] = None
-    kl_weight: float = 1.0
-    num_iters: int = 1000
-    batch_size: int = 100
-    config: TeachingConfig = field(default_factory=TeachingConfig)
-
-    def replace(self, **changes: Any) -> "ConditionalRecipe":
-        """A copy with recipe fields or :class:`~vmt.TeachingConfig` fields changed."""
-        names = {f.name for f in dataclasses.fields(self)}
-        own = {k: v for k, v in changes.items() if k in names}
-        cfg = {k: v for k, v in changes.items() if k not in names}
-        new = dataclasses.replace(self, **own)
-        return dataclasses.replace(new, config=new.config.replace(**cfg)) if cfg else new
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
-        d["hidden"] = list(self.hidden)
-        d["config"] = self.config.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ConditionalRecipe":
-        d = dict(d)
-        config = TeachingConfig.from_dict(d.pop("config", {}))
-        d["hidden"] = tuple(d.get("hidden", cls.hidden))
-        return cls(config=config, **d)
+# The fields of an unconditional recipe mean the same here: the three MLPs are the
+# energy on [y, x], the encoder on [y, x] and the decoder on [z, x].
+ConditionalRecipe = Recipe
 
 
 CONDITIONAL_RECIPES = {
