@@ -17,7 +17,8 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.special import logsumexp
 from scipy.stats import chi2, norm
 
-from vmt.data import Dataset, _check_positive_int, _check_positive_real, _check_seed, validate_data
+from vmt.data import Dataset
+from vmt.validation import _check_positive_int, _check_positive_real, _check_seed, validate_data
 
 __all__ = [
     "QuadratureError", "mode_coverage", "high_quality_probability", "grid_midpoints",

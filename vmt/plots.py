@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.special import logsumexp
 
-from vmt.data import _check_positive_int, validate_data
+from vmt.validation import _check_positive_int, validate_data
 from vmt.metrics import _as_points, _check_bounds, evaluate_energy, grid_midpoints
 
 __all__ = ["plot_samples_2d", "plot_energy_2d", "plot_digits", "plot_history"]

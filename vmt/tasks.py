@@ -33,7 +33,8 @@ import numpy as np
 from scipy.special import log_softmax, logsumexp, softmax
 from scipy.stats import wasserstein_distance
 
-from vmt.data import _check_positive_int, _check_seed, _rng, load_digits, validate_data
+from vmt.data import load_digits
+from vmt.validation import _check_positive_int, _check_seed, _rng, validate_data
 from vmt.metrics import DigitClassifier, frechet_distance
 
 __all__ = [

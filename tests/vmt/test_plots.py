@@ -105,7 +105,8 @@ def test_moving_average_skips_non_finite_values():
     np.testing.assert_allclose(_moving_average(np.arange(5.0), 1), np.arange(5.0))
 
 
-NEUTRAL_MODULES = ["data", "metrics", "plots"]
+NEUTRAL_MODULES = ["data", "densities", "validation", "metrics", "plots", "config", "errors", "checkpoint",
+                   "recipes", "conditional", "tasks", "supervised", "diagnostics"]
 
 
 @pytest.mark.parametrize("module", NEUTRAL_MODULES)

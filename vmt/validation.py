@@ -1,0 +1,92 @@
+"""Validation of user data (NumPy only): one place for the messages that name the problem."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Union
+
+import numpy as np
+
+__all__ = ["validate_data"]
+
+SeedLike = Union[int, np.random.Generator, np.random.SeedSequence]
+
+
+def validate_data(x, event_shape: Optional[tuple] = None, name: str = "data") -> np.ndarray:
+    """Return ``x`` as a floating NumPy array of shape ``(batch, *event_shape)``.
+
+    Nothing is ever cleaned or reshaped: every problem raises a ``ValueError`` that
+    names it.
+
+    Parameters
+    ----------
+    x : array_like
+        A batch of points; the leading dimension is the batch.
+    event_shape : tuple of int, optional
+        The expected shape of one point, e.g. ``(2,)`` or ``(64,)``.
+    name : str
+        What ``x`` is called in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` when ``x`` already has a ``float64`` dtype, otherwise ``float32``
+        (integers, ``float16`` and untyped Python lists included).
+
+    Raises
+    ------
+    ValueError
+        For a non-numeric dtype (strings, objects, booleans, complex), ragged input,
+        fewer than 2 dimensions, an empty batch, a trailing shape other than
+        ``event_shape``, or any NaN/inf entry (with the count and the first bad row).
+    """
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} cannot be converted to a numeric array: {err}") from None
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    dtype = np.float64 if (arr.dtype == np.float64 and hasattr(x, "dtype")) else np.float32
+    arr = arr.astype(dtype, copy=False)
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name} must have a leading batch dimension: got shape {arr.shape}, expected (batch, *event_shape)"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {arr.shape})")
+    if event_shape is not None and arr.shape[1:] != tuple(event_shape):
+        raise ValueError(f"{name} has event shape {arr.shape[1:]}, expected {tuple(event_shape)}")
+    bad_rows = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if bad_rows.any():
+        count, first = int((~np.isfinite(arr)).sum()), int(np.argmax(bad_rows))
+        raise ValueError(f"{name} contains {count} non-finite entries (NaN or inf); first bad row is {first}")
+    return arr
+
+
+# Small argument checks shared by the numpy modules of vmt.
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_positive_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def _rng(seed: SeedLike) -> np.random.Generator:
+    """A generator from an explicit seed; ``None`` is refused (no hidden entropy)."""
+    if isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
+        return np.random.default_rng(seed)
+    if seed is None:
+        raise ValueError("seed must be an int, a np.random.Generator or a SeedSequence, got None")
+    return np.random.default_rng(_check_seed(seed))
