@@ -28,14 +28,17 @@ the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
 In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
 
 Every step evaluates the energy and its gradient once (``jax.value_and_grad`` of the
-summed energy). :meth:`Langevin.run` is compiled (``equinox.filter_jit``) and
-everything works under the caller's ``jax.jit`` and ``jax.vmap`` too; the host-side
-checks of the inputs (non-finite initial positions, ...) run only when the values
-are concrete, and are skipped on tracers.
+summed energy). :meth:`Langevin.run` is compiled (``jax.jit`` over the potential's
+array leaves, its static part hashed once per potential, as ``equinox.filter_jit``
+would but without re-partitioning the module at every call) and everything works
+under the caller's ``jax.jit`` and ``jax.vmap`` too; the checks of the inputs
+(non-finite initial positions, ...) are counted inside the compiled run and raised
+after it when the values are concrete, and are skipped on tracers.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 import equinox as eqx
@@ -131,7 +134,7 @@ def energy_and_grad(potential_fn: PotentialFn, position: Array) -> Tuple[Array, 
     return jax.lax.stop_gradient(energy), jax.lax.stop_gradient(grad)
 
 
-def _check_position(position: Any) -> Array:
+def _check_position(position: Any, check_values: bool = True) -> Array:
     if isinstance(position, np.ndarray):
         position = jnp.asarray(position)
     if not isinstance(position, jax.Array):
@@ -143,11 +146,19 @@ def _check_position(position: Any) -> Array:
             "position must have a leading batch (chain) dimension and an event shape, "
             f"e.g. (num_chains, dim); got shape {tuple(position.shape)}"
         )
-    if is_concrete(position):
-        bad = ~np.isfinite(np.asarray(_flat_sum(position)))
-        if bad.any():
-            raise ValueError(f"initial position is non-finite in {int(bad.sum())} of {position.shape[0]} chains")
+    if check_values and is_concrete(position):
+        _raise_if_bad_start(int((~np.isfinite(np.asarray(_flat_sum(position)))).sum()), 0, position.shape[0])
     return position
+
+
+def _raise_if_bad_start(bad_position: int, bad_energy: int, n: int) -> None:
+    """The errors of a non-finite start: first the position, then its energy or gradient."""
+    if bad_position:
+        raise ValueError(f"initial position is non-finite in {bad_position} of {n} chains")
+    if bad_energy:
+        raise ValueError(
+            f"energy or its gradient is non-finite at the initial position of {bad_energy} of {n} chains"
+        )
 
 
 def init(position: Array, potential_fn: PotentialFn) -> LangevinState:
@@ -156,11 +167,7 @@ def init(position: Array, potential_fn: PotentialFn) -> LangevinState:
     energy, grad = energy_and_grad(potential_fn, position)
     if is_concrete(energy) and is_concrete(grad):
         bad = ~(np.isfinite(np.asarray(energy)) & np.isfinite(np.asarray(_flat_sum(grad))))
-        if bad.any():
-            raise ValueError(
-                f"energy or its gradient is non-finite at the initial position of "
-                f"{int(bad.sum())} of {position.shape[0]} chains"
-            )
+        _raise_if_bad_start(0, int(bad.sum()), position.shape[0])
     return LangevinState(jax.lax.stop_gradient(position), energy, grad)
 
 
@@ -253,16 +260,23 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
                uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
     """``num_steps`` calls of :func:`step` from ``state``, as one ``lax.scan``.
 
-    Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``.
+    Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``. The
+    constant diagnostics of unadjusted steps (acceptance 1) are formed once, after
+    the scan, rather than carried through it.
     """
     key = as_key(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
 
     def body(s, xs):
         k, nz, u = xs
-        return step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
+        new, info = step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
+        return new, (info if adjust else (info.grad_norm, info.is_divergent))
 
-    return jax.lax.scan(body, state, (keys, noise, uniform), length=num_steps)
+    final, out = jax.lax.scan(body, state, (keys, noise, uniform), length=num_steps)
+    if adjust:
+        return final, out
+    grad_norm, divergent = out
+    return final, LangevinInfo(jnp.ones_like(grad_norm), jnp.ones_like(divergent), grad_norm, divergent)
 
 
 class Langevin:
@@ -324,25 +338,92 @@ class Langevin:
         given, carry a leading ``num_steps`` axis.
         """
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
-        position = _check_position(position)
-        state, info, bad = _run(as_key(rng), position, self.potential_fn, self.step_size,
-                                self.noise_scale, self.adjust, num_steps, noise, uniform)
-        if is_concrete(bad) and int(bad):
-            raise ValueError(
-                f"energy or its gradient is non-finite at the initial position of "
-                f"{int(bad)} of {position.shape[0]} chains"
-            )
+        key = as_key(rng)
+        traced = not all(is_concrete(a) for a in (key, noise, uniform) if a is not None)
+        # Concrete inputs: the finiteness of the start is counted inside the compiled
+        # run and checked after it (one transfer); under a transformation, as before.
+        position = _check_position(position, check_values=traced)
+        compiled = self._compiled(num_steps)
+        if compiled is None:
+            state, info, bad = _run(key, position, self.potential_fn, self.step_size,
+                                    self.noise_scale, self.adjust, num_steps, noise, uniform)
+        else:
+            run, leaves = compiled
+            state, info, bad = run(leaves, key, position, noise, uniform)
+        if is_concrete(bad):
+            bad_position, bad_energy = (int(v) for v in np.asarray(bad))
+            _raise_if_bad_start(bad_position, bad_energy, position.shape[0])
         return state, info
+
+    def _compiled(self, num_steps: int):
+        """``(jitted run, the potential's array leaves)``, or ``None`` for an unhashable potential.
+
+        The potential is split once per potential object into its array leaves
+        (arguments of the compiled run) and the rest (static, hashed by value for an
+        equinox module, by identity for a plain function), like ``equinox.filter_jit``
+        but without re-partitioning the module at every call.
+        """
+        fn = self.potential_fn
+        cached = self.__dict__.get("_partition")
+        if cached is None or cached[0] is not fn:
+            dynamic, static = eqx.partition(fn, eqx.is_array)
+            leaves, treedef = jax.tree.flatten(dynamic)
+            try:
+                static = _Static(static, treedef)
+            except TypeError:
+                static = None
+            cached = self._partition = (fn, leaves, static)
+        _, leaves, static = cached
+        if static is None:
+            return None
+        return _compiled_run(static, self.step_size, self.noise_scale, self.adjust, num_steps), leaves
+
+
+class _Static:
+    """The non-array part of a potential and the tree structure of its arrays, hashed once."""
+
+    __slots__ = ("static", "treedef", "_hash")
+
+    def __init__(self, static: Any, treedef: Any):
+        self.static, self.treedef = static, treedef
+        self._hash = hash((static, treedef))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, _Static):
+            return NotImplemented
+        if self.static is other.static and self.treedef == other.treedef:
+            return True
+        return self._hash == other._hash and self.treedef == other.treedef and bool(self.static == other.static)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int):
+    """:func:`_start_and_scan` jitted over ``(leaves, key, position, noise, uniform)``."""
+    def run(leaves, key, position, noise, uniform):
+        potential_fn = eqx.combine(jax.tree.unflatten(static.treedef, leaves), static.static)
+        return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps,
+                               noise, uniform)
+
+    return jax.jit(run)
+
+
+def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
+    """:func:`init` then :func:`scan_steps`.
+
+    Also returns, for the caller to check on the host, the number of chains whose
+    initial position is non-finite and the number whose initial energy or gradient is.
+    """
+    state = init(position, potential_fn)
+    bad = jnp.stack([(~jnp.isfinite(_flat_sum(position))).sum(),
+                     (~(jnp.isfinite(state.energy) & jnp.isfinite(_flat_sum(state.grad)))).sum()])
+    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+    return final, info, bad
 
 
 @eqx.filter_jit
 def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
-    """:func:`init` then :func:`scan_steps`, compiled once per potential and options.
-
-    Returns the number of chains whose initial energy or gradient is non-finite, for
-    the caller to check on the host.
-    """
-    state = init(position, potential_fn)
-    bad = (~(jnp.isfinite(state.energy) & jnp.isfinite(_flat_sum(state.grad)))).sum()
-    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
-    return final, info, bad
+    """:func:`_start_and_scan` for a potential whose static part cannot be hashed."""
+    return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)

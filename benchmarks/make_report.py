@@ -1,0 +1,214 @@
+"""Write docs/benchmarks.md (tables) and docs/img/benchmarks/ (pictures) from the result files.
+
+    python benchmarks/make_report.py               # read benchmarks/results/*.json
+    python benchmarks/make_report.py --run         # run every benchmark first (long)
+    python benchmarks/make_report.py --run --quick # the quick versions (seconds)
+
+Reads ``speed.json``, every ``quality_2d*.json`` (rows merged: e.g. one file per
+backend) and every ``quality_digits*.json`` from ``--results``. The prose of the page
+lives here, next to the tables it explains; the numbers come only from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import report_text  # noqa: E402
+from common import md_table  # noqa: E402
+
+IMG = Path("img") / "benchmarks"  # relative to the docs folder
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _copy(src: str, docs: Path, name: str) -> str:
+    """Copy a picture into ``docs/img/benchmarks/`` and return its link, relative to docs/."""
+    dest = docs / IMG / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return (IMG / name).as_posix()
+
+
+def _machine(meta: Dict[str, Any], timing: bool = True) -> str:
+    m, v = meta["machine"], meta["versions"]
+    versions = ", ".join(f"{k} {v[k]}" for k in ("torch", "pyro-ppl", "jax", "numpyro", "blackjax", "torchebm") if v.get(k))
+    how = f"{meta['threads']} thread(s); {meta['repeats']} interleaved repeats; " if timing else ""
+    return (f"`{meta['command']}` on {m['platform']} ({m['cpu_count']} CPUs), python {m['python']}, {versions}; "
+            f"load average {m['load_average'][0]} at the start and {meta.get('load_average_end', ['?'])[0]} at the "
+            f"end; {how}{meta['started']} to {meta.get('finished', '?')}.")
+
+
+def _ok(value: float, target: float) -> str:
+    return "yes" if value <= target else "**no**"
+
+
+# ---------------------------------------------------------------------- speed
+def speed_section(speed: Dict[str, Any], docs: Path) -> List[str]:
+    out = ["## Speed", "", report_text.SPEED_INTRO, "", "Run: " + _machine(speed["meta"]), ""]
+    if "floor" in speed:
+        rows = [(r["backend"], r["energy"], r["batch"], r["num_steps"], common.fmt_ratio(r), r["ratio_per_eval"],
+                 r["ratio_wall"], r["ms_floor"], _ok(r["ratio"], 1.10)) for r in speed["floor"]]
+        out += ["### 1. Sampler against the floor", "", report_text.FLOOR, "",
+                md_table(["backend", "energy", "chains", "K", "ours / floor (CPU) [quartiles]", "per gradient eval",
+                          "wall-time ratio", "floor ms (CPU)", "≤ 1.10"], rows), "", report_text.FLOOR_AFTER, ""]
+    if "peers" in speed:
+        rows = [(r["peer"], r["variant"], r["energy"], r["chains"], r["num_steps"], common.fmt_ratio(r),
+                 r["speedup"], r["ratio_wall"], _ok(r["ratio"], 1.0)) if "skipped" not in r
+                else (r["peer"], "skipped: " + r["skipped"], "", "", "", "", "", "", "") for r in speed["peers"]]
+        out += ["### 2. Against the peers", "", report_text.PEERS, "",
+                md_table(["peer", "ours", "energy", "chains", "K", "ours / peer (CPU) [quartiles]", "speed-up",
+                          "wall-time ratio", "≤ 1.0"], rows), "", report_text.PEERS_AFTER, ""]
+    if "train" in speed:
+        rows = [(r["backend"], r["data"], r["num_steps"], r["batch"], f"{r['num']} / {r['den']}", common.fmt_ratio(r),
+                 r["ratio_wall"], r["target"], _ok(r["ratio"], r["target"]) if r["target"] else "")
+                for r in speed["train"]]
+        out += ["### 3. Training step against a hand-written one", "", report_text.TRAIN, "",
+                md_table(["backend", "data", "K", "batch", "ratio", "CPU [quartiles]", "wall", "target", "met"], rows),
+                "", report_text.TRAIN_AFTER, ""]
+    if "scaling" in speed:
+        link = _copy(speed["scaling"]["plot"], docs, "speed_scaling.png")
+        base = speed["scaling"]["base"]
+        out += ["### 4. Scaling and memory", "", report_text.SCALING.format(**base), "",
+                f"![time per iteration against K, batch size and dimension]({link})", ""]
+    if "memory" in speed:
+        rows = [(r["backend"], r["energy"], r["chains"], r["num_steps"], round(r["working"] / 2 ** 20, 2),
+                 round(r["output"] / 2 ** 20, 2), r.get("working_ratio", ""),
+                 {True: "yes", False: "**no**"}.get(r.get("within_10pc"), "")) for r in speed["memory"]]
+        out += [report_text.MEMORY, "",
+                md_table(["backend", "energy", "chains", "K", "working MiB", "output MiB", "working K_max / K_min",
+                          "within 10 %"], rows), ""]
+    return out
+
+
+# ---------------------------------------------------------------------- quality
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def _pm(values, digits: int = 3):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
+    rows = [r for f in files for r in f["rows"]]
+    out = ["## Sample quality: 2-D densities", "", report_text.QUALITY_2D, ""]
+    for f in files:
+        out += ["Run: " + _machine(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
+                f"{', '.join(map(str, f['seeds']))}; data sets {', '.join(f['datasets'])}; methods "
+                f"{', '.join(f.get('methods', []))}.", ""]
+    recipes = {d: r for f in files for d, r in f["recipes"].items()}
+    for name in [d for d in ("grid25", "8gaussians", "rings", "2spirals", "ring8") if d in recipes]:
+        rec = recipes[name]
+        cfg = rec["config"]
+        out += [f"### {name}", "", f"Recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, "
+                f"{rec['batch_size']} chains, step size {cfg['step_size']}, ref_scale {rec['ref_scale']}, "
+                f"noise_fraction {cfg.get('noise_fraction', 0)} (for `vmt` and `generator`).", ""]
+        table = []
+        keys = sorted({(r["backend"], r["method"]) for r in rows if r["data"] == name},
+                      key=lambda k: (k[0] != "torch", report_text.METHOD_ORDER.index(k[1])))
+        for backend, method in keys:
+            rs = [r for r in rows if r["data"] == name and r["backend"] == backend and r["method"] == method]
+            modes = _mean([r.get("modes_covered") for r in rs])
+            num_modes = rs[0].get("modes", "/").split("/")[-1] or None
+            errors = "; ".join(sorted({r["error"] for r in rs if r.get("error")}))
+            warn = "boundary" if any(r.get("loglik_warning") for r in rs) else ""
+            lls = [r.get("loglik") for r in rs]
+            ll_err = "; ".join(sorted({r["loglik_error"][:60] for r in rs if r.get("loglik_error")}))
+            table.append((backend, method, len(rs), None if modes is None else f"{modes:.1f}/{num_modes}",
+                          _pm([r.get("high_quality") for r in rs]), _pm(lls, 2) or (ll_err or "–"),
+                          f"{-rs[0]['entropy']:.3f}" if rs[0].get("entropy") is not None else None,
+                          _pm([r.get("mmd") for r in rs], 4), _pm([r.get("seconds") for r in rs], 0),
+                          " ".join(x for x in (errors, warn) if x)))
+        out += [md_table(["backend", "method", "seeds", "modes", "high quality", "held-out log-lik",
+                          "best (−H)", "MMD²", "train s", "notes"], table), ""]
+    for f in files:
+        for key, path in f.get("figures", {}).items():
+            if Path(path).exists():
+                out += [f"![{key}]({_copy(path, docs, 'quality_2d_' + key + '.png')})", ""]
+    return out + [report_text.QUALITY_2D_AFTER, ""]
+
+
+def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
+    out = ["## Sample quality: 8×8 digits", "", report_text.DIGITS, ""]
+    for f in files:
+        rec, cfg = f["recipe"], f["recipe"]["config"]
+        out += ["Run: " + _machine(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
+                f"{', '.join(map(str, f['seeds']))}; {f['num_samples']} samples per method; "
+                f"recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, {rec['batch_size']} chains; "
+                f"classifier test accuracy {f['classifier_test_accuracy']:.3f}.", ""]
+        rows = f["rows"]
+        floor = rows[0] if rows else {}
+        table = []
+        for backend in f["backends"]:
+            for method in [m for m in report_text.METHOD_ORDER if any(r["method"] == m and r["backend"] == backend
+                                                                      for r in rows)]:
+                rs = [r for r in rows if r["method"] == method and r["backend"] == backend]
+                table.append((backend, method, len(rs), _pm([r.get("frechet") for r in rs], 2),
+                              _pm([r.get("precision") for r in rs]), _pm([r.get("recall") for r in rs]),
+                              _pm([r.get("seconds") for r in rs], 0), "; ".join({r["error"] for r in rs if r["error"]})))
+        table.append(("", "held-out digits (floor)", "", f"{floor.get('frechet_floor', 0):.2f}",
+                      f"{floor.get('precision_floor', 0):.3f}", f"{floor.get('recall_floor', 0):.3f}", "", ""))
+        out += [md_table(["backend", "method", "seeds", "Fréchet", "precision", "recall", "train s", "notes"], table),
+                ""]
+        pics = [(k, _copy(p, docs, "digits_" + k.replace("/", "_").replace(" ", "_").replace("(", "").replace(")", "")
+                          + ".png")) for k, p in f.get("figures", {}).items() if Path(p).exists()]
+        if pics:
+            out += [md_table([k for k, _ in pics], [[f"![{k}]({link})" for k, link in pics]]), ""]
+    if all(f["backends"] == ["torch"] for f in files):
+        out += [report_text.DIGITS_AFTER, ""]
+    return out
+
+
+def write(results: Path, docs: Path) -> Path:
+    speed = _load(results / "speed.json")
+    q2d = [_load(p) for p in sorted(results.glob("quality_2d*.json"))]
+    qdig = [_load(p) for p in sorted(results.glob("quality_digits*.json"))]
+    lines = ["# Benchmarks", "", report_text.INTRO, ""]
+    lines += report_text.summary(speed, q2d, qdig) + [""]
+    if speed:
+        lines += speed_section(speed, docs)
+    if q2d:
+        lines += quality_2d_section(q2d, docs)
+    if qdig:
+        lines += quality_digits_section(qdig, docs)
+    page = docs / "benchmarks.md"
+    page.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {page}")
+    return page
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=common.RESULTS)
+    p.add_argument("--docs", type=Path, default=common.ROOT / "docs")
+    p.add_argument("--run", action="store_true", help="run the benchmarks first")
+    p.add_argument("--quick", action="store_true", help="with --run: the quick versions")
+    args = p.parse_args(argv)
+    if args.run:
+        for script in ("speed.py", "quality_2d.py", "quality_digits.py"):
+            out = args.results / script.replace(".py", ".json")
+            cmd = [sys.executable, str(Path(__file__).with_name(script)), "--out", str(out)]
+            subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
+    return write(args.results, args.docs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The benchmarks' quick versions run and write the result files the report reads,
+so the benchmarks cannot rot: each runs in a subprocess with a temporary output and
+its JSON is checked for the expected keys; then the report is built from them."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+pytest.importorskip("torch")
+pytest.importorskip("pyro")
+pytest.importorskip("jax")
+pytest.importorskip("numpyro")
+
+
+def run_quick(script: str, out: Path, *extra: str) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    meta = data["meta"]
+    assert meta["quick"] and "--quick" in meta["command"]
+    assert {"platform", "cpu_count", "load_average", "python"} <= set(meta["machine"])
+    assert {"torch", "jax", "pyro-ppl", "numpyro", "blackjax", "torchebm"} <= set(meta["versions"])
+    return data
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+def test_speed_quick(results):
+    data = run_quick("speed.py", results / "speed.json")
+    assert {"floor", "peers", "train", "scaling", "memory", "targets"} <= set(data)
+    for row in data["floor"]:
+        assert {"backend", "energy", "batch", "num_steps", "ratio", "q25", "q75", "ratio_wall",
+                "ratio_per_eval"} <= set(row) and row["ratio"] > 0
+    assert {r["backend"] for r in data["floor"]} == {"torch", "jax"}
+    assert {r["peer"] for r in data["peers"]} == {"blackjax", "torchebm", "pyro", "numpyro"}
+    assert all("ratio" in r or "skipped" in r for r in data["peers"])
+    assert {(r["backend"], r["num"], r["den"]) for r in data["train"]} >= {
+        ("torch", "ours_step", "hand"), ("jax", "ours_step", "hand"), ("jax", "ours_update", "hand")}
+    assert Path(data["scaling"]["plot"]).exists() and data["scaling"]["points"]
+    assert {"working", "output", "backend", "num_steps"} <= set(data["memory"][0])
+    assert all("within_10pc" in r for r in data["memory"] if r["num_steps"] == max(m["num_steps"] for m in data["memory"]))
+
+
+def test_quality_2d_quick(results):
+    data = run_quick("quality_2d.py", results / "quality_2d.json")
+    rows = data["rows"]
+    assert {r["backend"] for r in rows} == {"torch", "jax"}
+    assert {r["method"] for r in rows} >= {"vmt", "vmt (VAE)", "vae_only"}
+    for row in rows:
+        assert {"data", "seed", "mmd", "seconds", "grad_evals", "entropy"} <= set(row)
+        assert "modes" in row and "high_quality" in row  # grid25 is a mixture
+    assert all("loglik" in r for r in rows if r["method"] == "vmt")
+    assert all(Path(p).exists() for p in data["figures"].values())
+
+
+def test_quality_digits_quick(results):
+    data = run_quick("quality_digits.py", results / "quality_digits.json")
+    assert {r["method"] for r in data["rows"]} >= {"vmt", "vmt (VAE)", "vae_only", "noise"}
+    for row in data["rows"]:
+        assert {"frechet", "precision", "recall", "frechet_floor", "seconds"} <= set(row)
+    assert all(Path(p).exists() for p in data["figures"].values())
+
+
+def test_report_is_built_from_the_results(results, tmp_path):
+    if not all((results / f).exists() for f in ("speed.json", "quality_2d.json", "quality_digits.json")):
+        pytest.skip("needs the quick results of the tests above (run the whole file)")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    result = subprocess.run([sys.executable, str(BENCH / "make_report.py"), "--results", str(results),
+                             "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (docs / "benchmarks.md").read_text()
+    for heading in ("## Targets at a glance", "### 1. Sampler against the floor", "### 2. Against the peers",
+                    "### 3. Training step", "### 4. Scaling and memory", "## Sample quality: 2-D densities",
+                    "## Sample quality: 8×8 digits"):
+        assert heading in page
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    assert links
+    for link in links:
+        assert (docs / link).exists(), link
