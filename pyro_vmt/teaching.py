@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
@@ -270,6 +271,7 @@ class VariationalMCMCTeaching:
             "energy_optim": self.energy_optim.state_dict(),
             "vae_optim": None if self.vae_optim is None else self.vae_optim.state_dict(),
             "rng": self.generator.get_state(),
+            "rng_device": self.generator.device.type,
             "buffer": self.buffer,
             "iteration": self.iteration,
         }
@@ -288,12 +290,26 @@ class VariationalMCMCTeaching:
                 self.vae_optim.load_state_dict(state["vae_optim"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
-        self.generator.set_state(state["rng"])
+        self._restore_rng(state)
         if self.buffer is not None:
             if state["buffer"] is None or state["buffer"].shape != self.buffer.shape:
                 raise CheckpointError("checkpoint's replay buffer does not match this configuration")
             self.buffer = state["buffer"].to(self.device, self.dtype)
         self.iteration = int(state["iteration"])
+
+    def _restore_rng(self, state: Dict[str, Any]) -> None:
+        """Restore the training RNG. A CPU and a CUDA generator have different states, so a
+        checkpoint moved between the two keeps its weights but restarts the RNG from a
+        seed made of its own (and warns: the resumed run will not repeat the original)."""
+        saved = state.get("rng_device", "cpu")
+        if saved == self.generator.device.type:
+            self.generator.set_state(state["rng"].cpu())
+            return
+        seed = (self.generator.initial_seed() * 1_000_003 + int(state["iteration"])) % 2 ** 63
+        self.generator.manual_seed(seed)
+        warnings.warn(f"checkpoint's training RNG is a {saved} generator and this run's is a "
+                      f"{self.generator.device.type} one: the RNG is reseeded, so training resumed "
+                      "here will not repeat the uninterrupted run", RuntimeWarning, stacklevel=3)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact)."""

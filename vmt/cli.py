@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="torch intra-op threads (default 1: the small default networks run "
                              "fastest on one thread, and a multi-threaded torch slows down by orders "
                              "of magnitude on a busy machine; 0 keeps torch's default)")
+    common.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1, gpu, ... (default: a GPU when the backend sees one, "
+                             "else the CPU)")
 
     t = sub.add_parser("train", parents=[common], help="train an EBM with a VAE as amortised sampler")
     t.add_argument("--backend", choices=sorted(BACKENDS), default=None,
@@ -112,27 +115,56 @@ def _recipe_from_args(args: argparse.Namespace):
     return recipe.replace(**changes)
 
 
-def _backend(name: str, threads: int):
-    """Import a backend; for torch, set its intra-op thread count (see ``--threads``)."""
+def _backend(name: str, threads: int, device: Optional[str] = None):
+    """Import a backend and choose its device.
+
+    For torch, set its intra-op thread count (see ``--threads``) and return the
+    ``torch.device`` to build the networks on; for JAX, make ``device`` JAX's
+    default device and return ``None``. Without ``device``, a GPU when there is one.
+    """
     module = load_backend(name)
-    if name == "pyro" and threads > 0:
+    if name == "pyro":
         import torch
 
-        torch.set_num_threads(threads)
-    return module
+        if threads > 0:
+            torch.set_num_threads(threads)
+        dev = torch.device(device.replace("gpu", "cuda") if device else
+                           "cuda" if torch.cuda.is_available() else "cpu")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch sees no CUDA device")
+        return module, dev
+    if device:
+        import jax
+
+        platform_name = device.split(":")[0].replace("cuda", "gpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        try:
+            jax.config.update("jax_default_device", jax.devices(platform_name)[index])
+        except (RuntimeError, IndexError) as e:
+            raise ValueError(f"--device {device}: JAX has no such device ({e})") from e
+    return module, None
 
 
-def _load_run(run: Path, threads: int = 1):
+def _device_name(dev: Any) -> str:
+    if dev is not None:
+        return str(dev)
+    import jax
+
+    return str(jax.config.jax_default_device or jax.devices()[0])
+
+
+def _load_run(run: Path, threads: int = 1, device: Optional[str] = None):
     meta = json.loads((run / "run.json").read_text())
+    backend, dev = _backend(meta["backend"], threads, device)
     if "task" in meta:
         task = load_task(meta["task"], seed=meta["seed"])
         recipe = ConditionalRecipe.from_dict(meta["recipe"])
-        teacher = build_conditional_teacher(_backend(meta["backend"], threads), task, recipe, meta["seed"])
+        teacher = build_conditional_teacher(backend, task, recipe, meta["seed"], device=dev)
         teacher.load(run / CHECKPOINT)
         return meta, task, recipe, teacher
     dataset = load_dataset(meta["data"], seed=meta["seed"])
     recipe = Recipe.from_dict(meta["recipe"])
-    teacher = build_teacher(_backend(meta["backend"], threads), dataset, recipe, meta["seed"])
+    teacher = build_teacher(backend, dataset, recipe, meta["seed"], device=dev)
     teacher.load(run / CHECKPOINT)
     return meta, dataset, recipe, teacher
 
@@ -186,15 +218,17 @@ def _train(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe_from_args(args)
     dataset = load_dataset(args.data, seed=args.seed)
-    teacher = build_teacher(_backend(backend, args.threads), dataset, recipe, args.seed)
-    print(f"vmt train: {args.data} with {backend}, init={recipe.config.init}, "
+    module, dev = _backend(backend, args.threads, args.device)
+    teacher = build_teacher(module, dataset, recipe, args.seed, device=dev)
+    print(f"vmt train: {args.data} with {backend} on {_device_name(dev)}, init={recipe.config.init}, "
           f"{recipe.num_iters} iterations -> {out}")
     start = time.perf_counter()
     history = teacher.fit(dataset.train, recipe.num_iters, recipe.batch_size, progress=not args.quiet)
     seconds = time.perf_counter() - start
     teacher.save(out / CHECKPOINT, data=args.data, seed=args.seed)
     run = {"backend": backend, "data": args.data, "seed": args.seed, "recipe": recipe.to_dict(),
-           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine()}
+           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine(),
+           "device": _device_name(dev)}
     (out / "run.json").write_text(json.dumps(run, indent=2))
     metrics = evaluate(teacher, dataset, args.eval_samples, seed=args.seed)
     metrics.update(data=args.data, backend=backend, init=recipe.config.init,
@@ -213,8 +247,9 @@ def _train_task(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe_from_args(args)
     task = load_task(args.task, seed=args.seed)
-    teacher = build_conditional_teacher(_backend(backend, args.threads), task, recipe, args.seed)
-    print(f"vmt train: task {args.task} with {backend}, init={recipe.config.init}, "
+    module, dev = _backend(backend, args.threads, args.device)
+    teacher = build_conditional_teacher(module, task, recipe, args.seed, device=dev)
+    print(f"vmt train: task {args.task} with {backend} on {_device_name(dev)}, init={recipe.config.init}, "
           f"{recipe.num_iters} iterations -> {out}")
     start = time.perf_counter()
     history = teacher.fit((task.x_train, task.y_train), recipe.num_iters, recipe.batch_size,
@@ -222,7 +257,8 @@ def _train_task(args: argparse.Namespace) -> Path:
     seconds = time.perf_counter() - start
     teacher.save(out / CHECKPOINT, task=args.task, seed=args.seed)
     run = {"backend": backend, "task": args.task, "seed": args.seed, "recipe": recipe.to_dict(),
-           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine()}
+           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine(),
+           "device": _device_name(dev)}
     (out / "run.json").write_text(json.dumps(run, indent=2))
     rows = evaluate_task(teacher, task, recipe, args.seed, out)
     metrics = {"task": args.task, "backend": backend, "init": recipe.config.init, "iterations": recipe.num_iters,
@@ -243,7 +279,7 @@ def _print_summary(metrics: Dict[str, Any]) -> None:
 
 
 def _sample(args: argparse.Namespace) -> Path:
-    meta, dataset, _, teacher = _load_run(args.run, args.threads)
+    meta, dataset, _, teacher = _load_run(args.run, args.threads, args.device)
     if "task" in meta:  # one y for each of the first n test inputs, cycled
         cond = dataset.x_test[np.arange(args.num_samples) % len(dataset.x_test)]
         x = to_numpy(teacher.sample(cond, num_steps=args.num_steps, rng=args.seed))
@@ -256,7 +292,7 @@ def _sample(args: argparse.Namespace) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> Path:
-    meta, dataset, recipe, teacher = _load_run(args.run, args.threads)
+    meta, dataset, recipe, teacher = _load_run(args.run, args.threads, args.device)
     if "task" in meta:
         from vmt.supervised import evaluate_task
 

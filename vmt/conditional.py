@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Sequence, Tuple
 
 from vmt.config import TeachingConfig
-from vmt.recipes import Recipe
+from vmt.recipes import Recipe, to_device
 
 __all__ = [
     "CONDITIONAL_INITS",
@@ -91,12 +91,14 @@ def get_conditional_recipe(name: str) -> ConditionalRecipe:
     return CONDITIONAL_RECIPES[name]
 
 
-def build_conditional_teacher(backend: ModuleType, task: Any, recipe: ConditionalRecipe, seed: int = 0):
+def build_conditional_teacher(backend: ModuleType, task: Any, recipe: ConditionalRecipe, seed: int = 0,
+                              device: Any = None):
     """A backend's ``ConditionalVariationalMCMCTeaching`` with the MLPs of ``recipe`` for ``task``.
 
     ``task`` is a :class:`vmt.tasks.ConditionalTask` (anything with ``event_shape``
     and ``cond_shape``). The networks come from the backend's
-    ``conditional.conditional_networks`` with seed ``seed``.
+    ``conditional.conditional_networks`` with seed ``seed``; ``device`` as in
+    :func:`vmt.recipes.build_teacher`.
     """
     event, cond = task.event_shape, task.cond_shape
     energy_net, encoder, decoder = backend.conditional.conditional_networks(
@@ -104,4 +106,5 @@ def build_conditional_teacher(backend: ModuleType, task: Any, recipe: Conditiona
     energy = backend.ConditionalEnergyModel(energy_net, event, cond, ref_scale=recipe.ref_scale)
     vae = backend.ConditionalVAE(encoder, decoder, recipe.latent_dim, event, cond, obs_scale=recipe.obs_scale,
                                  kl_weight=recipe.kl_weight)
+    energy, vae = to_device(energy, device), to_device(vae, device)
     return backend.ConditionalVariationalMCMCTeaching(energy, vae, recipe.config, rng=seed)

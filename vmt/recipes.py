@@ -119,15 +119,31 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def build_teacher(backend: ModuleType, dataset: Dataset, recipe: Recipe, seed: int = 0):
-    """A backend's ``VariationalMCMCTeaching`` with the default networks of ``recipe``."""
+def build_teacher(backend: ModuleType, dataset: Dataset, recipe: Recipe, seed: int = 0, device: Any = None):
+    """A backend's ``VariationalMCMCTeaching`` with the default networks of ``recipe``.
+
+    ``device`` (Torch only) is where the networks, and so the whole run, live; the
+    networks are initialised on the CPU first, so a seed gives the same initial
+    weights on every device. The JAX backend places its arrays on JAX's default
+    device (``jax.default_device``), so ``device`` must stay ``None`` there.
+    """
     event = dataset.event_shape
     energy_net, encoder, decoder = backend.nets.default_networks(
         event, recipe.latent_dim, image_shape=dataset.image_shape, hidden=recipe.hidden, rng=seed)
     energy = backend.EnergyModel(energy_net, event, ref_scale=recipe.ref_scale)
     vae = backend.VAE(encoder, decoder, recipe.latent_dim, event, obs_scale=recipe.obs_scale,
                       kl_weight=recipe.kl_weight)
+    energy, vae = to_device(energy, device), to_device(vae, device)
     return backend.VariationalMCMCTeaching(energy, vae, recipe.config, rng=seed)
+
+
+def to_device(module: Any, device: Any) -> Any:
+    """``module.to(device)`` for a Torch module; ``module`` itself when ``device`` is ``None``."""
+    if device is None:
+        return module
+    if not hasattr(module, "to"):
+        raise ValueError("device= places Torch modules only; for JAX use jax.default_device")
+    return module.to(device)
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -52,3 +52,23 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--backend", "pyro", "--out", str(tmp_path), "--step-size", "-1", "--quiet"]) == 2
     assert "step_size must be a positive" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "missing")]) == 2
+
+
+def test_device_is_recorded_and_an_absent_one_is_a_clear_error(run, tmp_path, capsys):
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert json.loads((run / "run.json").read_text())["device"].startswith(expected)
+    assert main(["sample", str(run), "-n", "3", "--device", "cpu", "--out", str(tmp_path / "c.npy")]) == 0
+    if not torch.cuda.is_available():
+        assert main(["sample", str(run), "-n", "3", "--device", "cuda"]) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_run_resumes_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    assert main(["train", "--backend", "pyro", "--device", "cuda", "--out", str(out), "--iters", "3",
+                 "--batch-size", "16", "--num-steps", "2", "--eval-samples", "200", "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["device"].startswith("cuda")
+    assert main(["evaluate", str(out), "--device", "cpu", "--eval-samples", "100"]) == 0
