@@ -3,7 +3,8 @@
     python benchmarks/gpu_smoke.py [--out benchmarks/results/gpu_smoke.json]
 
 For each backend with a GPU here (it says so and skips otherwise), times the same
-workloads on the GPU and on the CPU of the same machine in one run, and reports
+workloads on the GPU and on the CPU of the same machine in one run (Torch's CPU on
+one thread, as ``vmt`` runs it), and reports
 ``cpu_over_gpu`` (above 1: the GPU is faster):
 
 - one training iteration of the grid25 recipe (MLPs, batch 200, K = 40) and of the
@@ -83,8 +84,10 @@ def torch_smoke(iters, chains, steps):
 
     if not torch.cuda.is_available():
         return {"skipped": "torch sees no CUDA device"}
+    gpu = torch_on("cuda", iters, chains, steps)
+    torch.set_num_threads(1)  # as `vmt` runs it: many threads slow these small ops down (docs/guide.md)
     row = {"device": torch.cuda.get_device_name(0), "cpu_threads": torch.get_num_threads(),
-           "gpu": torch_on("cuda", iters, chains, steps), "cpu": torch_on("cpu", iters, chains, steps)}
+           "gpu": gpu, "cpu": torch_on("cpu", iters, chains, steps)}
     return _ratio(row)
 
 
