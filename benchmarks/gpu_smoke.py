@@ -85,7 +85,7 @@ def torch_smoke(iters, chains, steps):
     if not torch.cuda.is_available():
         return {"skipped": "torch sees no CUDA device"}
     gpu = torch_on("cuda", iters, chains, steps)
-    torch.set_num_threads(1)  # as `vmt` runs it: many threads slow these small ops down (docs/guide.md)
+    torch.set_num_threads(1)  # as `vmt` runs it: many threads slow these small ops down (see `vmt train --help`, --threads)
     row = {"device": torch.cuda.get_device_name(0), "cpu_threads": torch.get_num_threads(),
            "gpu": gpu, "cpu": torch_on("cpu", iters, chains, steps)}
     return _ratio(row)
