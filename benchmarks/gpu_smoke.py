@@ -133,6 +133,18 @@ def jax_smoke(iters, chains, steps):
     return _ratio(row)
 
 
+def _versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "pyro-ppl", "jax", "jaxlib", "numpyro"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_smoke.json"))
@@ -141,6 +153,7 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     args = p.parse_args()
     results = {"machine": platform.node(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": _versions(),
                "iters": args.iters, "chains": args.chains, "steps": args.steps}
     for name, fn in [("pyro", torch_smoke), ("numpyro", jax_smoke)]:
         try:

@@ -4,7 +4,7 @@
     python benchmarks/make_report.py --run         # run every benchmark first (long)
     python benchmarks/make_report.py --run --quick # the quick versions (seconds)
 
-Reads ``speed.json``, every ``quality_2d*.json`` (rows merged: e.g. one file per
+Reads ``speed.json``, ``gpu_smoke.json`` (if a GPU run was copied there), every ``quality_2d*.json`` (rows merged: e.g. one file per
 backend) and every ``quality_digits*.json`` from ``--results``. The prose of the page
 lives here, next to the tables it explains; the numbers come only from the JSON.
 """
@@ -177,6 +177,31 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
     return out
 
 
+# ------------------------------------------------------------------------ GPU
+WORKLOADS = {"grid25_iteration_ms": "training iteration, grid25 (MLPs, batch 200, K=40)",
+             "digits_iteration_ms": "training iteration, digits (conv energy, batch 100, K=20)",
+             "sampler_ms": "Langevin run, grid25 energy ({chains} chains × {steps} steps)"}
+
+
+def gpu_section(gpu: Dict[str, Any]) -> List[str]:
+    rows = []
+    for backend in ("pyro", "numpyro"):
+        r = gpu.get(backend, {})
+        if "gpu" not in r:
+            continue
+        for key, label in WORKLOADS.items():
+            rows.append([backend, label.format(**gpu), r["gpu"][key], r["cpu"][key], r["cpu_over_gpu"][key]])
+    if not rows:
+        return []
+    device = gpu.get("pyro", {}).get("device") or gpu.get("numpyro", {}).get("device")
+    versions = ", ".join(f"{k} {v}" for k, v in gpu.get("versions", {}).items())
+    run = f"Run: python {gpu['python']}" + (f", {versions}" if versions else "") + (
+        f", {gpu['started']}" if "started" in gpu else "") + f"; {gpu['iters']} timed iterations after two warm-ups."
+    return ["## GPU", "", report_text.GPU_INTRO.format(device=device, cpus=gpu.get("cpu_count", "?")), "", run, "",
+            md_table(["backend", "workload", "GPU ms", "CPU ms", "CPU / GPU"], rows), "",
+            report_text.GPU_AFTER, ""]
+
+
 def write(results: Path, docs: Path) -> Path:
     speed = _load(results / "speed.json")
     q2d = [_load(p) for p in sorted(results.glob("quality_2d*.json"))]
@@ -189,6 +214,9 @@ def write(results: Path, docs: Path) -> Path:
         lines += quality_2d_section(q2d, docs)
     if qdig:
         lines += quality_digits_section(qdig, docs)
+    gpu = _load(results / "gpu_smoke.json")
+    if gpu:
+        lines += gpu_section(gpu)
     page = docs / "benchmarks.md"
     page.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {page}")

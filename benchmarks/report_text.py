@@ -204,3 +204,22 @@ def summary(speed: Optional[Dict[str, Any]], q2d: List[Dict[str, Any]], qdig: Li
             lines.append(f"| working memory at K={r['num_steps']} within 10 % of the smallest K, "
                          f"{r['backend']} {r['energy']} | {ratio} | {'yes' if r['within_10pc'] else 'no'} |")
     return lines
+
+
+GPU_INTRO = """\
+`python benchmarks/gpu_smoke.py` times the same workloads on the GPU and on the CPU
+of one machine in one run: here an {device} next to its {cpus} CPU cores (Torch's CPU
+leg on one thread, as `vmt` runs it; XLA's with its default threads). GPU runs are
+made only when a session is lent a GPU machine, so this table is refreshed less
+often than the rest of the page."""
+
+GPU_AFTER = """\
+**Reading it.** The JAX backend compiles a whole iteration (the K Langevin steps in
+one `lax.scan`, the ELBO, both optimiser updates) into one XLA program, so the GPU
+runs it as a handful of kernels: a few milliseconds per iteration whatever the
+network. The Torch backend dispatches every operation from Python: a grid25
+iteration is about 1,300 kernel launches, each a few microseconds of GPU work, so
+for the small default networks it is bound by launch latency and the GPU is no
+faster than one CPU core; it pays off for larger batches and convolutional energies
+(digits, the sampler with thousands of chains). Capturing the Langevin loop in a
+CUDA graph is the known remedy and is not done yet."""
