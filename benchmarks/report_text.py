@@ -203,6 +203,43 @@ def summary(speed: Optional[Dict[str, Any]], q2d: List[Dict[str, Any]], qdig: Li
                      else "below 1 MiB at both K")
             lines.append(f"| working memory at K={r['num_steps']} within 10 % of the smallest K, "
                          f"{r['backend']} {r['energy']} | {ratio} | {'yes' if r['within_10pc'] else 'no'} |")
+    return lines + quality_targets(q2d, qdig)
+
+
+def _mean_by(rows, method, key):
+    values = [r[key] for r in rows if r["method"] == method and r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> List[str]:
+    """Rows of the target table for sample quality (seed means; the baselines share the run)."""
+    lines = []
+    rows2d = [r for f in q2d if f for r in f["rows"] if r["data"] == "grid25" and not r.get("error")]
+    for backend in dict.fromkeys(r["backend"] for r in rows2d):
+        rows = [r for r in rows2d if r["backend"] == backend]
+        modes, hq = _mean_by(rows, "vmt", "modes_covered"), _mean_by(rows, "vmt", "high_quality")
+        ll, entropy = _mean_by(rows, "vmt", "loglik"), _mean_by(rows, "vmt", "entropy")
+        if hq is None:
+            continue
+        lines.append(f"| grid25 VMT, {backend}: 25/25 modes, ≥ 95 % high quality | {modes:.1f} modes, "
+                     f"{hq:.3f} | {'yes' if modes >= 25 and hq >= 0.95 else 'no'} |")
+        lines.append(f"| grid25 VMT, {backend}: held-out log-lik within 0.5 nats of −H | {ll:.2f} vs "
+                     f"{-entropy:.3f} | {'yes' if ll >= -entropy - 0.5 else 'no'} |")
+        others = [m for m in ("noise", "persistent", "generator") if _mean_by(rows, m, "high_quality") is not None]
+        beaten = [m for m in others if hq > _mean_by(rows, m, "high_quality") and ll > _mean_by(rows, m, "loglik")
+                  and _mean_by(rows, "vmt", "mmd") < _mean_by(rows, m, "mmd")]
+        lines.append(f"| grid25 VMT, {backend}: better than every EBM baseline on high quality, log-lik "
+                     f"and MMD | better than {', '.join(beaten) or 'none'} of {', '.join(others)} | "
+                     f"{'yes' if len(beaten) == len(others) else 'no'} |")
+    rows = [r for f in qdig if f for r in f["rows"] if not r.get("error")]
+    vmt = _mean_by(rows, "vmt", "frechet")
+    if vmt is not None:
+        floor = _mean_by(rows, "vmt", "frechet_floor")
+        base = {m: _mean_by(rows, m, "frechet") for m in ("vae_only", "noise")}
+        below = all(v is None or vmt < v for v in base.values())
+        lines.append(f"| digits VMT: Fréchet ≤ 2 × floor and below VAE alone and short-run EBM | {vmt:.2f} "
+                     f"(floor {floor:.2f}; " + ", ".join(f"{m} {v:.2f}" for m, v in base.items() if v is not None)
+                     + f") | {'yes' if vmt <= 2 * floor and below else 'below both baselines only' if below else 'no'} |")
     return lines
 
 

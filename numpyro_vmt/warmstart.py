@@ -80,13 +80,13 @@ def initial_params_from_guide(guide: Callable, model: Callable, num_chains: int,
         key_guide, key_model = jax.random.split(k)
         with handlers.trace() as guide_trace:
             ret = handlers.seed(guide, key_guide)(*model_args, **kwargs)
-        values = {n: s["value"] for n, s in _latent_sites(guide_trace).items()}
+        # its sample sites, and where it records none of a name, its returned dict
+        values = dict(ret) if isinstance(ret, dict) else {}
+        values.update({n: s["value"] for n, s in _latent_sites(guide_trace).items()})
         latent = _model_latents(model, values, key_model, model_args, kwargs)
         if not set(values) & set(latent):
-            if not isinstance(ret, dict) or not set(ret) & set(latent):
-                raise ValueError(f"the guide samples none of the model's latent sites {sorted(latent)} "
-                                 "and does not return a dict of them")
-            latent = _model_latents(model, dict(ret), key_model, model_args, kwargs)
+            raise ValueError(f"the guide samples none of the model's latent sites {sorted(latent)} "
+                             "and does not return a dict of them")
         return {n: biject_to(s["fn"].support).inv(s["value"]) for n, s in latent.items()
                 if not s["fn"].is_discrete}
 

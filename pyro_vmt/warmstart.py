@@ -75,18 +75,17 @@ def initial_params_from_guide(guide: Callable, model: Callable, num_chains: int,
         torch.manual_seed(seed)
         for _ in range(num_chains):
             guide_trace = poutine.trace(guide).get_trace(*model_args, **kwargs)
-            values = _latent_values(guide_trace)
+            # its sample sites, and where it records none of a name, its returned dict; one
+            # model trace then (a flat site such as EnergyModel.model's cannot be drawn at random)
+            ret = guide_trace.nodes["_RETURN"]["value"]
+            values = {k: torch.as_tensor(v).detach() for k, v in ret.items()} if isinstance(ret, dict) else {}
+            values.update(_latent_values(guide_trace))
             model_trace = poutine.trace(InitMessenger(init_to_value(values=values))(model)).get_trace(
                 *model_args, **kwargs)
             latent = _latent_values(model_trace)
             if not set(values) & set(latent):
-                ret = guide_trace.nodes["_RETURN"]["value"]
-                if not isinstance(ret, dict) or not set(ret) & set(latent):
-                    raise ValueError(f"the guide samples none of the model's latent sites {sorted(latent)} "
-                                     "and does not return a dict of them")
-                values = {k: torch.as_tensor(v).detach() for k, v in ret.items()}
-                model_trace = poutine.trace(InitMessenger(init_to_value(values=values))(model)).get_trace(
-                    *model_args, **kwargs)
+                raise ValueError(f"the guide samples none of the model's latent sites {sorted(latent)} "
+                                 "and does not return a dict of them")
             draws.append(_unconstrain(model_trace))
     return {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
 
