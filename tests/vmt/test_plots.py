@@ -105,7 +105,7 @@ def test_moving_average_skips_non_finite_values():
     np.testing.assert_allclose(_moving_average(np.arange(5.0), 1), np.arange(5.0))
 
 
-NEUTRAL_MODULES = ["data", "densities", "validation", "metrics", "plots", "config", "errors", "checkpoint",
+NEUTRAL_MODULES = ["data", "densities", "validation", "metrics", "features", "plots", "config", "errors", "checkpoint",
                    "recipes", "conditional", "tasks", "diagnostics"]
 # (vmt.supervised converts arrays of either backend, importing it lazily at run time.)
 
