@@ -96,17 +96,26 @@ TRAIN_AFTER = """\
 iteration of the grid25 recipe, beyond the hand-written loop: the extra gradient
 evaluation of `Langevin.run` (K + 1 instead of K); `VAE.elbo_loss`, which runs Pyro's
 `Trace_ELBO` on the `PyroModule`'s `model`/`guide` with module-local parameters (the
-`pyro_method` wrappers and the effect handler answering every `pyro.param` site) and
-forks torch's global RNG around it, calling `torch.manual_seed` every iteration
-(≈ 0.6 ms here: it also seeds every accelerator generator); the finiteness checks of
-both losses and of both parameter gradients (`clip_grad_norm_` and a concatenated
-norm of the VAE's gradients) and the learning-rate schedule. These live in
-`pyro_vmt/teaching.py` and `pyro_vmt/vae.py`, outside this benchmark's remit; the
-cheapest fixes are seeding only the CPU generator (`torch.default_generator`) in
-`elbo_loss` and checking one fused norm instead of four. In JAX, `update` is the
-hand-written loop plus the diagnostics (gradient norms, divergence counts) and the
-initial gradient evaluation; `step` adds the host-side validation of the batch and
-one device-to-host transfer of the diagnostics per iteration."""
+`pyro_method` wrappers and the effect handler answering every `pyro.param` site; the
+`hand_pyro_elbo` row prices Pyro's ELBO alone at about 6 %) inside a fork of torch's
+RNG; the finiteness checks of both losses and both parameter gradients, and the
+learning-rate schedule. Two fixes profiling pointed to are in: `elbo_loss` seeds only
+the generator its draws use (`torch.manual_seed` seeded every device's, ≈ 0.6 ms an
+iteration), and the four finiteness checks are one fused check after both backward
+passes (one host sync instead of four); together about 3 % (1.247 → 1.209, same
+machine, back to back).
+
+**JAX, grid25 (target missed).** `update` is the hand-written loop plus the initial
+gradient evaluation (K + 1, 2.5 % at K = 40), NumPyro's `Trace_ELBO` instead of a
+hand-written ELBO, and per-step diagnostics; dropping the per-step diagnostics
+altogether (an experiment, not shipped) moved `update` only from 1.10 to 1.08 and
+`step` from 1.14 to 1.13. `step` adds 3–4 %: it validates the batch on the host and
+waits for the diagnostics of every iteration before it commits the new state (the
+price of "a diverging iteration changes nothing"), so it cannot overlap the next
+iteration's dispatch with this one's compute as an unchecked loop does. With the
+digits networks, where the gradient evaluations dominate, both are within 1 %. An
+earlier full run of this page measured 0.88 for grid25; it did not reproduce at that
+commit or since (1.13–1.15 in four runs), so it is not reported."""
 
 SCALING = """\
 Time per iteration of `teacher.step` as one option moves away from the base

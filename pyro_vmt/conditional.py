@@ -47,7 +47,7 @@ from torch.distributions import constraints
 from pyro_vmt.langevin import RNG, as_generator
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from pyro_vmt.vae import VAE, _LocalParams
+from pyro_vmt.vae import VAE, _LocalParams, forked_rng
 from vmt.conditional import check_conditional_config, shape_text, split_pair
 from vmt.config import TeachingConfig
 
@@ -267,9 +267,7 @@ class ConditionalVAE(VAE):
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
         seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        devices = [y.device.index or 0] if y.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), _LocalParams():
-            torch.manual_seed(seed)
+        with forked_rng(y.device, seed), _LocalParams():
             return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, y, x) / n
 
     def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:

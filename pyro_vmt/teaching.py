@@ -198,18 +198,19 @@ class VariationalMCMCTeaching:
         if cfg.energy_reg:
             loss = loss + cfg.energy_reg * (e_data.pow(2).mean() + e_samp.pow(2).mean())
         vae_loss = self._vae_loss(x_tilde, aux, gen, ctx)
-        _check_finite("energy loss", loss)
-        if self.vae_optim is not None:
-            _check_finite("VAE loss", vae_loss)
 
+        # both backward passes, then one check of losses and gradients before any update
         self.energy_optim.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
-        _check_finite("energy parameter gradient", gnorm)
+        checks = {"energy loss": loss, "energy parameter gradient": gnorm}
         if self.vae_optim is not None:
             self.vae_optim.zero_grad(set_to_none=True)
             vae_loss.backward()
-            _check_finite("VAE parameter gradient", _grad_norm(self.vae.parameters()))
+            checks["VAE loss"] = vae_loss
+            checks["VAE parameter gradient"] = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.vae.parameters() if p.grad is not None])
+        _check_finite(checks)
         factor = cfg.lr_factor(self.iteration)
         for optim, lr in [(self.energy_optim, cfg.energy_lr), (self.vae_optim, cfg.vae_lr)]:
             if optim is not None:
@@ -349,11 +350,10 @@ def _conditional(model: Any) -> bool:
     return getattr(model, "cond_shape", None) is not None
 
 
-def _check_finite(what: str, value: Tensor) -> None:
-    if not torch.isfinite(value).all():
-        raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")
-
-
-def _grad_norm(params) -> Tensor:
-    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
-    return torch.cat(grads).norm() if grads else torch.zeros(())
+def _check_finite(values: Dict[str, Tensor]) -> None:
+    """Raise :class:`DivergenceError` naming the first non-finite value (one host sync when all are finite)."""
+    if bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values.values()])).all()):
+        return
+    for what, value in values.items():  # float32 can overflow where the value's own dtype does not
+        if not torch.isfinite(value).all():
+            raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")

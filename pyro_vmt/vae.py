@@ -24,7 +24,8 @@ touched.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -167,9 +168,7 @@ class VAE(PyroModule):
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), _LocalParams():
-            torch.manual_seed(seed)
+        with forked_rng(x.device, seed), _LocalParams():
             return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, x) / x.shape[0]
 
     def joint_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -179,6 +178,20 @@ class VAE(PyroModule):
             trace = poutine.trace(conditioned).get_trace(x)
             return -trace.log_prob_sum() / x.shape[0]
 
+
+
+@contextmanager
+def forked_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Torch's global RNG of ``device`` forked (restored on exit) and seeded with ``seed``.
+
+    Only that device's generator is seeded (``torch.manual_seed`` would seed every
+    device's, a cost paid at every iteration).
+    """
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(seed)
+        yield
 
 
 class _LocalParams(Messenger):
