@@ -128,8 +128,11 @@ def _backend(name: str, threads: int, device: Optional[str] = None):
 
         if threads > 0:
             torch.set_num_threads(threads)
-        dev = torch.device(device.replace("gpu", "cuda") if device else
-                           "cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device.replace("gpu", "cuda") if device else
+                               "cuda" if torch.cuda.is_available() else "cpu")
+        except RuntimeError as e:
+            raise ValueError(f"--device {device}: {e}") from e
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: torch sees no CUDA device")
         return module, dev

@@ -63,6 +63,8 @@ def test_device_is_recorded_and_an_absent_one_is_a_clear_error(run, tmp_path, ca
     if not torch.cuda.is_available():
         assert main(["sample", str(run), "-n", "3", "--device", "cuda"]) == 2
         assert "torch sees no CUDA device" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "3", "--device", "abacus"]) == 2
+    assert "--device abacus" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
