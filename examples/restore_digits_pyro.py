@@ -5,7 +5,7 @@
 2. A user's Pyro model takes the EBM as its prior through a factor and observes only
    the top half of a test digit, with noise::
 
-       x ~ p(x) ∝ exp(−E(x))           (flat site "x" + pyro.factor("prior", −E(x)))
+       x ~ p(x) ∝ exp(−E(x))           (energy.model(): flat site "x" + a factor)
        y ~ N(x_top, σ²)                (observed: the top four rows)
 
 3. ``LangevinKernel`` (MALA, many chains in one process) samples the posterior of the
@@ -30,8 +30,6 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
-from pyro.infer.autoguide.initialization import init_to_value
 
 import pyro_vmt
 from pyro_vmt import LangevinKernel, initial_params_from_guide
@@ -46,8 +44,7 @@ TOP = 32  # the first four rows of an 8×8 image, flattened row by row
 
 def restore_model(y_top, energy, sigma):
     """The user's model: the EBM as prior of the image, a noisy view of its top half."""
-    x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (energy.event_shape[0],)))
-    pyro.factor("prior", -energy(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1]))
+    x = energy.model()  # site "x" with the factor exp(−E(x))
     pyro.sample("y", dist.Normal(x[..., :TOP], sigma).to_event(1), obs=y_top)
 
 
@@ -86,10 +83,7 @@ def main() -> None:
         vae_draws = iter(proposals[fit.argsort()[:args.chains]])
         init = initial_params_from_guide(lambda *_: {"x": next(vae_draws)}, restore_model, args.chains,
                                          rng=i, model_args=model_args)
-        # a flat site cannot be drawn at random: the prototype trace gets a value, and the
-        # plate nesting is given rather than guessed from a random trace
-        kernel = LangevinKernel(restore_model, step_size=0.01, num_chains=args.chains, rng=i,
-                                init_strategy=init_to_value(values={"x": init["x"][0]}), max_plate_nesting=0)
+        kernel = LangevinKernel(restore_model, step_size=0.01, num_chains=args.chains, rng=i)
         result = run_chains(kernel, args.steps, args.steps, initial_params=init, model_args=model_args)
         x = result.samples["x"]  # (chains, draws, 64)
         restored = x.mean((0, 1))

@@ -102,14 +102,21 @@ class EnergyModel(eqx.Module):
         """NumPyro model of ``p(x) ∝ exp(−E(x))``: an improper flat site ``"x"`` plus a factor.
 
         With ``num_samples``, ``"x"`` carries a batch of that many independent draws
-        (inside ``numpyro.plate("samples", num_samples)``).
+        (inside ``numpyro.plate("samples", num_samples)``). The energy is evaluated over
+        whatever batch dimensions ``x`` has (the plates of an enclosing model), so the
+        model can be called inside a larger one as its prior.
         """
         support = dist.ImproperUniform(constraints.real, (), self.event_shape)
         if num_samples is None:
             x = numpyro.sample("x", support)
-            numpyro.factor("energy", -self(x[None])[0])
+            numpyro.factor("energy", -self._batched(x))
             return x
         with numpyro.plate("samples", num_samples):
             x = numpyro.sample("x", support)
-            numpyro.factor("energy", -self(x))
+            numpyro.factor("energy", -self._batched(x))
         return x
+
+    def _batched(self, x: jax.Array) -> jax.Array:
+        """``E`` over any leading batch dimensions of ``x``."""
+        batch = x.shape[:x.ndim - len(self.event_shape)]
+        return self(x.reshape((-1,) + tuple(self.event_shape))).reshape(batch)

@@ -90,14 +90,42 @@ class EnergyModel(nn.Module):
         """Pyro model of ``p(x) ∝ exp(−E(x))``: an improper flat site ``"x"`` plus a factor.
 
         With ``num_samples``, ``"x"`` carries a batch of that many independent draws
-        (inside ``pyro.plate("samples", num_samples)``).
+        (inside ``pyro.plate("samples", num_samples)``). The energy is evaluated over
+        whatever batch dimensions ``x`` has (the plates of an enclosing model, the
+        chains of a vectorised kernel), so the model can be called inside a larger
+        one as its prior. The flat site's ``sample`` gives the origin: nothing can be
+        drawn from an improper density, but ``pyro.infer.MCMC``'s initialisation
+        (``init_to_uniform`` reads only its shape) and plate-nesting guess can run,
+        as they do with NumPyro's ``ImproperUniform``.
         """
-        support = dist.ImproperUniform(constraints.real, (), self.event_shape)
+        support = _FlatSite(self.event_shape, like=next(self.parameters(), None))
         if num_samples is None:
             x = pyro.sample("x", support)
-            pyro.factor("energy", -self(x.unsqueeze(0))[0])
+            pyro.factor("energy", -self._batched(x))
             return x
         with pyro.plate("samples", num_samples):
             x = pyro.sample("x", support)
-            pyro.factor("energy", -self(x))
+            pyro.factor("energy", -self._batched(x))
         return x
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
+        """``E`` over any leading batch dimensions of ``x``."""
+        batch = x.shape[:x.dim() - len(self.event_shape)]
+        return self(x.reshape((-1,) + tuple(self.event_shape))).reshape(batch)
+
+
+class _FlatSite(dist.ImproperUniform):
+    """The flat site of :meth:`EnergyModel.model` (see there); ``sample`` returns zeros."""
+
+    def __init__(self, event_shape, batch_shape=(), like: Optional[torch.Tensor] = None):
+        super().__init__(constraints.real, batch_shape, event_shape)
+        self._like = like
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        like = {} if self._like is None else {"dtype": self._like.dtype, "device": self._like.device}
+        return torch.zeros(torch.Size(sample_shape) + self.batch_shape + self.event_shape, **like)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance=self._get_checked_instance(_FlatSite, _instance))
+        new._like = self._like
+        return new

@@ -64,6 +64,21 @@ def gaussian_potential(params):
     return 0.5 * d @ jnp.asarray(PREC) @ d
 
 
+def test_energy_model_is_a_numpyro_model_for_mcmc():
+    """``EnergyModel.model`` (a flat site plus a factor) under MCMC with default
+    initialisation; MALA's independent final states match the target's moments."""
+    import equinox as eqx
+
+    from numpyro_vmt import EnergyModel
+
+    class Gaussian(eqx.Module):  # E(x) of N((1, −1), diag(0.25, 4))
+        def __call__(self, x, *, key=None):
+            return 0.5 * (((x - jnp.array([1.0, -1.0])) / jnp.array([0.5, 2.0])) ** 2).sum(-1)
+
+    mcmc = run(LangevinKernel(EnergyModel(Gaussian(), (2,)).model, step_size=0.3), 1, 300, 3, num_chains=2000)
+    assert_gaussian_moments(np.asarray(mcmc.get_samples()["x"]), [1.0, -1.0], np.diag([0.25, 4.0]))
+
+
 def test_unnormalised_normal_via_potential_fn():
     pe = lambda p: 0.5 * ((p["x"] - 3.0) / 2.0) ** 2  # noqa: E731 -- N(3, 2²) up to a constant
     mcmc = run(LangevinKernel(potential_fn=pe, step_size=1.0), 2000, 300, 0, init_params={"x": jnp.zeros(())})
