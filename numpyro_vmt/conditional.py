@@ -171,8 +171,10 @@ class ConditionalEnergyModel(eqx.Module):
         """
         support = dist.ImproperUniform(constraints.real, (), self.event_shape)
         if _is_array(x) and tuple(x.shape) == self.cond_shape:
-            y = numpyro.sample("y", support, obs=y)
-            numpyro.factor("energy", -self(y[None], x[None])[0])
+            y = numpyro.sample("y", support, obs=y)  # any batch dims of y share x
+            flat = y.reshape((-1,) + tuple(self.event_shape))
+            energy = self(flat, jnp.broadcast_to(x, (flat.shape[0],) + tuple(self.cond_shape)))
+            numpyro.factor("energy", -energy.reshape(y.shape[:y.ndim - len(self.event_shape)]))
             return y
         if not _is_array(x) or tuple(x.shape[1:]) != self.cond_shape:
             raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "

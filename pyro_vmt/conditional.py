@@ -42,8 +42,8 @@ import torch
 from pyro import poutine
 from pyro.nn import pyro_method
 from torch import nn
-from torch.distributions import constraints
 
+from pyro_vmt.energy import _FlatSite
 from pyro_vmt.langevin import RNG, as_generator
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
@@ -147,13 +147,16 @@ class ConditionalEnergyModel(nn.Module):
 
         ``x`` is an ordinary argument: a batch ``(n, *cond_shape)`` gives ``n``
         independent ``y`` inside ``pyro.plate("data", n)``; a single ``x`` of shape
-        ``cond_shape`` gives one ``y``. A given ``y`` is observed: the model's log
-        density is then the unnormalised ``−E(y | x)``.
+        ``cond_shape`` gives one ``y`` (or one per chain of a vectorised kernel). A given
+        ``y`` is observed: the model's log density is then the unnormalised ``−E(y | x)``.
+        Sampling ``y`` with ``pyro.infer.MCMC`` works as for :meth:`EnergyModel.model`.
         """
-        support = dist.ImproperUniform(constraints.real, (), self.event_shape)
+        support = _FlatSite(self.event_shape, like=next(self.parameters(), None))  # see EnergyModel.model
         if isinstance(x, Tensor) and tuple(x.shape) == self.cond_shape:
-            y = pyro.sample("y", support, obs=y)
-            pyro.factor("energy", -self(y.unsqueeze(0), x.unsqueeze(0))[0])
+            y = pyro.sample("y", support, obs=y)  # any batch dims of y (a kernel's chains) share x
+            flat = y.reshape((-1,) + tuple(self.event_shape))
+            energy = self(flat, x.expand((flat.shape[0],) + tuple(self.cond_shape)))
+            pyro.factor("energy", -energy.reshape(y.shape[:y.dim() - len(self.event_shape)]))
             return y
         if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.cond_shape:
             raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "

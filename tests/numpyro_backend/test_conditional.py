@@ -205,3 +205,23 @@ def test_trained_conditional_ebm_samples_match_the_two_branch_truth():
     assert near > 0.95, near
     _, vae_branches, _ = stats(np.asarray(teacher.sample(x, num_steps=0, rng=1))[:, 0])
     assert max(spread for _, spread in vae_branches.values()) > 0.15, vae_branches
+
+
+def test_sampling_y_given_x_with_mcmc():
+    """``ConditionalEnergyModel.model(x)`` with ``y`` latent under MCMC (y ~ N(x, I)):
+    MALA's independent final states match the moments."""
+    import equinox as eqx
+    from numpyro.infer import MCMC
+
+    from mcse import assert_gaussian_moments
+    from numpyro_vmt.kernel import LangevinKernel
+
+    class Quadratic(eqx.Module):  # E(y | x) = ‖y − x‖² / 2 on the concatenation (y, x)
+        def __call__(self, yx, *, key=None):
+            return 0.5 * ((yx[..., :2] - yx[..., 2:]) ** 2).sum(-1)
+
+    energy = ConditionalEnergyModel(Quadratic(), (2,), (2,))
+    mcmc = MCMC(LangevinKernel(energy.model, step_size=0.5), num_warmup=200, num_samples=1, num_chains=2000,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(1), jnp.array([3.0, -3.0]))
+    assert_gaussian_moments(np.asarray(mcmc.get_samples()["y"]), [3.0, -3.0], np.eye(2))

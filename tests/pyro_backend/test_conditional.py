@@ -186,3 +186,20 @@ def test_importance_sampled_log_likelihood_is_exact_for_a_linear_gaussian_vae():
         enc.bias.copy_(torch.tensor([-a * b / var, float(np.log(np.expm1(sd)))]))
     est = vae_log_likelihood(cvae, x, y, num_samples=3, seed=1)["log_likelihood"]
     assert abs(est - exact) < 1e-6
+
+
+def test_sampling_y_given_x_with_mcmc():
+    """``ConditionalEnergyModel.model(x)`` with ``y`` latent runs under our batched kernel
+    (y ~ N(x, I) here): MALA's independent final states match the moments."""
+    from mcse import assert_gaussian_moments
+    from pyro_vmt import LangevinKernel
+    from pyro_vmt.chains import run_chains
+
+    class Quadratic(torch.nn.Module):  # E(y | x) = ‖y − x‖² / 2 on the concatenation (y, x)
+        def forward(self, yx):
+            return 0.5 * ((yx[:, :2] - yx[:, 2:]) ** 2).sum(-1)
+
+    energy = ConditionalEnergyModel(Quadratic(), (2,), (2,))
+    x = torch.tensor([3.0, -3.0])
+    out = run_chains(LangevinKernel(energy.model, step_size=0.5, num_chains=2000, rng=1), 1, 200, model_args=(x,))
+    assert_gaussian_moments(out.samples["y"][:, -1].numpy(), [3.0, -3.0], np.eye(2))
