@@ -241,14 +241,18 @@ def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> Li
         lines.append(f"| grid25 VMT, {backend}: better than every EBM baseline on high quality, log-lik "
                      f"and MMD | better than {', '.join(beaten) or 'none'} of {', '.join(others)} | "
                      f"{'yes' if len(beaten) == len(others) else 'no'} |")
-    rows = [r for f in qdig if f for r in f["rows"] if not r.get("error")]
-    vmt = _mean_by(rows, "vmt", "frechet")
-    if vmt is not None:
+    rows_dig = [r for f in qdig if f for r in f["rows"] if not r.get("error")]
+    for backend in dict.fromkeys(r["backend"] for r in rows_dig):
+        rows = [r for r in rows_dig if r["backend"] == backend]
+        vmt = _mean_by(rows, "vmt", "frechet")
+        if vmt is None:
+            continue
         floor = _mean_by(rows, "vmt", "frechet_floor")
         base = {m: _mean_by(rows, m, "frechet") for m in ("vae_only", "noise")}
         below = all(v is None or vmt < v for v in base.values())
-        lines.append(f"| digits VMT: Fréchet ≤ 2 × floor and below VAE alone and short-run EBM | {vmt:.2f} "
-                     f"(floor {floor:.2f}; " + ", ".join(f"{m} {v:.2f}" for m, v in base.items() if v is not None)
+        lines.append(f"| digits VMT, {backend}: Fréchet ≤ 2 × floor and below VAE alone and short-run EBM | "
+                     f"{vmt:.2f} (floor {floor:.2f}; " + ", ".join(f"{m} {v:.2f}" for m, v in base.items()
+                                                                   if v is not None)
                      + f") | {'yes' if vmt <= 2 * floor and below else 'below both baselines only' if below else 'no'} |")
     return lines
 
