@@ -1,4 +1,4 @@
-"""Reading the JAX backend's checkpoint files (written by ``VariationalMCMCTeaching.save``).
+"""The JAX backend's checkpoint files: written and read for ``VariationalMCMCTeaching``.
 
 An ``.npz`` archive (no pickle): a JSON header (format, version, backend,
 configuration, metadata, leaf shapes and dtypes) and the leaves of the
@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmt.checkpoint import FORMAT
+from vmt.checkpoint import FORMAT, VERSION, atomic_write
 from vmt.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "restore_leaves"]
+__all__ = ["read_checkpoint", "read_state", "restore_leaves", "write_checkpoint"]
 
 
 def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
@@ -45,6 +45,31 @@ def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     if header.get("backend") != "numpyro":
         raise CheckpointError(f"{str(path)!r} was written by the {header.get('backend')!r} backend, not 'numpyro'")
     return header, arrays
+
+
+def write_checkpoint(path, state: Any, config: Dict[str, Any], metadata: Dict[str, Any]) -> None:
+    """Write a ``TeachingState`` (a NamedTuple of pytrees) and its header, atomically."""
+    arrays, shapes = {}, {}
+    for field in state._fields:
+        leaves = [np.asarray(a) for a in jax.tree.leaves(getattr(state, field))]
+        shapes[field] = [[list(a.shape), a.dtype.str] for a in leaves]
+        arrays.update({f"{field}.{i}": a for i, a in enumerate(leaves)})
+    header = json.dumps({"format": FORMAT, "version": VERSION, "backend": "numpyro",
+                         "config": config, "metadata": metadata, "leaves": shapes})
+    atomic_write(path, lambda f: np.savez(f, header=np.array(header), **arrays))
+
+
+def read_state(path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The state dict (``config`` and each field's list of leaves) and the metadata of a checkpoint."""
+    header, arrays = read_checkpoint(path)
+    state = {"config": header.get("config", {})}
+    try:
+        for field, leaves in header.get("leaves", {}).items():
+            state[field] = [arrays[f"{field}.{i}"] for i in range(len(leaves))]
+    except KeyError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: array {e} is missing") from e
+    state["buffer"] = state.get("buffer") or None
+    return state, header.get("metadata", {})
 
 
 def restore_leaves(field: str, given: Any, current: Any) -> Any:

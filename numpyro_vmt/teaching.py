@@ -28,7 +28,6 @@ raises :class:`vmt.errors.DivergenceError` and changes nothing.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import partial
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
@@ -41,11 +40,11 @@ import optax
 from tqdm.auto import tqdm
 
 from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.langevin import RNG, Langevin, _flat_sum, as_key, init, scan_steps
 from numpyro_vmt.vae import VAE
 from vmt.api import TeachingInfo
-from numpyro_vmt.checkpoint import read_checkpoint, restore_leaves
-from vmt.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
+from vmt.checkpoint import config_mismatch
 from vmt.config import TeachingConfig, check_num_steps
 from vmt.errors import CheckpointError, DivergenceError, divergence_message
 
@@ -359,30 +358,16 @@ class VariationalMCMCTeaching:
         backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
         of :class:`TeachingState`. ``metadata`` must be JSON-serialisable.
         """
-        arrays, shapes = {}, {}
-        for field in TeachingState._fields:
-            leaves = [np.asarray(a) for a in jax.tree.leaves(getattr(self.state, field))]
-            shapes[field] = [[list(a.shape), a.dtype.str] for a in leaves]
-            arrays.update({f"{field}.{i}": a for i, a in enumerate(leaves)})
-        header = json.dumps({"format": FORMAT, "version": VERSION, "backend": "numpyro",
-                             "config": self.config.to_dict(), "metadata": metadata, "leaves": shapes})
-        atomic_write(path, lambda f: np.savez(f, header=np.array(header), **arrays))
+        write_checkpoint(path, self.state, self.config.to_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
 
         The object must have been built with the same configuration and networks.
         """
-        header, arrays = read_checkpoint(path)
-        state = {"config": header.get("config", {})}
-        try:
-            for field, leaves in header.get("leaves", {}).items():
-                state[field] = [arrays[f"{field}.{i}"] for i in range(len(leaves))]
-        except KeyError as e:
-            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: array {e} is missing") from e
-        state["buffer"] = state.get("buffer") or None
+        state, metadata = read_state(path)
         self.load_state_dict(state)
-        return header.get("metadata", {})
+        return metadata
 
 
 # ---------------------------------------------------------------------- the jitted core
