@@ -223,16 +223,7 @@ def _train(args: argparse.Namespace) -> Path:
     dataset = load_dataset(args.data, seed=args.seed)
     module, dev = _backend(backend, args.threads, args.device)
     teacher = build_teacher(module, dataset, recipe, args.seed, device=dev)
-    print(f"vmt train: {args.data} with {backend} on {_device_name(dev)}, init={recipe.config.init}, "
-          f"{recipe.num_iters} iterations -> {out}")
-    start = time.perf_counter()
-    history = teacher.fit(dataset.train, recipe.num_iters, recipe.batch_size, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    teacher.save(out / CHECKPOINT, data=args.data, seed=args.seed)
-    run = {"backend": backend, "data": args.data, "seed": args.seed, "recipe": recipe.to_dict(),
-           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine(),
-           "device": _device_name(dev)}
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    history, seconds = _fit_and_save(teacher, dataset.train, recipe, args, out, backend, dev, data=args.data)
     metrics = evaluate(teacher, dataset, args.eval_samples, seed=args.seed)
     metrics.update(data=args.data, backend=backend, init=recipe.config.init,
                    iterations=recipe.num_iters, train_seconds=seconds)
@@ -240,6 +231,26 @@ def _train(args: argparse.Namespace) -> Path:
     plots.plot_history(history, out / "history.png")
     _print_summary(metrics)
     return out
+
+
+def _fit_and_save(teacher, train: Any, recipe: Recipe, args: argparse.Namespace, out: Path, backend: str,
+                  dev: Any, **what: str):
+    """Fit ``teacher`` on ``train``, then write its checkpoint and ``run.json``.
+
+    ``what`` is ``data=<name>`` or ``task=<name>``; returns the history and the seconds of training.
+    """
+    (kind, name), = what.items()
+    print(f"vmt train: {'' if kind == 'data' else 'task '}{name} with {backend} on {_device_name(dev)}, "
+          f"init={recipe.config.init}, {recipe.num_iters} iterations -> {out}")
+    start = time.perf_counter()
+    history = teacher.fit(train, recipe.num_iters, recipe.batch_size, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    teacher.save(out / CHECKPOINT, **what, seed=args.seed)
+    run = {"backend": backend, **what, "seed": args.seed, "recipe": recipe.to_dict(),
+           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine(),
+           "device": _device_name(dev)}
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    return history, seconds
 
 
 def _train_task(args: argparse.Namespace) -> Path:
@@ -252,17 +263,8 @@ def _train_task(args: argparse.Namespace) -> Path:
     task = load_task(args.task, seed=args.seed)
     module, dev = _backend(backend, args.threads, args.device)
     teacher = build_conditional_teacher(module, task, recipe, args.seed, device=dev)
-    print(f"vmt train: task {args.task} with {backend} on {_device_name(dev)}, init={recipe.config.init}, "
-          f"{recipe.num_iters} iterations -> {out}")
-    start = time.perf_counter()
-    history = teacher.fit((task.x_train, task.y_train), recipe.num_iters, recipe.batch_size,
-                          progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    teacher.save(out / CHECKPOINT, task=args.task, seed=args.seed)
-    run = {"backend": backend, "task": args.task, "seed": args.seed, "recipe": recipe.to_dict(),
-           "command": " ".join(sys.argv), "python": platform.python_version(), "machine": platform.machine(),
-           "device": _device_name(dev)}
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    history, seconds = _fit_and_save(teacher, (task.x_train, task.y_train), recipe, args, out, backend, dev,
+                                     task=args.task)
     rows = evaluate_task(teacher, task, recipe, args.seed, out)
     metrics = {"task": args.task, "backend": backend, "init": recipe.config.init, "iterations": recipe.num_iters,
                "train_seconds": seconds, "rows": rows}
