@@ -216,12 +216,8 @@ def _train(args: argparse.Namespace) -> Path:
     if args.task:
         return _train_task(args)
     args.data = args.data or "grid25"
-    backend = args.backend or default_backend()
-    out = args.out or Path("runs") / f"{args.data}-{backend}"
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = _recipe_from_args(args)
+    backend, out, recipe, module, dev = _setup(args, args.data)
     dataset = load_dataset(args.data, seed=args.seed)
-    module, dev = _backend(backend, args.threads, args.device)
     teacher = build_teacher(module, dataset, recipe, args.seed, device=dev)
     history, seconds = _fit_and_save(teacher, dataset.train, recipe, args, out, backend, dev, data=args.data)
     metrics = evaluate(teacher, dataset, args.eval_samples, seed=args.seed)
@@ -231,6 +227,15 @@ def _train(args: argparse.Namespace) -> Path:
     plots.plot_history(history, out / "history.png")
     _print_summary(metrics)
     return out
+
+
+def _setup(args: argparse.Namespace, name: str):
+    """The backend's name, the output folder (created), the recipe, the backend module and device."""
+    backend = args.backend or default_backend()
+    out = args.out or Path("runs") / f"{name}-{backend}"
+    out.mkdir(parents=True, exist_ok=True)
+    module, dev = _backend(backend, args.threads, args.device)
+    return backend, out, _recipe_from_args(args), module, dev
 
 
 def _fit_and_save(teacher, train: Any, recipe: Recipe, args: argparse.Namespace, out: Path, backend: str,
@@ -256,12 +261,8 @@ def _fit_and_save(teacher, train: Any, recipe: Recipe, args: argparse.Namespace,
 def _train_task(args: argparse.Namespace) -> Path:
     from vmt.supervised import evaluate_task
 
-    backend = args.backend or default_backend()
-    out = args.out or Path("runs") / f"{args.task}-{backend}"
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = _recipe_from_args(args)
+    backend, out, recipe, module, dev = _setup(args, args.task)
     task = load_task(args.task, seed=args.seed)
-    module, dev = _backend(backend, args.threads, args.device)
     teacher = build_conditional_teacher(module, task, recipe, args.seed, device=dev)
     history, seconds = _fit_and_save(teacher, (task.x_train, task.y_train), recipe, args, out, backend, dev,
                                      task=args.task)
