@@ -113,7 +113,7 @@ def _broken(B_, fault):
     from vmt.core.batch import context_and_data as split
 
     update = __import__(f"{B_.api.__name__}.update", fromlist=["x"])
-    real = update.energy_loss
+    real, real_vae = update.energy_loss, update.vae_loss  # before they are replaced
     if fault == "vae_on_data":  # the iteration splits off the data batch first; the VAE then trains on it
         seen = {}
 
@@ -122,7 +122,7 @@ def _broken(B_, fault):
             return seen["ctx"], seen["batch"]
 
         def vae_loss(config, vae, x_tilde, *args, **kwargs):
-            return update.vae_loss(config, vae, seen["batch"], *args, **kwargs)
+            return real_vae(config, vae, seen["batch"], *args, **kwargs)
         return {"context_and_data": context_and_data, "vae_loss": vae_loss}
     if fault == "sign":
         def broken(config, energy, batch, x_tilde):
