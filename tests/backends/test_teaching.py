@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vmt.core.errors import CheckpointError, DivergenceError
+from toy import gaussian_data as data
 
 INITS = ["vae", "noise", "persistent", "generator"]
 
@@ -18,11 +19,6 @@ def make(B, init="vae", seed=0, **options):
     vae = B.vae(B.mlp(2, 4, (16,), seed=seed + 1), B.mlp(2, 2, (16,), seed=seed + 2), 2, (2,))
     opts = dict(step_size=0.1, num_steps=3, buffer_size=50, init_bounds=(-2.0, 2.0)) | options
     return B.api.VariationalMCMCTeaching(energy, vae, init=init, rng=seed, **opts)
-
-
-def data(n=64, seed=0):
-    g = np.random.default_rng(seed)
-    return (g.standard_normal((n, 2)) * 0.5 + [1.0, -1.0]).astype(np.float32)
 
 
 def assert_same_params(B, a, b):

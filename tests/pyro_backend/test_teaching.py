@@ -7,6 +7,7 @@ import torch
 
 from pyro_vmt import VAE, EnergyModel, VariationalMCMCTeaching
 from pyro_vmt.nets import MLP
+from toy import gaussian_data as data
 
 
 def make(init="vae", seed=0, **options):
@@ -15,11 +16,6 @@ def make(init="vae", seed=0, **options):
     vae = VAE(MLP(2, 4, (16,)), MLP(2, 2, (16,)), 2, (2,))
     opts = dict(step_size=0.1, num_steps=3, buffer_size=50, init_bounds=(-2.0, 2.0)) | options
     return VariationalMCMCTeaching(energy, vae, init=init, rng=seed, **opts)
-
-
-def data(n=64, seed=0):
-    g = np.random.default_rng(seed)
-    return (g.standard_normal((n, 2)) * 0.5 + [1.0, -1.0]).astype(np.float32)
 
 
 def params(t):
