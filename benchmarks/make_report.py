@@ -237,8 +237,8 @@ KERNELS_START, KERNELS_END = "<!-- kernels-ess:start -->", "<!-- kernels-ess:end
 def kernels_table(kernels: Dict[str, Any], docs: Path) -> Path:
     """The ESS/s table of ``docs/kernels.md`` (between its markers) from ``kernels_ess.json``."""
     names = {"pyro": "Pyro", "numpyro": "NumPyro"}
-    rows = [(names[r["backend"]], r["method"], f"{r['chains']}×{r['draws']}", round(r["seconds"], 2),
-             round(r["min_ess"]), round(r["ess_per_s"]), round(r["ess_per_s_with_svi"]),
+    rows = [(names[r["backend"]], r["method"], f"{r['chains']}×{r['draws']}", float(r["seconds"]),
+             round(r["min_ess"]), float(r["ess_per_s"]), float(r["ess_per_s_with_svi"]),
              "—" if r["method"] == "NUTS" else round(r["max_mean_gap"], 3),
              round(r["first_run_seconds"], 1) if "first_run_seconds" in r else "—") for r in kernels["rows"]]
     block = "\n".join([KERNELS_START, "Run: " + _machine(kernels["meta"], timing=False), "",
