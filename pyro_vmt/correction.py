@@ -1,0 +1,302 @@
+r"""Exact Metropolis–Hastings correction of VMT's proposal paths, and ``log Z`` (PyTorch).
+
+The same functions, with the same names and signatures, as :mod:`numpyro_vmt.correction`
+(see there for the construction). A *proposal path* is
+
+.. math::
+
+    z \sim \mathcal N(0, I), \quad x_0 \sim \mathcal N\big(g(z), \operatorname{diag}\sigma^2\big),
+    \quad x_{k+1} \sim L(\cdot \mid x_k), \; k = 0, \dots, K-1,
+
+and with the encoder :math:`r(z \mid x_0)` and the reversed transitions as auxiliary
+backward kernels its importance weight for the target :math:`e^{-E(x)}/Z` is
+
+.. math::
+
+    \log w = -E(x_K) + \sum_{k=0}^{K-1}\big[\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)\big]
+             + \log r(z \mid x_0) - \log p(z) - \log \mathcal N\big(x_0;\, g(z), \sigma^2\big),
+
+with :math:`\mathbb E_q[w] = Z` exactly (annealed importance sampling, Neal 2001;
+non-equilibrium candidate Monte Carlo, Nilmeier et al. 2011, PNAS 108; applied to
+VMT, Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936). Persistent
+chains that accept whole paths with :math:`\min(1, w'/w)` (:func:`accept`) sample
+the EBM exactly; :func:`log_partition` estimates ``log Z`` (biased low by Jensen's
+inequality, so a likelihood from it is biased high).
+
+Randomness is an explicit ``torch.Generator`` (or seed); nothing is differentiated
+through a path (every tensor returned is detached).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import torch
+
+from pyro_vmt.langevin import RNG, LangevinState, _flat_sum, _step, as_generator, energy_and_grad
+
+__all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
+           "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
+           "crossing_radius"]
+
+Tensor = torch.Tensor
+PotentialFn = Callable[[Tensor], Tensor]
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Path(NamedTuple):
+    """A batch of weighted proposal paths (or of chain states with their auxiliary paths).
+
+    Attributes
+    ----------
+    position : Tensor, shape ``(n, *event_shape)``
+        The end points ``x_K``.
+    energy : Tensor, shape ``(n,)``
+        ``E(x_K)``.
+    log_weight : Tensor, shape ``(n,)``
+        ``log w`` (``-inf`` for a path that left the finite numbers).
+    aux : Tensor, shape ``(n,)``
+        ``log w + E(x_K)``: the path and start terms, which :func:`restale` keeps.
+    """
+
+    position: Tensor
+    energy: Tensor
+    log_weight: Tensor
+    aux: Tensor
+
+
+class MHInfo(NamedTuple):
+    r"""Diagnostics of one :func:`accept` (0-d tensors, except ``is_accepted``).
+
+    Attributes
+    ----------
+    acceptance_rate : mean of ``min(1, w'/w)`` over chains.
+    is_accepted : bool tensor, shape ``(n,)``.
+    weight_ess : effective sample size of the proposals' weights over ``n``,
+        :math:`(\sum w)^2 / (n \sum w^2) \in [1/n, 1]`.
+    crossing_rate : fraction of chains whose accepted path ends farther from the old
+        state than ``radius`` (see :func:`crossing_radius`).
+    """
+
+    acceptance_rate: Tensor
+    is_accepted: Tensor
+    weight_ess: Tensor
+    crossing_rate: Tensor
+
+
+def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: int) -> float:
+    r"""Three times the distance ``K`` Langevin steps diffuse: :math:`3\,\delta\sigma\sqrt{Kd}`."""
+    return 3.0 * step_size * noise_scale * math.sqrt(num_steps * dim)
+
+
+def _increment(old: LangevinState, new: LangevinState, h: float, s2: float, adjust: bool) -> Tensor:
+    """``log L(x | x') − log L(x' | x)`` of one step (the constants cancel)."""
+    if adjust:  # detailed balance: L(x | x') / L(x' | x) = exp(E(x') − E(x))
+        return new.energy - old.energy
+    fwd = _flat_sum((new.position - old.position + h * old.grad) ** 2)
+    bwd = _flat_sum((old.position - new.position + h * new.grad) ** 2)
+    return (fwd - bwd) / (2 * s2)
+
+
+def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, num_steps: int,
+             noise_scale: float = 1.0, adjust: bool = False, noise: Optional[Tensor] = None,
+             uniform: Optional[Tensor] = None) -> Tuple[LangevinState, Tensor, Tensor]:
+    r"""``K`` Langevin steps from ``x0`` and the path's log ratio of backward to forward kernels.
+
+    Returns ``(final_state, log_ratio, finite)``, as :func:`numpyro_vmt.correction.run_path`.
+    """
+    if noise_scale <= 0:
+        raise ValueError("a proposal path needs noise_scale > 0: a noise-free revision has no density")
+    gen = as_generator(rng, x0.device)
+    if gen is None and (noise is None or (adjust and uniform is None)):
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    h, scale = 0.5 * step_size ** 2, step_size * noise_scale
+    e, g = energy_and_grad(potential_fn, x0)
+    state = LangevinState(x0.detach(), e, g)
+    total = torch.zeros_like(e)
+    ok = torch.isfinite(e) & torch.isfinite(_flat_sum(g))
+    for k in range(num_steps):
+        new, info = _step(gen, state, potential_fn, h, scale, adjust,
+                          None if noise is None else noise[k], None if uniform is None else uniform[k])
+        inc = _increment(state, new, h, scale * scale, adjust)
+        total = total + inc
+        ok = ok & ~info.is_divergent & torch.isfinite(inc)
+        state = new
+    return state, total, ok
+
+
+def start_log_ratio(vae: Any, x0: Tensor, z: Tensor) -> Tensor:
+    r""":math:`\log r(z \mid x_0) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain (all constants kept)."""
+    with torch.no_grad():
+        loc, scale = vae.encode(x0)
+        log_r = -0.5 * (((z - loc) / scale) ** 2).sum(1) - scale.log().sum(1)
+        log_p = -0.5 * (z ** 2).sum(1)
+        sigma = vae.scale().to(x0.dtype).expand(x0.shape[1:])
+        d = math.prod(x0.shape[1:])
+        log_obs = (-0.5 * _flat_sum(((x0 - vae.decode(z)) / sigma) ** 2) - sigma.log().sum()
+                   - 0.5 * d * _LOG_2PI)
+        return log_r - log_p - log_obs
+
+
+def wide_log_ratio(x0: Tensor, loc: float, scale: float) -> Tensor:
+    r""":math:`-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2 I)` per chain."""
+    d = math.prod(x0.shape[1:])
+    return 0.5 * _flat_sum(((x0 - loc) / scale) ** 2) + d * math.log(scale) + 0.5 * d * _LOG_2PI
+
+
+def _weighted(final: LangevinState, path_term: Tensor, start_term: Tensor, ok: Tensor) -> Path:
+    aux = path_term + start_term
+    ok = ok & torch.isfinite(aux) & torch.isfinite(final.energy)
+    ninf = torch.full_like(aux, -math.inf)
+    return Path(final.position.detach(), final.energy.detach(),
+                torch.where(ok, aux - final.energy, ninf).detach(), torch.where(ok, aux, ninf).detach())
+
+
+def path_log_weight(potential_fn: PotentialFn, vae: Any, z: Tensor, x0: Tensor, noise: Tensor,
+                    step_size: float, noise_scale: float = 1.0, adjust: bool = False,
+                    uniform: Optional[Tensor] = None) -> Path:
+    """The weighted path of given draws (``z``, ``x0``, the Langevin ``noise`` of shape
+    ``(K, n, *event_shape)`` and for MALA the ``uniform`` s): deterministic, for tests."""
+    final, ratio, ok = run_path(None, x0, potential_fn, step_size, noise.shape[0], noise_scale,
+                                adjust, noise, uniform)
+    return _weighted(final, ratio, start_log_ratio(vae, x0, z), ok)
+
+
+def _wide_mask(n: int, num_wide: int, vae: Any, device) -> Tensor:
+    """The last ``num_wide`` chains (every chain without a VAE) start from the wide Gaussian."""
+    m = n if vae is None else num_wide
+    return torch.arange(n, device=device) >= n - m
+
+
+def _start_terms(vae, x0, z, wide, loc, scale):
+    out = wide_log_ratio(x0, loc, scale)
+    if vae is not None:
+        out = torch.where(wide, out, start_log_ratio(vae, x0, z))
+    return out
+
+
+def _like(potential_fn) -> dict:
+    p = next(potential_fn.parameters(), None) if hasattr(potential_fn, "parameters") else None
+    return dict(dtype=torch.get_default_dtype(), device=None) if p is None else dict(dtype=p.dtype, device=p.device)
+
+
+def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: float, num_steps: int,
+            noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
+            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+    """``n`` fresh weighted proposal paths (see :func:`numpyro_vmt.correction.propose`)."""
+    like = _like(potential_fn)
+    gen = as_generator(rng, like["device"])
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    loc, scale = wide
+    n = int(n)
+    shape = (n,) + tuple(potential_fn.event_shape)
+    mask = _wide_mask(n, num_wide, vae, like["device"])
+    z = None if vae is None else torch.randn(n, vae.latent_dim, generator=gen, **like)
+    eps = torch.randn(shape, generator=gen, **like)
+    x0 = loc + scale * eps
+    if vae is not None:
+        with torch.no_grad():
+            x_vae = vae.decode(z) + vae.scale().to(eps.dtype) * eps
+        x0 = torch.where(mask.reshape((-1,) + (1,) * (len(shape) - 1)), x0, x_vae)
+    final, ratio, ok = run_path(gen, x0, potential_fn, step_size, num_steps, noise_scale, adjust)
+    return _weighted(final, ratio, _start_terms(vae, x0, z, mask, loc, scale), ok)
+
+
+def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Tensor, step_size: float,
+            num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
+            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+    """Redraw the auxiliary path of chain states ``position`` and weigh it (a Gibbs step;
+    see :func:`numpyro_vmt.correction.refresh`)."""
+    gen = as_generator(rng, position.device)
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    n = position.shape[0]
+    mask = _wide_mask(n, num_wide, vae, position.device)
+    back, ratio, ok = run_path(gen, position, potential_fn, step_size, num_steps, noise_scale, adjust)
+    x0 = back.position
+    z = None
+    if vae is not None:
+        with torch.no_grad():
+            loc_z, scale_z = vae.encode(x0)
+        z = loc_z + scale_z * torch.randn(loc_z.shape, generator=gen, dtype=loc_z.dtype, device=loc_z.device)
+    with torch.no_grad():
+        e_end = potential_fn(position)
+    end = LangevinState(position, e_end, position)
+    return _weighted(end, -ratio, _start_terms(vae, x0, z, mask, *wide), ok)
+
+
+def restale(potential_fn: PotentialFn, path: Path) -> Path:
+    """``path`` with ``E(x_K)`` re-evaluated under the current ``potential_fn``, the path term kept."""
+    with torch.no_grad():
+        e = potential_fn(path.position)
+    ok = torch.isfinite(e) & torch.isfinite(path.aux)
+    return Path(path.position, e, torch.where(ok, path.aux - e, torch.full_like(e, -math.inf)), path.aux)
+
+
+def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
+           uniform: Optional[Tensor] = None) -> Tuple[Path, MHInfo]:
+    r"""Independence Metropolis–Hastings on paths: accept with :math:`\min(1, w'/w)`.
+
+    A current state of weight ``-inf`` takes any finite proposal; a proposal of
+    weight ``-inf`` is never taken.
+    """
+    log_alpha = proposal.log_weight - current.log_weight
+    log_alpha = torch.where(torch.isneginf(current.log_weight), torch.zeros_like(log_alpha), log_alpha)
+    log_alpha = torch.where(torch.isneginf(proposal.log_weight), torch.full_like(log_alpha, -math.inf), log_alpha)
+    log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=0.0).clamp(max=0.0)
+    if uniform is None:
+        gen = as_generator(rng, current.position.device)
+        if gen is None:
+            raise ValueError("rng is required: pass a torch.Generator or an int seed")
+        uniform = torch.rand(log_alpha.shape, generator=gen, dtype=current.energy.dtype,
+                             device=current.energy.device)
+    taken = torch.log(uniform) < log_alpha
+    mask = taken.reshape((-1,) + (1,) * (current.position.ndim - 1))
+    new = Path(torch.where(mask, proposal.position, current.position),
+               *(torch.where(taken, p, c) for p, c in zip(proposal[1:], current[1:])))
+    dist = _flat_sum((proposal.position - current.position) ** 2).sqrt()
+    info = MHInfo(log_alpha.exp().mean(), taken, weight_ess(proposal.log_weight),
+                  (taken & (dist > radius)).to(current.energy.dtype).mean())
+    return new, info
+
+
+def weight_ess(log_w: Tensor) -> Tensor:
+    r""":math:`(\sum w)^2 / (n\sum w^2)` from log weights (0 when every weight is 0)."""
+    finite = torch.isfinite(log_w)
+    if not finite.any():
+        return torch.zeros((), dtype=log_w.dtype, device=log_w.device)
+    top = log_w[finite].max()
+    w = torch.where(finite, (log_w - top).exp(), torch.zeros_like(log_w))
+    return w.sum() ** 2 / (log_w.shape[0] * (w ** 2).sum())
+
+
+def log_mean_exp(log_w: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""``(log mean w, its standard error)`` by the delta method, :math:`\mathrm{sd}(w)/(\sqrt n\,\bar w)`."""
+    n = log_w.shape[0]
+    top = log_w.max()
+    w = (log_w - top).exp()
+    mean = w.mean()
+    se = (((w - mean) ** 2).sum() / max(n - 1, 1) / n).sqrt() / mean
+    return top + mean.log(), se
+
+
+def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: int, step_size: float,
+                  num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
+                  wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000) -> Tuple[float, float]:
+    r"""Estimate :math:`\log Z` from ``num_samples`` proposal paths: ``(log_z, standard_error)``.
+
+    Biased *low* (Jensen), so a log-likelihood ``−E(x) − log Ẑ`` is biased *high*; see
+    :func:`numpyro_vmt.correction.log_partition`.
+    """
+    gen = as_generator(rng, _like(potential_fn)["device"])
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    logs = []
+    for start in range(0, int(num_samples), int(batch_size)):
+        b = min(int(batch_size), int(num_samples) - start)
+        logs.append(propose(gen, potential_fn, vae, b, step_size, num_steps, noise_scale, adjust,
+                            min(num_wide, b), wide).log_weight)
+    est, se = log_mean_exp(torch.cat(logs).double())
+    return float(est), float(se)
