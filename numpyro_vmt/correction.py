@@ -66,7 +66,7 @@ from numpyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_key, energy_a
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
-           "crossing_radius"]
+           "crossing_radius", "update_chains", "independent_mh"]
 
 Array = jax.Array
 PotentialFn = Callable[[Array], Array]
@@ -262,7 +262,12 @@ def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Array, step
     ``z ~ r(z | x_0)``. Chain ``i`` keeps the start distribution of proposal slot
     ``i`` (decoder or wide Gaussian).
     """
-    key = _key(rng)
+    return _refresh(_key(rng), potential_fn, vae, position, float(step_size), int(num_steps),
+                    float(noise_scale), bool(adjust), int(num_wide), tuple(float(v) for v in wide))
+
+
+@eqx.filter_jit
+def _refresh(key, potential_fn, vae, position, step_size, num_steps, noise_scale, adjust, num_wide, wide):
     k_run, k_z = jax.random.split(key)
     n = position.shape[0]
     mask = _wide_mask(n, num_wide, vae)
@@ -360,3 +365,47 @@ def _key(rng: RNG) -> Array:
     if key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     return key
+
+def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, vae: Any, n: int,
+                  config: Any) -> Tuple[Path, MHInfo]:
+    """The sampler of ``correction="mh"`` teaching: one MH-on-paths update of ``n`` persistent chains.
+
+    ``n`` fresh proposals (the last ``config.num_noise_chains(n)`` from the wide
+    Gaussian, all of them without a VAE); the current states' paths refreshed
+    (``config.path_refresh``) or re-weighed (stale); :func:`accept`. Without chains
+    yet (``None`` or zero rows), the proposals become the chains.
+    """
+    cfg = config
+    k_prop, k_ref, k_acc = jax.random.split(_key(rng), 3)
+    m = n if vae is None else cfg.num_noise_chains(n)
+    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal())
+    proposal = propose(k_prop, potential_fn, vae, n, *opts)
+    if chains is None or chains.position.shape[0] == 0:
+        ones = jnp.ones((), proposal.energy.dtype)
+        return proposal, MHInfo(ones, jnp.ones((n,), bool), weight_ess(proposal.log_weight), 0 * ones)
+    if chains.position.shape[0] != n:
+        raise ValueError(f"{chains.position.shape[0]} persistent chains, but {n} negative samples per iteration")
+    radius = crossing_radius(cfg.step_size, cfg.noise_scale, cfg.num_steps, math.prod(chains.position.shape[1:]))
+    current = (refresh(k_ref, potential_fn, vae, chains.position, *opts) if cfg.path_refresh
+               else restale(potential_fn, chains))
+    return accept(k_acc, current, proposal, radius)
+
+def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
+                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
+                   wide: Tuple[float, float] = (0.0, 1.0)) -> Tuple[Path, Array]:
+    """``n`` chains of the independence sampler on paths for a *fixed* energy: the first
+    proposals, then ``num_iters`` rounds of :func:`propose` and :func:`accept` (the weights
+    of a fixed energy never go stale). Returns the final :class:`Path` and the mean
+    acceptance of each round, shape ``(num_iters,)``."""
+    key = _key(rng)
+    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide)
+    chains = propose(jax.random.fold_in(key, 0), potential_fn, vae, n, *opts)
+    rates = []
+    for t in range(1, int(num_iters) + 1):
+        k_prop, k_acc = jax.random.split(jax.random.fold_in(key, t))
+        chains, info = _accept_jit(k_acc, chains, propose(k_prop, potential_fn, vae, n, *opts))
+        rates.append(info.acceptance_rate)
+    return chains, jnp.stack(rates) if rates else jnp.zeros((0,), chains.energy.dtype)
+
+
+_accept_jit = eqx.filter_jit(accept)

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from numpyro_vmt import correction
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.langevin import RNG, Langevin, _flat_sum, as_key, init, scan_steps
@@ -72,6 +73,9 @@ class TeachingState(NamedTuple):
     buffer : Array or None
         Replay buffer of ``init="persistent"``.
     iteration : Array (int32)
+    chains : correction.Path or None
+        The persistent chains of ``correction="mh"`` (zero rows until the first
+        iteration sets their number), else ``None``.
     """
 
     energy: Any
@@ -82,6 +86,7 @@ class TeachingState(NamedTuple):
     seed: Array
     buffer: Optional[Array]
     iteration: Array
+    chains: Any = None
 
 
 class _Diagnosis(NamedTuple):
@@ -183,8 +188,9 @@ class VariationalMCMCTeaching:
         key, k_buffer = jax.random.split(key)
         buffer = (_uniform(self._spec, k_buffer, config.buffer_size, self.dtype)
                   if config.init == "persistent" else None)
+        chains = _no_chains(self._spec, self.dtype) if config.correction else None
         self.state = TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
-                                   key, seed, buffer, jnp.asarray(0, jnp.int32))
+                                   key, seed, buffer, jnp.asarray(0, jnp.int32), chains)
 
     # ------------------------------------------------------------------ views of the state
     @property
@@ -214,14 +220,61 @@ class VariationalMCMCTeaching:
         return Langevin(self.energy, cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None) -> Array:
+    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Array:
         """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
 
         ``num_steps=0`` returns the starting points (e.g. the VAE's own samples).
         Without ``rng`` the draw is seeded from the training seed and the iteration
         count, so it is reproducible and leaves training unaffected.
+        ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
+        whole proposal paths (the decoder with its observation noise, or the wide
+        Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each
+        (see :func:`numpyro_vmt.correction.independent_mh`); they are samples of
+        ``exp(−E)/Z`` as far as the chains have mixed.
         """
+        if mh_steps:
+            return self._corrected(int(n), int(mh_steps), num_steps, rng)[0].position
         return self._sample(int(n), num_steps, rng)
+
+    def _proposal(self, num_steps: Optional[int]):
+        cfg = self.config
+        vae = self.vae if cfg.init == "vae" else None
+        num_steps = cfg.num_steps if num_steps is None else check_num_steps(num_steps)
+        noise_scale = cfg.noise_scale if cfg.noise_scale > 0 else 1.0
+        return vae, (cfg.step_size, num_steps, noise_scale, cfg.adjust)
+
+    def _key(self, rng: RNG, salt: int) -> Array:
+        key = as_key(rng)
+        return jax.random.fold_in(jax.random.fold_in(self.state.seed, self.state.iteration), salt) if key is None else key
+
+    def _corrected(self, n: int, mh_steps: int, num_steps: Optional[int], rng: RNG):
+        vae, opts = self._proposal(num_steps)
+        return correction.independent_mh(self._key(rng, 1), self.energy, vae, n, mh_steps, *opts,
+                                         0, self.config.wide_proposal())
+
+    def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
+                      batch_size: int = 2000) -> Tuple[float, float]:
+        r"""Estimate :math:`\log Z = \log\int e^{-E(x)}dx` and its standard error from proposal paths.
+
+        The paths are this teacher's own proposals: the VAE's decoder with its
+        observation noise (``init="vae"``), else the Gaussian over ``init_bounds``
+        (every other ``init``), followed by ``num_steps`` Langevin steps (default: the
+        configured ``K``; ``noise_scale=0`` is replaced by 1, a noise-free run has no
+        density). See :func:`numpyro_vmt.correction.log_partition`: the log-mean-exp is
+        biased *low*, so likelihoods from it are biased *high*, by an amount the
+        standard error does not capture when the weights' ESS is small.
+        """
+        vae, opts = self._proposal(num_steps)
+        return correction.log_partition(self._key(rng, 2), self.energy, vae, int(num_samples), *opts,
+                                        0, self.config.wide_proposal(), batch_size)
+
+    def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
+                 ) -> Tuple[np.ndarray, float]:
+        """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
+        ``log Ẑ`` (shared by every row; see :meth:`log_partition` for the bias)."""
+        x = self._as_batch(x, "x")
+        log_z, se = self.log_partition(num_samples, rng, num_steps)
+        return -self.energy.numpy_energy(np.asarray(x)) - log_z, se
 
     def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Array] = None) -> Array:
         key = as_key(rng)
@@ -308,8 +361,11 @@ class VariationalMCMCTeaching:
             if callback is not None:
                 callback(self, info)
             if progress:
+                extra = ({} if not self.config.correction else
+                         dict(acc=f"{float(info_h.path_acceptance):.2f}", ess=f"{float(info_h.weight_ess):.2f}",
+                              cross=f"{float(info_h.crossing_rate):.2f}"))
                 bar.set_postfix(loss=f"{float(info_h.loss):.3g}", e_data=f"{float(info_h.energy_data):.3g}",
-                                e_samples=f"{float(info_h.energy_samples):.3g}", refresh=False)
+                                e_samples=f"{float(info_h.energy_samples):.3g}", **extra, refresh=False)
         table = np.stack(rows) if rows else np.zeros((0, len(TeachingInfo._fields)))
         return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
 
@@ -349,7 +405,16 @@ class VariationalMCMCTeaching:
         iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
         if iteration is None or np.shape(iteration) != ():
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
-        self.state = TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32))
+        chains = None
+        if cur.chains is not None:
+            given = jax.tree.leaves(state.get("chains"))
+            event = cur.chains.position.shape[1:]
+            if (len(given) != 4 or tuple(np.shape(given[0])[1:]) != event
+                    or any(np.shape(a) != (np.shape(given[0])[0],) for a in given[1:])):
+                raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this configuration")
+            chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
+        self.state = TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32),
+                                   chains=chains)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).
@@ -456,10 +521,23 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
     ctx, batch = _split(batch)
     n = cfg.num_samples or batch.shape[0]
-    x0, aux = _initial(spec, state, n, k_init, training=True, ctx=ctx)
     energy = _bind(eqx.combine(state.energy, spec.energy), ctx)
-    lstate, sinfo, diag = _revise(spec, energy, x0, k_run, cfg.num_steps)
-    x_tilde = jax.lax.stop_gradient(lstate.position)
+    chains, minfo = state.chains, None
+    if cfg.correction:
+        if ctx is not None:
+            raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
+        vae = None if spec.vae is None else eqx.combine(state.vae, spec.vae)
+        chains, minfo = correction.update_chains(k_init, state.chains, energy, vae, n, cfg)
+        x_tilde, aux = jax.lax.stop_gradient(chains.position), None
+        zero = jnp.zeros((), jnp.int32)
+        diag = _Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype))
+        nan = jnp.full((), jnp.nan, x_tilde.dtype)
+        langevin_acc, langevin_gnorm = nan, nan
+    else:
+        x0, aux = _initial(spec, state, n, k_init, training=True, ctx=ctx)
+        lstate, sinfo, diag = _revise(spec, energy, x0, k_run, cfg.num_steps)
+        x_tilde = jax.lax.stop_gradient(lstate.position)
+        langevin_acc, langevin_gnorm = sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()
 
     def energy_loss(params):
         model = _bind(eqx.combine(params, spec.energy), ctx)
@@ -490,10 +568,17 @@ def _update_core(spec: _Spec, state: TeachingState, batch: Array):
         vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
     buffer = state.buffer.at[aux].set(x_tilde) if cfg.init == "persistent" else state.buffer
-    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1)
-    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
-                        sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
+    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1, chains)
+    nan = jnp.full((), jnp.nan, loss.dtype)
+    mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
+    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss, langevin_acc, langevin_gnorm, gnorm, *mh)
     return new, info, diag
+
+
+def _no_chains(spec: _Spec, dtype) -> correction.Path:
+    """Zero persistent chains: the first iteration of ``correction="mh"`` sets their number."""
+    empty = jnp.zeros((0,), dtype)
+    return correction.Path(jnp.zeros((0,) + spec.energy.event_shape, dtype), empty, empty, empty)
 
 
 @partial(jax.jit, static_argnums=(0, 3))

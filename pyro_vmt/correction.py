@@ -38,7 +38,7 @@ from pyro_vmt.langevin import RNG, LangevinState, _flat_sum, _step, as_generator
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
-           "crossing_radius"]
+           "crossing_radius", "update_chains", "independent_mh"]
 
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
@@ -300,3 +300,41 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
                             min(num_wide, b), wide).log_weight)
     est, se = log_mean_exp(torch.cat(logs).double())
     return float(est), float(se)
+
+def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, vae: Any, n: int,
+                  config: Any) -> Tuple[Path, MHInfo]:
+    """The sampler of ``correction="mh"`` teaching: one MH-on-paths update of ``n`` persistent
+    chains (see :func:`numpyro_vmt.correction.update_chains`)."""
+    cfg = config
+    gen = as_generator(rng, _like(potential_fn)["device"])
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    m = n if vae is None else cfg.num_noise_chains(n)
+    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal())
+    proposal = propose(gen, potential_fn, vae, n, *opts)
+    if chains is None or chains.position.shape[0] == 0:
+        ones = torch.ones((), dtype=proposal.energy.dtype, device=proposal.energy.device)
+        taken = torch.ones(n, dtype=torch.bool, device=ones.device)
+        return proposal, MHInfo(ones, taken, weight_ess(proposal.log_weight), 0 * ones)
+    if chains.position.shape[0] != n:
+        raise ValueError(f"{chains.position.shape[0]} persistent chains, but {n} negative samples per iteration")
+    radius = crossing_radius(cfg.step_size, cfg.noise_scale, cfg.num_steps, math.prod(chains.position.shape[1:]))
+    current = (refresh(gen, potential_fn, vae, chains.position, *opts) if cfg.path_refresh
+               else restale(potential_fn, chains))
+    return accept(gen, current, proposal, radius)
+
+def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
+                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
+                   wide: Tuple[float, float] = (0.0, 1.0)) -> Tuple[Path, Tensor]:
+    """``n`` chains of the independence sampler on paths for a *fixed* energy (see
+    :func:`numpyro_vmt.correction.independent_mh`)."""
+    gen = as_generator(rng, _like(potential_fn)["device"])
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide)
+    chains = propose(gen, potential_fn, vae, n, *opts)
+    rates = []
+    for _ in range(int(num_iters)):
+        chains, info = accept(gen, chains, propose(gen, potential_fn, vae, n, *opts))
+        rates.append(info.acceptance_rate)
+    return chains, torch.stack(rates) if rates else chains.energy.new_zeros(0)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 
 __all__ = [
     "INITS",
+    "CORRECTIONS",
     "TeachingConfig",
     "check_step_size",
     "check_num_steps",
@@ -22,6 +23,9 @@ __all__ = [
 
 #: The ways a Langevin revision can be initialised (see :class:`TeachingConfig`).
 INITS = ("vae", "noise", "persistent", "generator")
+
+#: Corrections of the negative samples (see :class:`TeachingConfig`): ``None`` is the paper's plain algorithm.
+CORRECTIONS = (None, "mh")
 
 
 def _is_real(value: Any) -> bool:
@@ -109,6 +113,23 @@ class TeachingConfig:
         times it over this many iterations, constant afterwards (``None``: constant).
     lr_final_ratio : float
         The final fraction of the learning rates under ``lr_decay_steps``.
+    correction : {None, "mh"}
+        ``None``: the paper's algorithm, the revised proposals are the negative
+        samples. ``"mh"``: exact Metropolis–Hastings teaching — persistent chains (one
+        per negative sample) accept a whole fresh proposal path (decoder draw with the
+        VAE's observation noise, then the Langevin run) with probability
+        ``min(1, w'/w)``, ``w`` the path's extended-space importance weight (see
+        ``correction.py`` of either backend), and the chain states are the negative
+        samples and the VAE's data. Needs ``init="vae"`` (the VAE proposes) or
+        ``"noise"`` (every chain proposes from a Gaussian over ``init_bounds``) and
+        ``noise_scale > 0``. The ``noise_fraction`` chains propose from that Gaussian
+        (a uniform start would not have full support).
+    path_refresh : bool
+        With ``correction="mh"``: before each accept test, redraw the current state's
+        auxiliary path (the Langevin backward run to ``x_0`` and ``z ~ r(z | x_0)``, a
+        Gibbs step) and weigh it under the current parameters — exact while the
+        parameters move, at ``K`` more gradient evaluations per iteration. ``False``
+        keeps the stale path term and re-evaluates only ``E(x_K)``.
     """
 
     init: str = "vae"
@@ -128,6 +149,8 @@ class TeachingConfig:
     noise_fraction: float = 0.0
     lr_decay_steps: Optional[int] = None
     lr_final_ratio: float = 0.1
+    correction: Optional[str] = None
+    path_refresh: bool = True
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -155,6 +178,16 @@ class TeachingConfig:
             _positive_int("lr_decay_steps", self.lr_decay_steps)
         if not _is_real(self.lr_final_ratio) or not 0 <= self.lr_final_ratio <= 1:
             raise ValueError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio!r}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if self.correction is not None:
+            if self.init not in ("vae", "noise"):
+                raise ValueError(f"correction={self.correction!r} needs init='vae' or 'noise', got {self.init!r}")
+            if self.noise_scale <= 0:
+                raise ValueError(f"correction={self.correction!r} needs noise_scale > 0: "
+                                 "a noise-free revision has no density")
+        if not isinstance(self.path_refresh, bool):
+            raise ValueError(f"path_refresh must be a bool, got {self.path_refresh!r}")
         low, high = _pair("init_bounds", self.init_bounds)
         if not low < high:
             raise ValueError(f"init_bounds must satisfy low < high, got {self.init_bounds!r}")
@@ -177,6 +210,12 @@ class TeachingConfig:
     def num_noise_chains(self, n: int) -> int:
         """How many of ``n`` training chains start from noise under ``noise_fraction``."""
         return int(round(self.noise_fraction * n)) if self.init in ("vae", "generator") else 0
+
+    def wide_proposal(self) -> Tuple[float, float]:
+        """``(loc, scale)`` of the Gaussian that noise chains propose from under ``correction``:
+        the centre and half-width of ``init_bounds``."""
+        low, high = self.init_bounds
+        return (0.5 * (low + high), 0.5 * (high - low))
 
     def replace(self, **changes: Any) -> "TeachingConfig":
         """A copy with ``changes`` applied (and validated)."""
