@@ -32,7 +32,7 @@ from vmt import plots
 from vmt.api import BACKENDS, default_backend, load_backend
 from vmt.conditional import ConditionalRecipe, build_conditional_teacher, get_conditional_recipe
 from vmt.data import DENSITIES, Dataset, load_dataset
-from vmt.metrics import digit_scores, heldout_log_likelihood, mmd, mode_coverage
+from vmt.metrics import digit_scores, estimated_log_likelihood, heldout_log_likelihood, mmd, mode_coverage
 from vmt.recipes import Recipe, build_teacher, get_recipe, to_numpy
 from vmt.tasks import TASKS, load_task
 
@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--num-steps", type=int)
     t.add_argument("--noise-scale", type=float)
     t.add_argument("--adjust", action="store_true", help="Metropolis-adjusted steps (MALA)")
+    t.add_argument("--correction", choices=["none", "mh"], default=None,
+                   help="mh: exact Metropolis-Hastings teaching, persistent chains accept whole "
+                        "proposal paths (default: the recipe's)")
+    t.add_argument("--stale-paths", action="store_true",
+                   help="with --correction mh: keep the current states' path terms instead of "
+                        "refreshing them (cheaper, exact only for a fixed energy)")
     t.add_argument("--energy-lr", type=float)
     t.add_argument("--vae-lr", type=float)
     t.add_argument("--energy-reg", type=float)
@@ -95,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--num-samples", type=int, default=1000,
                    help="for a --task run: one y for each of the first n test inputs x (cycled)")
     s.add_argument("--num-steps", type=int, default=None, help="Langevin steps (0: the VAE's samples)")
+    s.add_argument("--mh-steps", type=int, default=0,
+                   help="exact samples: accept tests of independence-sampler chains on whole proposal paths")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="default: <run>/samples-<seed>.npy")
 
@@ -110,6 +118,10 @@ def _recipe_from_args(args: argparse.Namespace):
                if getattr(args, flag) is not None}
     if args.adjust:
         changes["adjust"] = True
+    if args.correction is not None:
+        changes["correction"] = None if args.correction == "none" else args.correction
+    if args.stale_paths:
+        changes["path_refresh"] = False
     if args.hidden:
         changes["hidden"] = tuple(int(h) for h in args.hidden.split(","))
     return recipe.replace(**changes)
@@ -172,13 +184,22 @@ def _load_run(run: Path, threads: int = 1, device: Optional[str] = None):
     return meta, dataset, recipe, teacher
 
 
+#: Accept tests of the exact sampler that draws a corrected teacher's evaluation samples.
+EVAL_MH_STEPS = 30
+
+
 def evaluate(teacher, dataset: Dataset, num_samples: int = 5000, seed: int = 0) -> Dict[str, Any]:
-    """Sample metrics of the EBM (and of its VAE alone), and for 2-D data the EBM's
-    exact held-out log-likelihood by quadrature."""
-    samples = to_numpy(teacher.sample(num_samples, rng=seed))
+    """Sample metrics of the EBM (and of its VAE alone), the EBM's held-out log-likelihood
+    with ``log Z`` estimated from proposal paths (any data set), and for 2-D data its
+    exact held-out log-likelihood by quadrature beside it. A teacher trained with
+    ``correction="mh"`` is sampled exactly (``mh_steps=EVAL_MH_STEPS``)."""
+    mh_steps = EVAL_MH_STEPS if getattr(teacher.config, "correction", None) else 0
+    samples = to_numpy(teacher.sample(num_samples, rng=seed, mh_steps=mh_steps))
     out: Dict[str, Any] = {"ebm": _sample_metrics(samples, dataset)}
     if teacher.config.init in ("vae", "generator"):
         out["vae"] = _sample_metrics(to_numpy(teacher.sample(num_samples, num_steps=0, rng=seed)), dataset)
+    est = estimated_log_likelihood(teacher, dataset.test, seed=seed)
+    out["ebm"].update(estimated_log_likelihood=est["log_likelihood"], estimate=est)
     if dataset.density is not None:
         ll = heldout_log_likelihood(teacher.energy.numpy_energy, dataset.test, dataset.density.bounds)
         out["ebm"].update(heldout_log_likelihood=ll["log_likelihood"], quadrature=ll)
@@ -279,7 +300,8 @@ def _train_task(args: argparse.Namespace) -> Path:
 
 def _print_summary(metrics: Dict[str, Any]) -> None:
     ebm = metrics["ebm"]
-    keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "mmd", "frechet", "precision", "recall"]
+    keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "estimated_log_likelihood",
+            "mmd", "frechet", "precision", "recall"]
     parts = [f"{k}={ebm[k]:.4g}" for k in keys if k in ebm]
     print(f"trained in {metrics['train_seconds']:.1f}s: " + ", ".join(parts))
 
@@ -290,7 +312,8 @@ def _sample(args: argparse.Namespace) -> Path:
         cond = dataset.x_test[np.arange(args.num_samples) % len(dataset.x_test)]
         x = to_numpy(teacher.sample(cond, num_steps=args.num_steps, rng=args.seed))
     else:
-        x = to_numpy(teacher.sample(args.num_samples, num_steps=args.num_steps, rng=args.seed))
+        x = to_numpy(teacher.sample(args.num_samples, num_steps=args.num_steps, rng=args.seed,
+                                    mh_steps=args.mh_steps))
     path = args.out or args.run / f"samples-{args.seed}.npy"
     np.save(path, x)
     print(f"wrote {x.shape[0]} samples to {path}")
