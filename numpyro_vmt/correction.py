@@ -61,11 +61,12 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from numpyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_key, energy_and_grad, step
+from numpyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_key, energy_and_grad
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
-           "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
+           "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
            "crossing_radius", "update_chains", "independent_mh"]
 
 Array = jax.Array
@@ -119,49 +120,90 @@ def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: i
     return 3.0 * step_size * noise_scale * math.sqrt(num_steps * dim)
 
 
-def _increment(old: LangevinState, new: LangevinState, h: float, s2: float, adjust: bool) -> Array:
-    """``log L(x | x') − log L(x' | x)`` of one step (the constants cancel)."""
-    if adjust:  # detailed balance: L(x | x') / L(x' | x) = exp(E(x') − E(x))
-        return new.energy - old.energy
-    fwd = _flat_sum((new.position - old.position + h * old.grad) ** 2)
-    bwd = _flat_sum((old.position - new.position + h * new.grad) ** 2)
-    return (fwd - bwd) / (2 * s2)
+def _quad(x: Array, center: Array, inv_var: Array) -> Tuple[Array, Array]:
+    """``Q(x) = ½ Σ (x − c)² / σ²`` per chain and its gradient."""
+    d = (x - center) * inv_var
+    return 0.5 * _flat_sum(d * (x - center)), d
+
+
+def _path_step(key, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise, uniform):
+    r"""One Langevin step on :math:`E_\beta = \beta E + (1 - \beta) Q` (``Q`` the anchor's
+    Gaussian; :math:`E_1 = E` without one) and its log ratio
+    :math:`\log L(x \mid x') - \log L(x' \mid x)`."""
+    k_noise, k_unif = jax.random.split(key) if key is not None else (None, None)
+    q, gq = _quad(x, *anchor) if anchor is not None else (0.0, 0.0)
+    drift = x - h * (beta * g + (1 - beta) * gq)
+    if noise is None:
+        noise = jax.random.normal(k_noise, x.shape, x.dtype)
+    new_x = drift + scale * noise
+    new_e, new_g = energy_and_grad(potential_fn, new_x)
+    new_q, new_gq = _quad(new_x, *anchor) if anchor is not None else (0.0, 0.0)
+    fwd = _flat_sum((new_x - drift) ** 2)
+    bwd = _flat_sum((x - new_x + h * (beta * new_g + (1 - beta) * new_gq)) ** 2)
+    finite = jnp.isfinite(new_e) & jnp.isfinite(_flat_sum(new_g)) & jnp.isfinite(_flat_sum(new_x))
+    if not adjust:
+        return new_x, new_e, new_g, (fwd - bwd) / (2 * scale * scale), finite
+    e_b, new_e_b = beta * e + (1 - beta) * q, beta * new_e + (1 - beta) * new_q
+    log_alpha = jnp.where(finite, e_b - new_e_b + (fwd - bwd) / (2 * scale * scale), -jnp.inf)
+    if uniform is None:
+        uniform = jax.random.uniform(k_unif, e.shape, dtype=x.dtype)
+    take = jnp.log(uniform) < log_alpha
+    mask = take.reshape((-1,) + (1,) * (x.ndim - 1))
+    # detailed balance: L(x | x') / L(x' | x) = exp(E_β(x') − E_β(x)), 0 when x' = x
+    inc = jnp.where(take, new_e_b - e_b, 0.0)
+    return (jnp.where(mask, new_x, x), jnp.where(take, new_e, e), jnp.where(mask, new_g, g), inc,
+            jnp.ones_like(finite))
+
+
+def schedule(num_steps: int, reverse: bool = False) -> np.ndarray:
+    r"""The inverse temperatures :math:`\beta_k = k/K`, ``k = 1..K``, of an annealed path
+    (reversed for the backward run)."""
+    b = np.arange(1, num_steps + 1) / num_steps
+    return b[::-1].copy() if reverse else b
 
 
 def run_path(rng: RNG, x0: Array, potential_fn: PotentialFn, step_size: float, num_steps: int,
              noise_scale: float = 1.0, adjust: bool = False, noise: Optional[Array] = None,
-             uniform: Optional[Array] = None) -> Tuple[LangevinState, Array, Array]:
+             uniform: Optional[Array] = None, anchor: Optional[Tuple[Array, Array]] = None,
+             reverse: bool = False) -> Tuple[LangevinState, Array, Array]:
     r"""``K`` Langevin steps from ``x0`` and the path's log ratio of backward to forward kernels.
 
     Returns ``(final_state, log_ratio, finite)`` with
-    :math:`\text{log\_ratio} = \sum_k [\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)]`
+    :math:`\text{log\_ratio} = \sum_k [\log L_k(x_k \mid x_{k+1}) - \log L_k(x_{k+1} \mid x_k)]`
     per chain and ``finite`` whether every point of the path had a finite energy and
     gradient. ``noise`` and ``uniform`` (leading axis ``num_steps``) inject the draws.
+
+    Without ``anchor`` every transition :math:`L_k` targets ``E``. With
+    ``anchor = (center, inv_var)`` the path is annealed (Neal 2001): step ``k`` targets
+    :math:`E_{\beta_k} = \beta_k E + (1 - \beta_k)\,\tfrac12\lVert x - c\rVert^2_{\sigma^{-2}}`,
+    :math:`\beta_k = k/K` (:func:`schedule`; ``reverse`` runs it from 1 down, for the
+    backward path), so a path from the anchor's Gaussian reaches ``E`` gradually and its
+    weight is an annealed-importance weight.
     """
     if noise_scale <= 0:
         raise ValueError("a proposal path needs noise_scale > 0: a noise-free revision has no density")
-    h, s2 = 0.5 * step_size ** 2, (step_size * noise_scale) ** 2
+    h, scale = 0.5 * step_size ** 2, step_size * noise_scale
     e, g = energy_and_grad(potential_fn, x0)
-    start = LangevinState(x0, e, g)
     ok0 = jnp.isfinite(e) & jnp.isfinite(_flat_sum(g))
     key = as_key(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
+    betas = jnp.asarray(schedule(num_steps, reverse) if anchor is not None else np.ones(num_steps), x0.dtype)
 
     def body(carry, xs):
-        s, total, ok = carry
-        k, nz, u = xs
-        new, info = step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
-        inc = _increment(s, new, h, s2, adjust)
-        return (new, total + inc, ok & ~info.is_divergent & jnp.isfinite(inc)), None
+        x, e, g, total, ok = carry
+        k, beta, nz, u = xs
+        x, e, g, inc, finite = _path_step(k, x, e, g, beta, potential_fn, h, scale, adjust, anchor, nz, u)
+        return (x, e, g, total + inc, ok & finite & jnp.isfinite(inc)), None
 
-    (final, total, ok), _ = jax.lax.scan(body, (start, jnp.zeros_like(e), ok0), (keys, noise, uniform),
-                                         length=num_steps)
-    return final, total, ok
+    (x, e, g, total, ok), _ = jax.lax.scan(body, (x0, e, g, jnp.zeros_like(e), ok0),
+                                           (keys, betas, noise, uniform), length=num_steps)
+    return LangevinState(x, e, g), total, ok
 
 
-def start_log_ratio(vae: Any, x0: Array, z: Array) -> Array:
-    r""":math:`\log r(z \mid x_0) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain (all constants kept)."""
-    loc, scale = vae.encode(x0)
+def start_log_ratio(vae: Any, x0: Array, z: Array, x_enc: Optional[Array] = None) -> Array:
+    r""":math:`\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain
+    (all constants kept); the encoder reads ``x_e = x_enc`` (default ``x0``)."""
+    loc, scale = vae.encode(x0 if x_enc is None else x_enc)
     log_r = -0.5 * (((z - loc) / scale) ** 2).sum(1) - jnp.log(scale).sum(1)
     log_p = -0.5 * (z ** 2).sum(1)
     sigma = jnp.broadcast_to(vae.scale().astype(x0.dtype), x0.shape[1:])
@@ -185,12 +227,13 @@ def _weighted(final: LangevinState, path_term: Array, start_term: Array, ok: Arr
 
 def path_log_weight(potential_fn: PotentialFn, vae: Any, z: Array, x0: Array, noise: Array,
                     step_size: float, noise_scale: float = 1.0, adjust: bool = False,
-                    uniform: Optional[Array] = None) -> Path:
+                    uniform: Optional[Array] = None, anneal: bool = False) -> Path:
     """The weighted path of given draws (``z``, ``x0``, the Langevin ``noise`` of shape
     ``(K, n, *event_shape)`` and for MALA the ``uniform`` s): deterministic, for tests."""
+    anchor = _anchor(vae, z, x0, jnp.zeros(x0.shape[0], bool), (0.0, 1.0)) if anneal else None
     final, ratio, ok = run_path(None, x0, potential_fn, step_size, noise.shape[0], noise_scale,
-                                adjust, noise, uniform)
-    return _weighted(final, ratio, start_log_ratio(vae, x0, z), ok)
+                                adjust, noise, uniform, anchor)
+    return _weighted(final, ratio, start_log_ratio(vae, x0, z, final.position if anneal else None), ok)
 
 
 def _wide_mask(n: int, num_wide: int, vae: Any) -> Array:
@@ -199,36 +242,53 @@ def _wide_mask(n: int, num_wide: int, vae: Any) -> Array:
     return jnp.arange(n) >= n - m
 
 
-def _start_terms(vae, x0, z, wide, loc, scale):
+def _rows(mask: Array, x: Array) -> Array:
+    return mask.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _anchor(vae, z, x, wide, wide_params):
+    """``(center, 1/σ²)`` of each chain's start Gaussian: ``N(g(z), σ²)`` or the wide one."""
+    loc, scale = wide_params
+    center = jnp.full_like(x, loc)
+    inv_var = jnp.full_like(x, 1.0 / scale ** 2)
+    if vae is None:
+        return center, inv_var
+    sigma = jnp.broadcast_to(vae.scale().astype(x.dtype), x.shape)
+    rows = _rows(wide, x)
+    return (jnp.where(rows, center, jax.lax.stop_gradient(vae.decode(z))),
+            jnp.where(rows, inv_var, 1.0 / sigma ** 2))
+
+
+def _start_terms(vae, x0, z, wide, loc, scale, x_enc=None):
     out = wide_log_ratio(x0, loc, scale)
     if vae is not None:
-        out = jnp.where(wide, out, start_log_ratio(vae, x0, z))
+        out = jnp.where(wide, out, start_log_ratio(vae, x0, z, x_enc))
     return out
 
 
 @eqx.filter_jit
-def _propose(key, potential_fn, vae, n, step_size, num_steps, noise_scale, adjust, num_wide, wide):
+def _propose(key, potential_fn, vae, n, step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal):
     loc, scale = wide
     k_z, k_x, k_run = jax.random.split(key, 3)
     dtype = _dtype(potential_fn, vae)
     mask = _wide_mask(n, num_wide, vae)
     shape = (n,) + tuple(potential_fn.event_shape)
     eps = jax.random.normal(k_x, shape, dtype)
-    x_wide = loc + scale * eps
-    if vae is None:
-        z, x0 = None, x_wide
-    else:
+    x0 = loc + scale * eps
+    z = None
+    if vae is not None:
         z = jax.random.normal(k_z, (n, vae.latent_dim), dtype)
         sigma = jnp.broadcast_to(vae.scale().astype(dtype), shape[1:])
-        x_vae = jax.lax.stop_gradient(vae.decode(z) + sigma * eps)
-        x0 = jnp.where(mask.reshape((-1,) + (1,) * (len(shape) - 1)), x_wide, x_vae)
-    final, ratio, ok = run_path(k_run, x0, potential_fn, step_size, num_steps, noise_scale, adjust)
-    return _weighted(final, ratio, _start_terms(vae, x0, z, mask, loc, scale), ok)
+        x0 = jnp.where(_rows(mask, x0), x0, jax.lax.stop_gradient(vae.decode(z) + sigma * eps))
+    anchor = _anchor(vae, z, x0, mask, wide) if anneal else None
+    final, ratio, ok = run_path(k_run, x0, potential_fn, step_size, num_steps, noise_scale, adjust, anchor=anchor)
+    x_enc = final.position if anneal else None
+    return _weighted(final, ratio, _start_terms(vae, x0, z, mask, loc, scale, x_enc), ok)
 
 
 def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: float, num_steps: int,
             noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+            wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """``n`` fresh weighted proposal paths.
 
     Parameters
@@ -246,40 +306,51 @@ def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: fl
         The last ``num_wide`` chains start from ``N(loc, scale²)`` instead of the decoder.
     wide : (float, float)
         ``(loc, scale)`` of the wide Gaussian.
+    anneal : bool
+        Anneal each path from its start Gaussian (``N(g(z), σ²)`` or the wide one) to
+        ``E`` (see :func:`run_path`); the encoder then reads ``x_K``: the weight is
+        :math:`\log w = -E(x_K) + \sum_k[\dots] + \log r(z \mid x_K) - \log p(z) - \log\mathcal N(x_0; g(z), \sigma^2)`.
     """
     key = _key(rng)
     return _propose(key, potential_fn, vae, int(n), float(step_size), int(num_steps),
-                    float(noise_scale), bool(adjust), int(num_wide), tuple(float(v) for v in wide))
+                    float(noise_scale), bool(adjust), int(num_wide), tuple(float(v) for v in wide), bool(anneal))
 
 
 def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Array, step_size: float,
             num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+            wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """Redraw the auxiliary path of chain states ``position`` and weigh it (a Gibbs step).
 
     The backward kernels are Langevin steps, so ``K`` steps from ``x_K`` give
     ``x_{K-1}, …, x_0`` (the path reversed; its log ratio is minus the run's), then
-    ``z ~ r(z | x_0)``. Chain ``i`` keeps the start distribution of proposal slot
-    ``i`` (decoder or wide Gaussian).
+    ``z ~ r(z | x_0)`` — or, annealed, first ``z ~ r(z | x_K)`` and then the backward
+    run with the temperatures reversed. Chain ``i`` keeps the start distribution of
+    proposal slot ``i`` (decoder or wide Gaussian).
     """
     return _refresh(_key(rng), potential_fn, vae, position, float(step_size), int(num_steps),
-                    float(noise_scale), bool(adjust), int(num_wide), tuple(float(v) for v in wide))
+                    float(noise_scale), bool(adjust), int(num_wide), tuple(float(v) for v in wide), bool(anneal))
+
+
+def _encode_draw(vae, x, key):
+    loc_z, scale_z = vae.encode(x)
+    return loc_z + scale_z * jax.random.normal(key, loc_z.shape, loc_z.dtype)
 
 
 @eqx.filter_jit
-def _refresh(key, potential_fn, vae, position, step_size, num_steps, noise_scale, adjust, num_wide, wide):
+def _refresh(key, potential_fn, vae, position, step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal):
     k_run, k_z = jax.random.split(key)
-    n = position.shape[0]
-    mask = _wide_mask(n, num_wide, vae)
-    back, ratio, ok = run_path(k_run, position, potential_fn, step_size, num_steps, noise_scale, adjust)
-    x0 = back.position
-    z = None
-    if vae is not None:
-        loc_z, scale_z = vae.encode(x0)
-        z = loc_z + scale_z * jax.random.normal(k_z, loc_z.shape, loc_z.dtype)
-    e_end = potential_fn(position)
-    end = LangevinState(position, e_end, position)
-    return _weighted(end, -ratio, _start_terms(vae, x0, z, mask, *wide), ok)
+    mask = _wide_mask(position.shape[0], num_wide, vae)
+    if anneal:
+        z = None if vae is None else _encode_draw(vae, position, k_z)
+        back, ratio, ok = run_path(k_run, position, potential_fn, step_size, num_steps, noise_scale, adjust,
+                                   anchor=_anchor(vae, z, position, mask, wide), reverse=True)
+        x0, x_enc = back.position, position
+    else:
+        back, ratio, ok = run_path(k_run, position, potential_fn, step_size, num_steps, noise_scale, adjust)
+        x0, x_enc = back.position, None
+        z = None if vae is None else _encode_draw(vae, x0, k_z)
+    end = LangevinState(position, potential_fn(position), position)
+    return _weighted(end, -ratio, _start_terms(vae, x0, z, mask, *wide, x_enc), ok)
 
 
 def restale(potential_fn: PotentialFn, path: Path) -> Path:
@@ -332,7 +403,8 @@ def log_mean_exp(log_w: Array) -> Tuple[Array, Array]:
 
 def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: int, step_size: float,
                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                  wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000) -> Tuple[float, float]:
+                  wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000,
+                  anneal: bool = False) -> Tuple[float, float]:
     r"""Estimate :math:`\log Z = \log \int e^{-E(x)} dx` from ``num_samples`` proposal paths.
 
     Returns ``(log_z, standard_error)`` (Python floats). The estimate is the
@@ -347,7 +419,7 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
     for i, start in enumerate(range(0, int(num_samples), int(batch_size))):
         b = min(int(batch_size), int(num_samples) - start)
         path = propose(jax.random.fold_in(key, i), potential_fn, vae, b, step_size, num_steps,
-                       noise_scale, adjust, min(num_wide, b), wide)
+                       noise_scale, adjust, min(num_wide, b), wide, anneal)
         logs.append(path.log_weight)
     est, se = log_mean_exp(jnp.concatenate(logs))
     return float(est), float(se)
@@ -378,7 +450,7 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
     cfg = config
     k_prop, k_ref, k_acc = jax.random.split(_key(rng), 3)
     m = n if vae is None else cfg.num_noise_chains(n)
-    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal())
+    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal(), cfg.path_anneal)
     proposal = propose(k_prop, potential_fn, vae, n, *opts)
     if chains is None or chains.position.shape[0] == 0:
         ones = jnp.ones((), proposal.energy.dtype)
@@ -392,13 +464,13 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                   wide: Tuple[float, float] = (0.0, 1.0)) -> Tuple[Path, Array]:
+                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Array]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy: the first
     proposals, then ``num_iters`` rounds of :func:`propose` and :func:`accept` (the weights
     of a fixed energy never go stale). Returns the final :class:`Path` and the mean
     acceptance of each round, shape ``(num_iters,)``."""
     key = _key(rng)
-    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide)
+    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal)
     chains = propose(jax.random.fold_in(key, 0), potential_fn, vae, n, *opts)
     rates = []
     for t in range(1, int(num_iters) + 1):

@@ -250,7 +250,7 @@ class VariationalMCMCTeaching:
     def _corrected(self, n: int, mh_steps: int, num_steps: Optional[int], rng: RNG):
         vae, opts = self._proposal(num_steps)
         return correction.independent_mh(self._key(rng, 1), self.energy, vae, n, mh_steps, *opts,
-                                         0, self.config.wide_proposal())
+                                         0, self.config.wide_proposal(), anneal=self.config.path_anneal)
 
     def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
                       batch_size: int = 2000) -> Tuple[float, float]:
@@ -266,7 +266,8 @@ class VariationalMCMCTeaching:
         """
         vae, opts = self._proposal(num_steps)
         return correction.log_partition(self._key(rng, 2), self.energy, vae, int(num_samples), *opts,
-                                        0, self.config.wide_proposal(), batch_size)
+                                        0, self.config.wide_proposal(), batch_size,
+                                        anneal=self.config.path_anneal)
 
     def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
                  ) -> Tuple[np.ndarray, float]:

@@ -34,10 +34,10 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from pyro_vmt.langevin import RNG, LangevinState, _flat_sum, _step, as_generator, energy_and_grad
+from pyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_generator, energy_and_grad
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
-           "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
+           "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
            "crossing_radius", "update_chains", "independent_mh"]
 
 Tensor = torch.Tensor
@@ -90,21 +90,55 @@ def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: i
     return 3.0 * step_size * noise_scale * math.sqrt(num_steps * dim)
 
 
-def _increment(old: LangevinState, new: LangevinState, h: float, s2: float, adjust: bool) -> Tensor:
-    """``log L(x | x') − log L(x' | x)`` of one step (the constants cancel)."""
-    if adjust:  # detailed balance: L(x | x') / L(x' | x) = exp(E(x') − E(x))
-        return new.energy - old.energy
-    fwd = _flat_sum((new.position - old.position + h * old.grad) ** 2)
-    bwd = _flat_sum((old.position - new.position + h * new.grad) ** 2)
-    return (fwd - bwd) / (2 * s2)
+def _quad(x: Tensor, center: Tensor, inv_var: Tensor) -> Tuple[Tensor, Tensor]:
+    """``Q(x) = ½ Σ (x − c)² / σ²`` per chain and its gradient."""
+    d = (x - center) * inv_var
+    return 0.5 * _flat_sum(d * (x - center)), d
+
+
+def _path_step(gen, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise, uniform):
+    r"""One Langevin step on :math:`E_\beta = \beta E + (1 - \beta) Q` and its log ratio
+    :math:`\log L(x \mid x') - \log L(x' \mid x)` (see :func:`numpyro_vmt.correction._path_step`)."""
+    q, gq = _quad(x, *anchor) if anchor is not None else (0.0, 0.0)
+    drift = x - h * (beta * g + (1 - beta) * gq)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+    new_x = drift + scale * noise
+    new_e, new_g = energy_and_grad(potential_fn, new_x)
+    new_q, new_gq = _quad(new_x, *anchor) if anchor is not None else (0.0, 0.0)
+    fwd = _flat_sum((new_x - drift) ** 2)
+    bwd = _flat_sum((x - new_x + h * (beta * new_g + (1 - beta) * new_gq)) ** 2)
+    finite = torch.isfinite(new_e) & torch.isfinite(_flat_sum(new_g)) & torch.isfinite(_flat_sum(new_x))
+    if not adjust:
+        return new_x, new_e, new_g, (fwd - bwd) / (2 * scale * scale), finite
+    e_b, new_e_b = beta * e + (1 - beta) * q, beta * new_e + (1 - beta) * new_q
+    log_alpha = torch.where(finite, e_b - new_e_b + (fwd - bwd) / (2 * scale * scale),
+                            torch.full_like(e, -math.inf))
+    if uniform is None:
+        uniform = torch.rand(e.shape, generator=gen, dtype=x.dtype, device=x.device)
+    take = torch.log(uniform) < log_alpha
+    mask = take.reshape((-1,) + (1,) * (x.ndim - 1))
+    # detailed balance: L(x | x') / L(x' | x) = exp(E_β(x') − E_β(x)), 0 when x' = x
+    inc = torch.where(take, new_e_b - e_b, torch.zeros_like(e))
+    return (torch.where(mask, new_x, x), torch.where(take, new_e, e), torch.where(mask, new_g, g), inc,
+            torch.ones_like(finite))
+
+
+def schedule(num_steps: int, reverse: bool = False) -> list:
+    r"""The inverse temperatures :math:`\beta_k = k/K`, ``k = 1..K``, of an annealed path
+    (reversed for the backward run)."""
+    b = [k / num_steps for k in range(1, num_steps + 1)]
+    return b[::-1] if reverse else b
 
 
 def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, num_steps: int,
              noise_scale: float = 1.0, adjust: bool = False, noise: Optional[Tensor] = None,
-             uniform: Optional[Tensor] = None) -> Tuple[LangevinState, Tensor, Tensor]:
+             uniform: Optional[Tensor] = None, anchor: Optional[Tuple[Tensor, Tensor]] = None,
+             reverse: bool = False) -> Tuple[LangevinState, Tensor, Tensor]:
     r"""``K`` Langevin steps from ``x0`` and the path's log ratio of backward to forward kernels.
 
-    Returns ``(final_state, log_ratio, finite)``, as :func:`numpyro_vmt.correction.run_path`.
+    Returns ``(final_state, log_ratio, finite)``, as :func:`numpyro_vmt.correction.run_path`
+    (``anchor = (center, inv_var)`` anneals the path).
     """
     if noise_scale <= 0:
         raise ValueError("a proposal path needs noise_scale > 0: a noise-free revision has no density")
@@ -112,24 +146,25 @@ def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, 
     if gen is None and (noise is None or (adjust and uniform is None)):
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     h, scale = 0.5 * step_size ** 2, step_size * noise_scale
-    e, g = energy_and_grad(potential_fn, x0)
-    state = LangevinState(x0.detach(), e, g)
+    x = x0.detach()
+    e, g = energy_and_grad(potential_fn, x)
     total = torch.zeros_like(e)
     ok = torch.isfinite(e) & torch.isfinite(_flat_sum(g))
+    betas = schedule(num_steps, reverse) if anchor is not None else [1.0] * num_steps
     for k in range(num_steps):
-        new, info = _step(gen, state, potential_fn, h, scale, adjust,
-                          None if noise is None else noise[k], None if uniform is None else uniform[k])
-        inc = _increment(state, new, h, scale * scale, adjust)
+        x, e, g, inc, finite = _path_step(gen, x, e, g, betas[k], potential_fn, h, scale, adjust, anchor,
+                                          None if noise is None else noise[k],
+                                          None if uniform is None else uniform[k])
         total = total + inc
-        ok = ok & ~info.is_divergent & torch.isfinite(inc)
-        state = new
-    return state, total, ok
+        ok = ok & finite & torch.isfinite(inc)
+    return LangevinState(x, e, g), total, ok
 
 
-def start_log_ratio(vae: Any, x0: Tensor, z: Tensor) -> Tensor:
-    r""":math:`\log r(z \mid x_0) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain (all constants kept)."""
+def start_log_ratio(vae: Any, x0: Tensor, z: Tensor, x_enc: Optional[Tensor] = None) -> Tensor:
+    r""":math:`\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain
+    (all constants kept); the encoder reads ``x_e = x_enc`` (default ``x0``)."""
     with torch.no_grad():
-        loc, scale = vae.encode(x0)
+        loc, scale = vae.encode(x0 if x_enc is None else x_enc)
         log_r = -0.5 * (((z - loc) / scale) ** 2).sum(1) - scale.log().sum(1)
         log_p = -0.5 * (z ** 2).sum(1)
         sigma = vae.scale().to(x0.dtype).expand(x0.shape[1:])
@@ -155,12 +190,14 @@ def _weighted(final: LangevinState, path_term: Tensor, start_term: Tensor, ok: T
 
 def path_log_weight(potential_fn: PotentialFn, vae: Any, z: Tensor, x0: Tensor, noise: Tensor,
                     step_size: float, noise_scale: float = 1.0, adjust: bool = False,
-                    uniform: Optional[Tensor] = None) -> Path:
+                    uniform: Optional[Tensor] = None, anneal: bool = False) -> Path:
     """The weighted path of given draws (``z``, ``x0``, the Langevin ``noise`` of shape
     ``(K, n, *event_shape)`` and for MALA the ``uniform`` s): deterministic, for tests."""
+    no_wide = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
+    anchor = _anchor(vae, z, x0, no_wide, (0.0, 1.0)) if anneal else None
     final, ratio, ok = run_path(None, x0, potential_fn, step_size, noise.shape[0], noise_scale,
-                                adjust, noise, uniform)
-    return _weighted(final, ratio, start_log_ratio(vae, x0, z), ok)
+                                adjust, noise, uniform, anchor)
+    return _weighted(final, ratio, start_log_ratio(vae, x0, z, final.position if anneal else None), ok)
 
 
 def _wide_mask(n: int, num_wide: int, vae: Any, device) -> Tensor:
@@ -169,10 +206,28 @@ def _wide_mask(n: int, num_wide: int, vae: Any, device) -> Tensor:
     return torch.arange(n, device=device) >= n - m
 
 
-def _start_terms(vae, x0, z, wide, loc, scale):
+def _rows(mask: Tensor, x: Tensor) -> Tensor:
+    return mask.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _anchor(vae, z, x, wide, wide_params):
+    """``(center, 1/σ²)`` of each chain's start Gaussian: ``N(g(z), σ²)`` or the wide one."""
+    loc, scale = wide_params
+    center = torch.full_like(x, loc)
+    inv_var = torch.full_like(x, 1.0 / scale ** 2)
+    if vae is None:
+        return center, inv_var
+    with torch.no_grad():
+        mean = vae.decode(z).to(x.dtype)
+        sigma = vae.scale().to(x.dtype).expand(x.shape)
+    rows = _rows(wide, x)
+    return torch.where(rows, center, mean), torch.where(rows, inv_var, 1.0 / sigma ** 2)
+
+
+def _start_terms(vae, x0, z, wide, loc, scale, x_enc=None):
     out = wide_log_ratio(x0, loc, scale)
     if vae is not None:
-        out = torch.where(wide, out, start_log_ratio(vae, x0, z))
+        out = torch.where(wide, out, start_log_ratio(vae, x0, z, x_enc))
     return out
 
 
@@ -183,7 +238,7 @@ def _like(potential_fn) -> dict:
 
 def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: float, num_steps: int,
             noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+            wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """``n`` fresh weighted proposal paths (see :func:`numpyro_vmt.correction.propose`)."""
     like = _like(potential_fn)
     gen = as_generator(rng, like["device"])
@@ -199,32 +254,41 @@ def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: fl
     if vae is not None:
         with torch.no_grad():
             x_vae = vae.decode(z) + vae.scale().to(eps.dtype) * eps
-        x0 = torch.where(mask.reshape((-1,) + (1,) * (len(shape) - 1)), x0, x_vae)
-    final, ratio, ok = run_path(gen, x0, potential_fn, step_size, num_steps, noise_scale, adjust)
-    return _weighted(final, ratio, _start_terms(vae, x0, z, mask, loc, scale), ok)
+        x0 = torch.where(_rows(mask, x0), x0, x_vae)
+    anchor = _anchor(vae, z, x0, mask, wide) if anneal else None
+    final, ratio, ok = run_path(gen, x0, potential_fn, step_size, num_steps, noise_scale, adjust, anchor=anchor)
+    x_enc = final.position if anneal else None
+    return _weighted(final, ratio, _start_terms(vae, x0, z, mask, loc, scale, x_enc), ok)
+
+
+def _encode_draw(vae, x, gen):
+    with torch.no_grad():
+        loc_z, scale_z = vae.encode(x)
+    return loc_z + scale_z * torch.randn(loc_z.shape, generator=gen, dtype=loc_z.dtype, device=loc_z.device)
 
 
 def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Tensor, step_size: float,
             num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-            wide: Tuple[float, float] = (0.0, 1.0)) -> Path:
+            wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """Redraw the auxiliary path of chain states ``position`` and weigh it (a Gibbs step;
     see :func:`numpyro_vmt.correction.refresh`)."""
     gen = as_generator(rng, position.device)
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
-    n = position.shape[0]
-    mask = _wide_mask(n, num_wide, vae, position.device)
-    back, ratio, ok = run_path(gen, position, potential_fn, step_size, num_steps, noise_scale, adjust)
-    x0 = back.position
-    z = None
-    if vae is not None:
-        with torch.no_grad():
-            loc_z, scale_z = vae.encode(x0)
-        z = loc_z + scale_z * torch.randn(loc_z.shape, generator=gen, dtype=loc_z.dtype, device=loc_z.device)
+    mask = _wide_mask(position.shape[0], num_wide, vae, position.device)
+    if anneal:
+        z = None if vae is None else _encode_draw(vae, position, gen)
+        back, ratio, ok = run_path(gen, position, potential_fn, step_size, num_steps, noise_scale, adjust,
+                                   anchor=_anchor(vae, z, position, mask, wide), reverse=True)
+        x0, x_enc = back.position, position
+    else:
+        back, ratio, ok = run_path(gen, position, potential_fn, step_size, num_steps, noise_scale, adjust)
+        x0, x_enc = back.position, None
+        z = None if vae is None else _encode_draw(vae, x0, gen)
     with torch.no_grad():
         e_end = potential_fn(position)
     end = LangevinState(position, e_end, position)
-    return _weighted(end, -ratio, _start_terms(vae, x0, z, mask, *wide), ok)
+    return _weighted(end, -ratio, _start_terms(vae, x0, z, mask, *wide, x_enc), ok)
 
 
 def restale(potential_fn: PotentialFn, path: Path) -> Path:
@@ -284,7 +348,8 @@ def log_mean_exp(log_w: Tensor) -> Tuple[Tensor, Tensor]:
 
 def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: int, step_size: float,
                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                  wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000) -> Tuple[float, float]:
+                  wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000,
+                  anneal: bool = False) -> Tuple[float, float]:
     r"""Estimate :math:`\log Z` from ``num_samples`` proposal paths: ``(log_z, standard_error)``.
 
     Biased *low* (Jensen), so a log-likelihood ``−E(x) − log Ẑ`` is biased *high*; see
@@ -297,7 +362,7 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
     for start in range(0, int(num_samples), int(batch_size)):
         b = min(int(batch_size), int(num_samples) - start)
         logs.append(propose(gen, potential_fn, vae, b, step_size, num_steps, noise_scale, adjust,
-                            min(num_wide, b), wide).log_weight)
+                            min(num_wide, b), wide, anneal).log_weight)
     est, se = log_mean_exp(torch.cat(logs).double())
     return float(est), float(se)
 
@@ -310,7 +375,7 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     m = n if vae is None else cfg.num_noise_chains(n)
-    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal())
+    opts = (cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust, m, cfg.wide_proposal(), cfg.path_anneal)
     proposal = propose(gen, potential_fn, vae, n, *opts)
     if chains is None or chains.position.shape[0] == 0:
         ones = torch.ones((), dtype=proposal.energy.dtype, device=proposal.energy.device)
@@ -325,13 +390,13 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                   wide: Tuple[float, float] = (0.0, 1.0)) -> Tuple[Path, Tensor]:
+                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Tensor]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy (see
     :func:`numpyro_vmt.correction.independent_mh`)."""
     gen = as_generator(rng, _like(potential_fn)["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
-    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide)
+    opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal)
     chains = propose(gen, potential_fn, vae, n, *opts)
     rates = []
     for _ in range(int(num_iters)):

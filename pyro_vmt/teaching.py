@@ -163,7 +163,7 @@ class VariationalMCMCTeaching:
         if mh_steps:
             vae, opts = self._proposal(num_steps)
             path, _ = correction.independent_mh(self._generator(rng, 1), self.energy, vae, int(n), int(mh_steps),
-                                                *opts, 0, self.config.wide_proposal())
+                                                *opts, 0, self.config.wide_proposal(), anneal=self.config.path_anneal)
             return path.position
         return self._sample(int(n), num_steps, rng)
 
@@ -191,7 +191,8 @@ class VariationalMCMCTeaching:
         """
         vae, opts = self._proposal(num_steps)
         return correction.log_partition(self._generator(rng, 2), self.energy, vae, int(num_samples), *opts,
-                                        0, self.config.wide_proposal(), batch_size)
+                                        0, self.config.wide_proposal(), batch_size,
+                                        anneal=self.config.path_anneal)
 
     def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
                  ) -> Tuple[np.ndarray, float]:

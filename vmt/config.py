@@ -130,6 +130,11 @@ class TeachingConfig:
         Gibbs step) and weigh it under the current parameters — exact while the
         parameters move, at ``K`` more gradient evaluations per iteration. ``False``
         keeps the stale path term and re-evaluates only ``E(x_K)``.
+    path_anneal : bool
+        With ``correction="mh"``: anneal each proposal path from its start Gaussian
+        (``N(g(z), σ²)`` of the decoder, or the wide one) to ``E`` with inverse
+        temperatures ``k/K`` (annealed importance sampling, Neal 2001) instead of
+        running every step on ``E``; the encoder then reads the path's end point.
     """
 
     init: str = "vae"
@@ -151,6 +156,7 @@ class TeachingConfig:
     lr_final_ratio: float = 0.1
     correction: Optional[str] = None
     path_refresh: bool = True
+    path_anneal: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -186,8 +192,9 @@ class TeachingConfig:
             if self.noise_scale <= 0:
                 raise ValueError(f"correction={self.correction!r} needs noise_scale > 0: "
                                  "a noise-free revision has no density")
-        if not isinstance(self.path_refresh, bool):
-            raise ValueError(f"path_refresh must be a bool, got {self.path_refresh!r}")
+        for name in ("path_refresh", "path_anneal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         low, high = _pair("init_bounds", self.init_bounds)
         if not low < high:
             raise ValueError(f"init_bounds must satisfy low < high, got {self.init_bounds!r}")

@@ -172,7 +172,8 @@ CHI2_2DF_999 = 13.82  # P(χ²₂ > 13.82) = 0.001
 
 # ---------------------------------------------------------------- conformance
 @pytest.mark.parametrize("adjust", [False, True])
-def test_log_weights_match_across_backends(adjust):
+@pytest.mark.parametrize("anneal", [False, True])
+def test_log_weights_match_across_backends(adjust, anneal):
     te, je = twin_energies()
     t_enc, j_enc = twin_mlp(3, 4, (8,), seed=2)
     t_dec, j_dec = twin_mlp(2, 3, (8,), seed=3)
@@ -181,9 +182,9 @@ def test_log_weights_match_across_backends(adjust):
     x0, noise, uniform = inputs(n=6, k=5)
     z = np.random.default_rng(4).standard_normal((6, 2))
     t = tc.path_log_weight(te, tv, torch.from_numpy(z), torch.from_numpy(x0), torch.from_numpy(noise), 0.3,
-                           1.0, adjust, torch.from_numpy(uniform))
+                           1.0, adjust, torch.from_numpy(uniform), anneal)
     j = jc.path_log_weight(je, jv, jnp.asarray(z), jnp.asarray(x0), jnp.asarray(noise), 0.3, 1.0, adjust,
-                           jnp.asarray(uniform))
+                           jnp.asarray(uniform), anneal)
     for a, b in zip(t, j):
         np.testing.assert_allclose(np.asarray(b), a.numpy(), **TOL)
     assert np.isfinite(t.log_weight.numpy()).all()
@@ -206,10 +207,10 @@ def test_mala_weight_is_the_start_weight(backend):
 
 # ---------------------------------------------------------------- exactness
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("refresh", [True, False])
-def test_corrected_chains_find_the_mode_weights(backend, refresh):
+@pytest.mark.parametrize("refresh, anneal", [(True, False), (False, False), (True, True)])
+def test_corrected_chains_find_the_mode_weights(backend, refresh, anneal):
     mod, energy, _, vae, rng = kit(backend)
-    n, iters, opts = 3000, 40, dict(step_size=0.15, num_steps=8)
+    n, iters, opts = 3000, 40, dict(step_size=0.15, num_steps=8, anneal=anneal)
     if backend == "pyro":
         rng = torch.Generator().manual_seed(0)
         keys = [rng] * (3 * iters + 1)
@@ -220,7 +221,8 @@ def test_corrected_chains_find_the_mode_weights(backend, refresh):
     acc = []
     for t in range(iters):
         k_prop, k_ref, k_acc = keys[1 + 3 * t: 4 + 3 * t]
-        current = mod.refresh(k_ref, energy, vae, chains.position, **opts) if refresh else mod.restale(energy, chains)
+        current = (mod.refresh(k_ref, energy, vae, chains.position, **opts) if refresh
+                   else mod.restale(energy, chains))
         proposal = mod.propose(k_prop, energy, vae, n, **opts)
         chains, info = mod.accept(k_acc, current, proposal, radius=1.0)
         acc.append(float(info.acceptance_rate))
@@ -234,18 +236,19 @@ def test_corrected_chains_find_the_mode_weights(backend, refresh):
 
 # ---------------------------------------------------------------- log Z
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("adjust", [False, True])
-def test_log_partition_of_a_gaussian(backend, adjust):
+@pytest.mark.parametrize("adjust, anneal", [(False, False), (True, False), (False, True)])
+def test_log_partition_of_a_gaussian(backend, adjust, anneal):
     mod, _, quad, _, rng = kit(backend)
-    est, se = mod.log_partition(rng, quad, None, 20_000, 0.5, 5, adjust=adjust, wide=(0.0, 2.5))
+    est, se = mod.log_partition(rng, quad, None, 20_000, 0.5, 5, adjust=adjust, wide=(0.0, 2.5), anneal=anneal)
     assert 0 < se < 0.05
     assert abs(est - QUAD_LOG_Z) < 3 * se, (est, se, QUAD_LOG_Z)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_log_partition_of_a_normalised_mixture(backend):
+@pytest.mark.parametrize("anneal", [False, True])
+def test_log_partition_of_a_normalised_mixture(backend, anneal):
     mod, energy, _, vae, rng = kit(backend)
-    est, se = mod.log_partition(rng, energy, vae, 20_000, 0.15, 8)
+    est, se = mod.log_partition(rng, energy, vae, 20_000, 0.15, 8, anneal=anneal)
     assert 0 < se < 0.1
     assert abs(est) < 3 * se, (est, se)
 
