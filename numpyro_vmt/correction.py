@@ -63,7 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_key, energy_and_grad
+from numpyro_vmt.langevin import LangevinState, _flat_sum, energy_and_grad
+from numpyro_vmt.rng import RNG, as_rng
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
@@ -185,7 +186,7 @@ def run_path(rng: RNG, x0: Array, potential_fn: PotentialFn, step_size: float, n
     h, scale = 0.5 * step_size ** 2, step_size * noise_scale
     e, g = energy_and_grad(potential_fn, x0)
     ok0 = jnp.isfinite(e) & jnp.isfinite(_flat_sum(g))
-    key = as_key(rng)
+    key = as_rng(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
     betas = jnp.asarray(schedule(num_steps, reverse) if anchor is not None else np.ones(num_steps), x0.dtype)
 
@@ -433,7 +434,7 @@ def _dtype(potential_fn, vae):
 
 
 def _key(rng: RNG) -> Array:
-    key = as_key(rng)
+    key = as_rng(rng)
     if key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     return key

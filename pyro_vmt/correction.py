@@ -34,7 +34,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from pyro_vmt.langevin import RNG, LangevinState, _flat_sum, as_generator, energy_and_grad
+from pyro_vmt.langevin import LangevinState, _flat_sum, energy_and_grad
+from pyro_vmt.rng import RNG, as_rng
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
@@ -142,7 +143,7 @@ def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, 
     """
     if noise_scale <= 0:
         raise ValueError("a proposal path needs noise_scale > 0: a noise-free revision has no density")
-    gen = as_generator(rng, x0.device)
+    gen = as_rng(rng, x0.device)
     if gen is None and (noise is None or (adjust and uniform is None)):
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     h, scale = 0.5 * step_size ** 2, step_size * noise_scale
@@ -241,7 +242,7 @@ def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: fl
             wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """``n`` fresh weighted proposal paths (see :func:`numpyro_vmt.correction.propose`)."""
     like = _like(potential_fn)
-    gen = as_generator(rng, like["device"])
+    gen = as_rng(rng, like["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     loc, scale = wide
@@ -272,7 +273,7 @@ def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Tensor, ste
             wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """Redraw the auxiliary path of chain states ``position`` and weigh it (a Gibbs step;
     see :func:`numpyro_vmt.correction.refresh`)."""
-    gen = as_generator(rng, position.device)
+    gen = as_rng(rng, position.device)
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     mask = _wide_mask(position.shape[0], num_wide, vae, position.device)
@@ -311,7 +312,7 @@ def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
     log_alpha = torch.where(torch.isneginf(proposal.log_weight), torch.full_like(log_alpha, -math.inf), log_alpha)
     log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=0.0).clamp(max=0.0)
     if uniform is None:
-        gen = as_generator(rng, current.position.device)
+        gen = as_rng(rng, current.position.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         uniform = torch.rand(log_alpha.shape, generator=gen, dtype=current.energy.dtype,
@@ -355,7 +356,7 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
     Biased *low* (Jensen), so a log-likelihood ``−E(x) − log Ẑ`` is biased *high*; see
     :func:`numpyro_vmt.correction.log_partition`.
     """
-    gen = as_generator(rng, _like(potential_fn)["device"])
+    gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     logs = []
@@ -371,7 +372,7 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
     """The sampler of ``correction="mh"`` teaching: one MH-on-paths update of ``n`` persistent
     chains (see :func:`numpyro_vmt.correction.update_chains`)."""
     cfg = config
-    gen = as_generator(rng, _like(potential_fn)["device"])
+    gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     m = n if vae is None else cfg.num_noise_chains(n)
@@ -393,7 +394,7 @@ def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_it
                    wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Tensor]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy (see
     :func:`numpyro_vmt.correction.independent_mh`)."""
-    gen = as_generator(rng, _like(potential_fn)["device"])
+    gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal)
