@@ -43,6 +43,8 @@ PUBLIC_NAMES = (
     "TeachingInfo",
     "init",
     "step",
+    "MCMCTeaching",
+    "MCMCTeachingInfo",
 )
 
 Array = Any  # a torch.Tensor or a jax.Array
