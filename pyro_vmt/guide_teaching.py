@@ -244,7 +244,7 @@ class MCMCTeaching:
             self.optim(params)
             zero_grads(params)
             self.iteration += 1
-        info = MCMCTeachingInfo(float(loss), float(log_q), float(elbo), float(rev.acceptance_rate.mean()),
+        info = MCMCTeachingInfo(float(loss.detach()), float(log_q.detach()), float(elbo.detach()), float(rev.acceptance_rate.mean()),
                                 self.step_size, float(state.grad.norm(dim=1).mean()),
                                 int(rev.is_divergent.any(0).sum()))
         return float(loss), info
