@@ -247,7 +247,7 @@ class MCMCTeaching:
         info = MCMCTeachingInfo(float(loss.detach()), float(log_q.detach()), float(elbo.detach()), float(rev.acceptance_rate.mean()),
                                 self.step_size, float(state.grad.norm(dim=1).mean()),
                                 int(rev.is_divergent.any(0).sum()))
-        return float(loss), info
+        return info.loss, info
 
     # ------------------------------------------------------------------ helpers
     def _prototype(self, args, kwargs) -> Tuple[Dict[str, torch.Tensor], Dict[str, dict], int, Any]:
