@@ -3,7 +3,7 @@
     python benchmarks/conditional.py            # about 5 minutes on a 2-core CPU
     python benchmarks/conditional.py --quick    # tiny budgets: checks the pipeline only
 
-Trains with the recipes of :mod:`vmt.conditional` (the examples' defaults) and writes
+Trains with the recipes of :mod:`vmt.app.recipes` (the examples' defaults) and writes
 
 - ``benchmarks/results/conditional.json`` — every metric, timings, recipes, machine;
 - ``docs/img/conditional/<backend>/*.png`` — completions, generated digits per class,
@@ -19,7 +19,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from vmt.supervised import run_task
+from vmt.app.tasks import run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("pyro", "numpyro")

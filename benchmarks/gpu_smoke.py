@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vmt.data import load_dataset
-from vmt.recipes import build_teacher, get_recipe, to_numpy
+from vmt.app.recipes import build_teacher, get_recipe
 
 
 def _time(fn, repeat):
@@ -109,7 +109,7 @@ def jax_on(device, iters, chains, steps):
                 return jax.block_until_ready(teacher.step(batch))
 
             out[f"{name}_iteration_ms"], info = _time(train, iters)
-            out[f"{name}_loss_finite"] = bool(np.isfinite(to_numpy(info.loss)))
+            out[f"{name}_loss_finite"] = bool(np.isfinite(float(info.loss)))
             if name == "grid25":
                 sampler = numpyro_vmt.Langevin(teacher.energy, 0.05, steps)
                 x0 = jax.device_put(np.random.default_rng(0).normal(size=(chains, 2)).astype(np.float32),

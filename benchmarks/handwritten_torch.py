@@ -30,13 +30,13 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class HandwrittenVMT:
-    """VMT in raw torch on the given networks and a :class:`vmt.recipes.Recipe`'s options.
+    """VMT in raw torch on the given networks and a :class:`vmt.app.recipes.Recipe`'s options.
 
     Parameters
     ----------
     energy_net, encoder, decoder : torch.nn.Module
         As made by ``pyro_vmt.nets.default_networks`` (trained in place).
-    recipe : vmt.recipes.Recipe
+    recipe : vmt.app.recipes.Recipe
         Latent size, reference scale, observation scale, KL weight and the
         :class:`~vmt.TeachingConfig` (unadjusted Langevin only).
     event_shape : tuple of int

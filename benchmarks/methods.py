@@ -15,7 +15,7 @@ The four EBM methods run the recipe's iterations, Langevin steps K and chains
 (= batch size), so they spend the same number of energy-gradient evaluations,
 ``iterations × (K + 1) × chains``; the VAE alone runs the same number of iterations
 of Adam on the same batch size (it has no energy). Everything else is the recipe of
-``vmt.recipes`` (read at run time) and its default networks.
+``vmt.app.recipes`` (read at run time) and its default networks.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def backend_module(backend: str):
 
 def train(backend: str, method: str, dataset, recipe, seed: int) -> Trained:
     """Train ``method`` on ``dataset.train`` with ``recipe``'s budget; divergence is recorded, not raised."""
-    from vmt.errors import DivergenceError
-    from vmt.recipes import build_teacher
+    from vmt.core.errors import DivergenceError
+    from vmt.app.recipes import build_teacher
 
     mod = backend_module(backend)
     if method == "vae_only":
@@ -121,8 +121,9 @@ def sample(trained: Trained, n: int, seed: int, vae_of_vmt: bool = False) -> np.
     """``n`` samples as a float64 numpy array: the EBM's (its configured start, then K
     Langevin steps), the VAE's decoder means (vae_only), or with ``vae_of_vmt`` the
     starting points of a VMT run (its VAE's decoder means, no Langevin)."""
-    from vmt.recipes import to_numpy
+    from vmt.core.api import backend_of
 
+    to_numpy = backend_of(trained.model).to_numpy
     if trained.method == "vae_only":
         return to_numpy(trained.model.sample(n, seed)).astype(np.float64)
     steps = 0 if vae_of_vmt else None

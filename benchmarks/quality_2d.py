@@ -33,14 +33,14 @@ GRID = 160  # points per side of the density pictures
 
 
 def _recipe(name: str, quick: bool):
-    from vmt.recipes import get_recipe
+    from vmt.app.recipes import get_recipe
 
     recipe = get_recipe(name)
     return recipe.replace(num_iters=8, num_steps=2, batch_size=32) if quick else recipe
 
 
 def _loglik(energy_fn, dataset, quick: bool) -> Dict[str, Any]:
-    from vmt.metrics import heldout_log_likelihood
+    from vmt.evaluation.metrics import heldout_log_likelihood
 
     opts = dict(num_points=32, max_points=64, tol=10.0) if quick else {}
     with warnings.catch_warnings(record=True) as caught:
@@ -58,7 +58,7 @@ def _loglik(energy_fn, dataset, quick: bool) -> Dict[str, Any]:
 
 def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool) -> Dict[str, Any]:
     """The metrics of one set of samples (and of its energy, if any)."""
-    from vmt.metrics import mmd, mode_coverage
+    from vmt.evaluation.metrics import mmd, mode_coverage
 
     density = dataset.density
     finite = np.isfinite(samples).all(1)
@@ -75,7 +75,7 @@ def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool) -> Dict[str, 
 
 def density_grid(energy_fn, bounds) -> np.ndarray:
     """``exp(−E)/Z`` on a ``GRID²`` midpoint grid (normalised on the box), for the pictures."""
-    from vmt.metrics import grid_midpoints
+    from vmt.evaluation.metrics import grid_midpoints
 
     points, _ = grid_midpoints(bounds, GRID)
     with np.errstate(all="ignore"):

@@ -6,7 +6,7 @@
 
 Each method of :mod:`methods` (``vmt``, ``vae_only``, ``noise`` by default; same
 recipe, same energy-gradient budget for the EBMs) draws as many samples as there
-are training images (1437), scored by ``vmt.metrics.digit_scores``: the Fréchet
+are training images (1437), scored by ``vmt.evaluation.metrics.digit_scores``: the Fréchet
 distance and improved precision/recall in the hidden features of a small classifier
 trained on the training split, next to the floor (held-out real digits). VMT's own
 VAE (its decoder means, no Langevin) is the row ``vmt (VAE)``. Writes
@@ -29,7 +29,7 @@ DEFAULT_METHODS = "vmt,vae_only,noise"
 
 
 def _recipe(quick: bool):
-    from vmt.recipes import get_recipe
+    from vmt.app.recipes import get_recipe
 
     recipe = get_recipe("digits")
     return recipe.replace(num_iters=3, num_steps=2, batch_size=16) if quick else recipe
@@ -46,8 +46,8 @@ def main(argv=None) -> Path:
     from sklearn.exceptions import ConvergenceWarning
 
     from vmt.data import load_dataset
-    from vmt.metrics import DigitClassifier, digit_scores
-    from vmt.plots import plot_digits
+    from vmt.evaluation.metrics import DigitClassifier, digit_scores
+    from vmt.evaluation.plots import plot_digits
 
     dataset, recipe = load_dataset("digits"), _recipe(args.quick)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -90,7 +90,7 @@ in tensor operations, `hand_pyro_elbo` computes it with `pyro.infer.Trace_ELBO` 
 minimal model and guide (what a Pyro user would write). JAX: `teacher.step(batch)`
 (which commits only after host-side checks) and the pure jitted `teacher.update`,
 against raw JAX + optax with a hand-written ELBO. Same recipe (read from
-`vmt.recipes` at run time), same batch, same initial weights."""
+`vmt.app.recipes` at run time), same batch, same initial weights."""
 
 TRAIN_AFTER = """\
 **Where the time goes (torch, profiled with cProfile and `torch.profiler`).** Per
@@ -149,13 +149,13 @@ model. *Modes*: modes with at least one high-quality sample (PacGAN: within 3 sd
 its mode in every coordinate; mixtures only); *high quality*: the fraction of such
 samples (a perfect sampler: 0.995); *held-out log-lik*: the EBM's exact log-likelihood
 of held-out data, the normaliser by quadrature on the density's box
-(`vmt.metrics.heldout_log_likelihood`), next to its best possible value, minus the
+(`vmt.evaluation.metrics.heldout_log_likelihood`), next to its best possible value, minus the
 true entropy; *MMD²*: unbiased, Gaussian kernels at 0.5, 1 and 2 median distances;
 *train s*: wall seconds of training on the shared machine (JAX: compilation included;
 indicative only)."""
 
 QUALITY_2D_AFTER = """\
-The recipes are the ones `vmt train` uses, read from `vmt.recipes` when the benchmark
+The recipes are the ones `vmt train` uses, read from `vmt.app.recipes` when the benchmark
 ran (each section above states its budget). This page was allowed about an hour of
 wall time on a shared two-core machine, which decided the backends, seeds and data
 sets listed in each run line above; both backends run the same code path and give the
@@ -167,7 +167,7 @@ DIGITS = """\
 VMT against the VAE alone and the short-run EBM on scikit-learn's 8×8 digits (1437
 training images, 360 held out), with the digits recipe. Fréchet distance and improved
 precision/recall (k = 3) in the 64 hidden features of a one-hidden-layer classifier
-trained on the training split (`vmt.metrics.digit_scores`); the floor row compares the
+trained on the training split (`vmt.evaluation.metrics.digit_scores`); the floor row compares the
 training images themselves with the held-out ones."""
 
 DIGITS_AFTER = """\

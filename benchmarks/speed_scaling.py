@@ -21,7 +21,7 @@ QUICK_AXES = {"num_steps": [2]}
 
 
 def _base(quick: bool) -> Dict[str, int]:
-    from vmt.recipes import get_recipe
+    from vmt.app.recipes import get_recipe
 
     recipe = get_recipe("grid25")
     if quick:  # the configuration of speed_train's quick run: its compilation is reused
@@ -32,7 +32,7 @@ def _base(quick: bool) -> Dict[str, int]:
 def make_step(backend: str, num_steps: int, batch: int, dim: int, seed: int = 0) -> Callable[[], Any]:
     """``teacher.step`` on a fixed standard normal batch, for the grid25 recipe with K and d changed."""
     from vmt import load_backend
-    from vmt.recipes import get_recipe
+    from vmt.app.recipes import get_recipe
 
     mod = load_backend("pyro" if backend == "torch" else "numpyro")
     recipe = get_recipe("grid25").replace(num_steps=num_steps)

@@ -1,6 +1,6 @@
 """Part 3 of the speed benchmark: one VMT iteration through our API against a hand-written one.
 
-Same data batch, same recipe (read from ``vmt.recipes`` at run time), same initial
+Same data batch, same recipe (read from ``vmt.app.recipes`` at run time), same initial
 weights (``default_networks`` with the same seed). Torch: ``teacher.step(batch)``
 against :mod:`handwritten_torch` with a hand-written ELBO (the floor) and with
 Pyro's ``Trace_ELBO`` on a minimal model and guide (what a Pyro user would write).
@@ -20,7 +20,7 @@ QUICK_DATA = ["grid25"]
 
 
 def _recipe(name: str, quick: bool):
-    from vmt.recipes import get_recipe
+    from vmt.app.recipes import get_recipe
 
     recipe = get_recipe(name)
     return recipe.replace(num_steps=3, batch_size=32) if quick else recipe
@@ -32,7 +32,7 @@ def torch_fns(name: str, quick: bool) -> Dict[str, Callable[[], Any]]:
     import pyro_vmt
     from handwritten_torch import HandwrittenVMT
     from vmt.data import load_dataset
-    from vmt.recipes import build_teacher
+    from vmt.app.recipes import build_teacher
 
     dataset, recipe = load_dataset(name), _recipe(name, quick)
     teacher = build_teacher(pyro_vmt, dataset, recipe, seed=0)
@@ -54,7 +54,7 @@ def jax_fns(name: str, quick: bool) -> Dict[str, Callable[[], Any]]:
     import numpyro_vmt
     from handwritten_jax import HandwrittenVMT
     from vmt.data import load_dataset
-    from vmt.recipes import build_teacher
+    from vmt.app.recipes import build_teacher
 
     dataset, recipe = load_dataset(name), _recipe(name, quick)
     teacher = build_teacher(numpyro_vmt, dataset, recipe, seed=0)

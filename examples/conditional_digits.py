@@ -23,7 +23,7 @@ Pictures go to --out (completion.png, class_vmt.png, class_vae.png).
 import argparse
 from pathlib import Path
 
-from vmt.supervised import run_task
+from vmt.app.tasks import run_task
 
 KEYS = {"completion": ["best_of_k_rmse", "mean_rmse", "diversity", "accuracy"],
         "class": ["accuracy", "frechet", "frechet_floor"]}

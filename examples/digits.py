@@ -14,9 +14,9 @@ from pathlib import Path
 
 from vmt import load_backend
 from vmt.data import load_digits
-from vmt.metrics import DigitClassifier, digit_scores
-from vmt.plots import plot_digits
-from vmt.recipes import build_teacher, get_recipe, to_numpy
+from vmt.evaluation.metrics import DigitClassifier, digit_scores
+from vmt.evaluation.plots import plot_digits
+from vmt.app.recipes import build_teacher, get_recipe
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     classifier = DigitClassifier(seed=args.seed).fit(dataset.train, dataset.train_labels)
     n = len(dataset.train)
     for name, steps in [("EBM (VAE + Langevin)", None), ("VAE alone", 0)]:
-        samples = to_numpy(teacher.sample(n, num_steps=steps, rng=args.seed))
+        samples = backend.to_numpy(teacher.sample(n, num_steps=steps, rng=args.seed))
         s = digit_scores(samples, dataset, classifier)
         print(f"{name:22s} Fréchet {s['frechet']:.2f} (floor {s['frechet_floor']:.2f}), "
               f"precision {s['precision']:.2f}, recall {s['recall']:.2f}")

@@ -29,7 +29,7 @@ from numpyro.infer.autoguide import AutoNormal
 
 from numpyro_vmt.kernel import LangevinKernel
 from numpyro_vmt.warmstart import initial_params_from_guide
-from vmt.diagnostics import min_ess
+from vmt.evaluation.diagnostics import min_ess
 
 TRUE_BETA = np.array([1.0, -2.0, 0.5, 0.0])
 TRUE_B0 = -0.5

@@ -26,7 +26,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_vmt import LangevinKernel, initial_params_from_guide
 from pyro_vmt.chains import run_chains
-from vmt.diagnostics import min_ess, to_inference_data
+from vmt.evaluation.diagnostics import min_ess, to_inference_data
 
 TRUE_BETA = np.array([1.0, -2.0, 0.5, 0.0])
 TRUE_B0 = -0.5

@@ -16,7 +16,7 @@ The picture (--out/regression1d.png) shows the conditional densities.
 import argparse
 from pathlib import Path
 
-from vmt.supervised import run_task
+from vmt.app.tasks import run_task
 
 
 def main(argv=None) -> None:

@@ -35,9 +35,9 @@ import pyro_vmt
 from pyro_vmt import LangevinKernel, initial_params_from_guide
 from pyro_vmt.chains import run_chains
 from vmt.data import load_digits
-from vmt.diagnostics import min_ess, to_inference_data
-from vmt.plots import plot_digits
-from vmt.recipes import build_teacher, get_recipe
+from vmt.evaluation.diagnostics import min_ess, to_inference_data
+from vmt.evaluation.plots import plot_digits
+from vmt.app.recipes import build_teacher, get_recipe
 
 TOP = 32  # the first four rows of an 8×8 image, flattened row by row
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from vmt import load_backend
 from vmt.data import DENSITIES, load_dataset
-from vmt.metrics import heldout_log_likelihood, mode_coverage
-from vmt.plots import plot_energy_2d, plot_samples_2d
-from vmt.recipes import build_teacher, get_recipe, to_numpy
+from vmt.evaluation.metrics import heldout_log_likelihood, mode_coverage
+from vmt.evaluation.plots import plot_energy_2d, plot_samples_2d
+from vmt.app.recipes import build_teacher, get_recipe
 
 
 def main() -> None:
@@ -32,14 +32,15 @@ def main() -> None:
     recipe = get_recipe(args.data)
     if args.iters is not None:
         recipe = recipe.replace(num_iters=args.iters)
-    teacher = build_teacher(load_backend(args.backend), dataset, recipe, seed=args.seed)
+    backend = load_backend(args.backend)
+    teacher = build_teacher(backend, dataset, recipe, seed=args.seed)
 
     start = time.perf_counter()
     teacher.fit(dataset.train, recipe.num_iters, recipe.batch_size)
     print(f"{recipe.num_iters} iterations in {time.perf_counter() - start:.1f}s")
 
     density = dataset.density
-    samples = to_numpy(teacher.sample(5000, rng=args.seed))
+    samples = backend.to_numpy(teacher.sample(5000, rng=args.seed))
     if density.modes is not None:
         cov = mode_coverage(samples, density.modes, density.mode_sd)
         print(f"modes covered {cov['modes_covered']}/{cov['num_modes']}, "

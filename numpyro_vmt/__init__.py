@@ -12,22 +12,8 @@ from numpyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, st
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from numpyro_vmt.vae import VAE
 from numpyro_vmt.warmstart import initial_params_from_guide
+from numpyro_vmt.device import device_name, numpy_call, place, select_device, to_numpy
+from numpyro_vmt.rng import RNG, as_rng
+from vmt.core.api import PUBLIC_NAMES
 
-__all__ = [
-    "EnergyModel",
-    "VAE",
-    "Langevin",
-    "LangevinState",
-    "LangevinInfo",
-    "LangevinKernel",
-    "VariationalMCMCTeaching",
-    "TeachingInfo",
-    "init",
-    "step",
-    "initial_params_from_guide",
-    "ConditionalEnergyModel",
-    "ConditionalVAE",
-    "ConditionalVariationalMCMCTeaching",
-    "MCMCTeaching",
-    "MCMCTeachingInfo",
-]
+__all__ = list(PUBLIC_NAMES)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmt.checkpoint import FORMAT, VERSION, atomic_write
-from vmt.errors import CheckpointError
+from vmt.core.checkpoint import FORMAT, VERSION, atomic_write
+from vmt.core.errors import CheckpointError
 
 __all__ = ["read_checkpoint", "read_state", "restore_leaves", "write_checkpoint"]
 

@@ -28,7 +28,7 @@ are trained on pairs :math:`(x_j, y_j)` exactly as the unconditional algorithm:
 
 :class:`ConditionalVariationalMCMCTeaching` is :class:`~numpyro_vmt.VariationalMCMCTeaching`
 with the conditioning input passed through its jitted core (see
-``numpyro_vmt.teaching._bind``); ``update(state, (x, y))`` is its pure iteration.
+:func:`vmt.core.batch.with_context`); ``update(state, (x, y))`` is its pure iteration.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from numpyro.handlers import condition
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 
-from numpyro_vmt.langevin import RNG
+from numpyro_vmt.rng import RNG
 from numpyro_vmt.nets import MLP
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from numpyro_vmt.vae import VAE, _dtype_of, _require_key
-from vmt.conditional import check_conditional_config, shape_text, split_pair
-from vmt.config import TeachingConfig
+from vmt.core.batch import check_conditional_config, shape_text, split_pair
+from vmt.core.config import TeachingConfig
 
 __all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
            "conditional_networks"]
@@ -359,7 +359,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
-        Returns the history: one array per :class:`~vmt.api.TeachingInfo` field.
+        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
         """
         return super().fit(data, num_iters, batch_size, progress, callback)
 

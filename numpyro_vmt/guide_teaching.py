@@ -43,7 +43,6 @@ latent, any other guide (``AutoNormal``, hand-written) at the model's site names
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -58,9 +57,10 @@ from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.svi import SVIRunResult, SVIState
 from numpyro.infer.util import log_density, potential_energy
 
-from numpyro_vmt.langevin import RNG, as_key, init, scan_steps
-from vmt.config import check_noise_scale, check_num_steps, check_step_size
-from vmt.errors import DivergenceError, divergence_message
+from numpyro_vmt.langevin import init, scan_steps
+from numpyro_vmt.rng import RNG, as_rng
+from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
+from vmt.core.errors import DivergenceError, divergence_message
 
 __all__ = ["MCMCTeaching", "MCMCTeachingInfo", "MCMCTeachingState"]
 
@@ -100,14 +100,9 @@ class MCMCTeachingState(NamedTuple):
 
 
 def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-    if not (isinstance(elbo_weight, (int, float)) and elbo_weight >= 0 and math.isfinite(elbo_weight)):
-        raise ValueError(f"elbo_weight must be a finite number >= 0, got {elbo_weight!r}")
-    if isinstance(adapt_iterations, bool) or not isinstance(adapt_iterations, int) or adapt_iterations < 0:
-        raise ValueError(f"adapt_iterations must be an integer >= 0, got {adapt_iterations!r}")
-    if not 0 < target_accept_prob < 1:
-        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
+    return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
+            as_count("adapt_iterations", adapt_iterations, minimum=0),
+            as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
 
 
 class MCMCTeaching:
@@ -160,7 +155,8 @@ class MCMCTeaching:
                  target_accept_prob: float = 0.574):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
-        _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob)
+        num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
+            num_particles, elbo_weight, adapt_iterations, target_accept_prob)
         self.model, self.guide = model, guide
         self.num_steps = check_num_steps(num_steps)
         self.step_size = check_step_size(step_size)
@@ -175,7 +171,7 @@ class MCMCTeaching:
     # ------------------------------------------------------------------ SVI protocol
     def init(self, rng: RNG, *args: Any, **kwargs: Any) -> MCMCTeachingState:
         """The initial state (params of the guide and the model, as ``SVI.init``)."""
-        key = as_key(rng)
+        key = as_rng(rng)
         if key is None:
             raise ValueError("rng is required: pass a jax.random key or an int seed")
         svi_state = self._svi.init(key, *args, **kwargs)

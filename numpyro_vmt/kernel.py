@@ -46,7 +46,7 @@ from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
 from numpyro_vmt.langevin import LangevinState, init, is_concrete, step
-from vmt.config import check_noise_scale, check_step_size
+from vmt.core.checks import check_noise_scale, check_step_size
 
 __all__ = ["LangevinKernel", "LangevinKernelState"]
 

@@ -39,20 +39,20 @@ after it when the values are concrete, and are skipped on tracers.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmt.config import check_noise_scale, check_num_steps, check_step_size
+from numpyro_vmt.rng import RNG, as_rng
+from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
 
 __all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad"]
 
 Array = jax.Array
 PotentialFn = Callable[[Array], Array]
-RNG = Union[None, int, Array]
 
 
 class LangevinState(NamedTuple):
@@ -101,18 +101,6 @@ def _flat_sum(t: Array) -> Array:
 def is_concrete(x: Any) -> bool:
     """``True`` unless ``x`` is a tracer (inside ``jit``/``vmap``/``grad``)."""
     return not isinstance(x, jax.core.Tracer)
-
-
-def as_key(rng: RNG) -> Optional[Array]:
-    """A ``jax.random`` key from an int seed or a key (``None`` stays ``None``)."""
-    if rng is None:
-        return None
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return jax.random.PRNGKey(int(rng))
-    if isinstance(rng, (jax.Array, np.ndarray)) and (
-            jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.dtype == jnp.uint32):
-        return rng
-    raise TypeError(f"rng must be a jax.random key or an int seed, got {type(rng).__name__}")
 
 
 def energy_and_grad(potential_fn: PotentialFn, position: Array) -> Tuple[Array, Array]:
@@ -215,7 +203,7 @@ def step(
     scale = step_size * noise_scale
     noisy = _positive(scale)
     needs_rng = (noise is None and _positive(noise_scale)) or (adjust and uniform is None)
-    key = as_key(rng)
+    key = as_rng(rng)
     if needs_rng and key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     key_noise, key_uniform = jax.random.split(key) if key is not None else (None, None)
@@ -264,7 +252,7 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
     constant diagnostics of unadjusted steps (acceptance 1) are formed once, after
     the scan, rather than carried through it.
     """
-    key = as_key(rng)
+    key = as_rng(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
 
     def body(s, xs):
@@ -338,7 +326,7 @@ class Langevin:
         given, carry a leading ``num_steps`` axis.
         """
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
-        key = as_key(rng)
+        key = as_rng(rng)
         traced = not all(is_concrete(a) for a in (key, noise, uniform) if a is not None)
         # Concrete inputs: the finiteness of the start is counted inside the compiled
         # run and checked after it (one transfer); under a transformation, as before.

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 import equinox as eqx
 import jax
 
-from numpyro_vmt.langevin import RNG, as_key
+from numpyro_vmt.rng import RNG, as_rng
 
 __all__ = ["MLP", "ConvEnergyNet", "default_networks"]
 
@@ -33,7 +33,7 @@ def _linear(layer: eqx.nn.Linear, h: jax.Array) -> jax.Array:
 
 
 def _key(rng: RNG) -> jax.Array:
-    key = as_key(rng)
+    key = as_rng(rng)
     if key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     return key

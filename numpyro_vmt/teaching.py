@@ -17,81 +17,43 @@ regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
 
 The conditional teacher (:mod:`numpyro_vmt.conditional`) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`_bind` passes ``ctx`` as the second argument of the energy, the decoder and
+:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
 The whole iteration is one jitted pure function over a :class:`TeachingState`
 pytree, in the shape of NumPyro's ``SVI.update``. The new state is committed only
 after the host has checked the run and the losses, so an iteration that diverges
-raises :class:`vmt.errors.DivergenceError` and changes nothing.
+raises :class:`vmt.core.errors.DivergenceError` and changes nothing.
 """
 
 from __future__ import annotations
 
 import os
-from functools import partial
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
-from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
-from numpyro_vmt.langevin import RNG, Langevin, _flat_sum, as_key, init, scan_steps
+from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.langevin import Langevin
+from numpyro_vmt.rng import RNG, as_rng
+from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, optimizers, sample_core, uniform_points,
+                                 update_core)
 from numpyro_vmt.vae import VAE
-from vmt.api import TeachingInfo
-from vmt.checkpoint import config_mismatch
-from vmt.config import TeachingConfig, check_num_steps
-from vmt.errors import CheckpointError, DivergenceError, divergence_message
+from vmt.core.api import TeachingInfo
+from vmt.core.batch import context_and_data
+from vmt.core.checkpoint import config_mismatch
+from vmt.core.checks import as_count, check_num_steps
+from vmt.core.config import TeachingConfig, resolve_teacher_parts
+from vmt.core.errors import CheckpointError, DivergenceError, divergence_message
 
-__all__ = ["VariationalMCMCTeaching", "TeachingInfo"]
+__all__ = ["VariationalMCMCTeaching", "TeachingInfo", "TeachingState"]
 
 Array = jax.Array
-
-
-class TeachingState(NamedTuple):
-    """Everything training depends on, as one pytree (saved and restored exactly).
-
-    Attributes
-    ----------
-    energy, vae : pytrees
-        The floating-point array leaves of the :class:`EnergyModel` and the
-        :class:`VAE` (``eqx.partition(module, eqx.is_inexact_array)[0]``; ``vae`` is
-        ``None`` without a VAE).
-    energy_optim, vae_optim : optax states
-    rng : jax.random key
-        Training key, split every iteration (minibatches, latents, Langevin noise,
-        buffer resets, the VAE's reparameterised samples).
-    seed : jax.random key
-        The key training started from: :meth:`VariationalMCMCTeaching.sample`
-        without ``rng`` folds the iteration into it.
-    buffer : Array or None
-        Replay buffer of ``init="persistent"``.
-    iteration : Array (int32)
-    """
-
-    energy: Any
-    vae: Any
-    energy_optim: Any
-    vae_optim: Any
-    rng: Array
-    seed: Array
-    buffer: Optional[Array]
-    iteration: Array
-
-
-class _Diagnosis(NamedTuple):
-    """What the host checks before committing an iteration (0-d arrays)."""
-
-    bad_start: Array         # chains with a non-finite starting point
-    bad_start_energy: Array  # chains with a non-finite energy or gradient there
-    num_divergent: Array     # chains flagged divergent at any step
-    first_divergent: Array   # first step with a divergent chain (-1: none)
-    vae_grad_norm: Array
 
 
 class VariationalMCMCTeaching:
@@ -143,29 +105,19 @@ class VariationalMCMCTeaching:
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
-        if not isinstance(energy, self._energy_cls):
-            raise TypeError(f"energy must be a numpyro_vmt.{self._energy_cls.__name__}, got {type(energy).__name__}")
-        config = (config or TeachingConfig()).replace(**options) if options else (config or TeachingConfig())
-        if config.init in ("vae", "generator"):
-            if not isinstance(vae, self._vae_cls) or _conditional(vae) != _conditional(energy):
-                raise ValueError(f"init={config.init!r} needs a numpyro_vmt.{self._vae_cls.__name__}, "
-                                 f"got {type(vae).__name__}")
-            if vae.event_shape != energy.event_shape:
-                raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
-        else:
-            vae = None
+        config, vae = resolve_teacher_parts(energy, vae, config, options, "numpyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         e_params, self._energy_static = eqx.partition(energy, eqx.is_inexact_array)
         leaves = jax.tree.leaves(e_params)
         if not leaves:
             raise ValueError("the energy model has no parameters to train")
         self.dtype = leaves[0].dtype
-        key = as_key(rng)
+        key = as_rng(rng)
         if key is None:
             raise ValueError("rng is required: pass a jax.random key or an int seed")
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.key_data(key)  # raw uint32 keys: plain arrays in the state and the file
-        self.energy_optim, self.vae_optim = _optimizers(config, vae is not None)
+        self.energy_optim, self.vae_optim = optimizers(config, vae is not None)
         if vae is not None:
             v_params, self._vae_static = eqx.partition(vae, eqx.is_inexact_array)
             v_opt = self.vae_optim.init(v_params)
@@ -173,7 +125,7 @@ class VariationalMCMCTeaching:
             v_params = self._vae_static = v_opt = None
         # Everything static the jitted iteration depends on; equal specs share one
         # compilation (equinox's static parts compare and hash by value).
-        self._spec = _Spec(config, self._energy_static, self._vae_static)
+        self._spec = Spec(config, self._energy_static, self._vae_static)
         try:
             hash(self._spec)
         except TypeError as e:
@@ -181,7 +133,7 @@ class VariationalMCMCTeaching:
                             f"parameters) and hashable static values: {e}") from e
         seed = key
         key, k_buffer = jax.random.split(key)
-        buffer = (_uniform(self._spec, k_buffer, config.buffer_size, self.dtype)
+        buffer = (uniform_points(self._spec, k_buffer, config.buffer_size, self.dtype)
                   if config.init == "persistent" else None)
         self.state = TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
                                    key, seed, buffer, jnp.asarray(0, jnp.int32))
@@ -221,17 +173,17 @@ class VariationalMCMCTeaching:
         Without ``rng`` the draw is seeded from the training seed and the iteration
         count, so it is reproducible and leaves training unaffected.
         """
-        return self._sample(int(n), num_steps, rng)
+        return self._sample(as_count("n", n), num_steps, rng)
 
     def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Array] = None) -> Array:
-        key = as_key(rng)
+        key = as_rng(rng)
         if key is None:
             key = jax.random.fold_in(self.state.seed, self.state.iteration)
         if num_steps is None:
             num_steps = self.config.num_steps
         elif num_steps != 0:
             num_steps = check_num_steps(num_steps)
-        x, diag = _sample_core(self._spec, self.state, key, n, int(num_steps), ctx)
+        x, diag = sample_core(self._spec, self.state, key, n, int(num_steps), ctx)
         if diag is not None:
             _raise_if_diverged(jax.device_get(diag), n, self.config.step_size)
         return x
@@ -246,7 +198,7 @@ class VariationalMCMCTeaching:
         """
         if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(batch)):
             batch = self._as_batch(batch)
-        new, info, _ = _update_core(self._spec, state, batch)
+        new, info, _ = update_core(self._spec, state, batch)
         return new, info
 
     def _as_batch(self, batch: Any, name: str = "batch") -> Array:
@@ -264,7 +216,7 @@ class VariationalMCMCTeaching:
                              f"(first: row {int(np.flatnonzero(bad)[0])})")
         return jnp.asarray(batch, dtype=self.dtype)
 
-    def _commit(self, new: TeachingState, info: TeachingInfo, diag: _Diagnosis, n: int) -> TeachingInfo:
+    def _commit(self, new: TeachingState, info: TeachingInfo, diag: Diagnosis, n: int) -> TeachingInfo:
         info_h, diag_h = jax.device_get((info, diag))
         _raise_if_diverged(diag_h, n, self.config.step_size)
         _check_finite("energy loss", info_h.loss)
@@ -279,8 +231,8 @@ class VariationalMCMCTeaching:
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
         batch = self._as_batch(batch)
-        new, info, diag = _update_core(self._spec, self.state, batch)
-        self._commit(new, info, diag, self.config.num_samples or _split(batch)[1].shape[0])
+        new, info, diag = update_core(self._spec, self.state, batch)
+        self._commit(new, info, diag, self.config.num_samples or context_and_data(batch)[1].shape[0])
         return info
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
@@ -290,19 +242,16 @@ class VariationalMCMCTeaching:
 
         The minibatch indices are drawn from the training key inside the jitted
         iteration, so a saved and restored run continues exactly. Returns the
-        history: one array per :class:`~vmt.api.TeachingInfo` field.
+        history: one array per :class:`~vmt.core.api.TeachingInfo` field.
         ``callback(teacher, info)`` is called after every iteration.
         """
         data = self._as_batch(data, "data")
-        if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
-            raise ValueError(f"num_iters must be a non-negative integer, got {num_iters!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         n = self.config.num_samples or batch_size
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
         for _ in bar:
-            new, info, diag = _fit_core(self._spec, self.state, data, batch_size)
+            new, info, diag = fit_core(self._spec, self.state, data, batch_size)
             info_h = self._commit(new, info, diag, n)
             rows.append(np.array([float(v) for v in info_h], dtype=np.float64))
             if callback is not None:
@@ -322,7 +271,7 @@ class VariationalMCMCTeaching:
         return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.errors.CheckpointError` on any mismatch.
+        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch.
 
         Each entry may be the pytree :meth:`state_dict` returns or the list of its
         leaves in flattening order; shapes and dtypes must match this object's.
@@ -370,159 +319,7 @@ class VariationalMCMCTeaching:
         return metadata
 
 
-# ---------------------------------------------------------------------- the jitted core
-class _Spec(NamedTuple):
-    """The static part of an iteration: options and the networks' non-array parts."""
-
-    config: TeachingConfig
-    energy: Any
-    vae: Any
-
-
-def _optimizers(config: TeachingConfig, with_vae: bool):
-    b1, b2 = config.betas
-
-    def lr(value):  # the same cosine decay as TeachingConfig.lr_factor
-        if config.lr_decay_steps is None:
-            return value
-        return optax.cosine_decay_schedule(value, config.lr_decay_steps, alpha=config.lr_final_ratio)
-
-    adam = optax.adam(lr(config.energy_lr), b1=b1, b2=b2)
-    energy_optim = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
-    return energy_optim, (optax.adam(lr(config.vae_lr), b1=b1, b2=b2) if with_vae else None)
-
-
-def _uniform(spec: _Spec, key: Array, n: int, dtype) -> Array:
-    low, high = spec.config.init_bounds
-    u = jax.random.uniform(key, (n,) + spec.energy.event_shape, dtype=dtype)
-    return low + (high - low) * u
-
-
-def _initial(spec: _Spec, state: TeachingState, n: int, key: Array, training: bool, ctx: Optional[Array] = None):
-    """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
-    cfg = spec.config
-    dtype = jax.tree.leaves(state.energy)[0].dtype
-    if cfg.init in ("vae", "generator"):
-        vae = eqx.combine(state.vae, spec.vae)
-        m = cfg.num_noise_chains(n) if training else 0
-        k_z, k_u = jax.random.split(key) if m else (key, None)
-        z = vae.sample_latent(n - m, k_z)
-        x0 = jax.lax.stop_gradient(_bind(vae.decode, None if ctx is None else ctx[:n - m])(z))
-        return (jnp.concatenate([x0, _uniform(spec, k_u, m, x0.dtype)]) if m else x0), z
-    if cfg.init == "noise":
-        return _uniform(spec, key, n, dtype), None
-    k_idx, k_reset, k_noise = jax.random.split(key, 3)
-    idx = jax.random.randint(k_idx, (n,), 0, state.buffer.shape[0])
-    x0 = state.buffer[idx]
-    if training:
-        reset = jax.random.uniform(k_reset, (n,), dtype=dtype) < cfg.reinit_prob
-        mask = reset.reshape((-1,) + (1,) * len(spec.energy.event_shape))
-        x0 = jnp.where(mask, _uniform(spec, k_noise, n, dtype), x0)
-    return x0, idx
-
-
-def _revise(spec: _Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: int):
-    """The Langevin revision, and the counts the host checks before using it."""
-    cfg = spec.config
-    start = init(x0, energy)
-    state, info = scan_steps(key, start, energy, cfg.step_size, cfg.noise_scale, cfg.adjust, num_steps)
-    bad_any = info.is_divergent.any(1)
-    diag = _Diagnosis(
-        (~jnp.isfinite(_flat_sum(x0))).sum(),
-        (~(jnp.isfinite(start.energy) & jnp.isfinite(_flat_sum(start.grad)))).sum(),
-        info.is_divergent.any(0).sum(),
-        jnp.where(bad_any.any(), jnp.argmax(bad_any), -1),
-        jnp.zeros((), x0.dtype),
-    )
-    return state, info, diag
-
-
-@partial(jax.jit, static_argnums=(0, 3, 4))
-def _sample_core(spec: _Spec, state: TeachingState, key: Array, n: int, num_steps: int, ctx: Optional[Array]):
-    k_init, k_run = jax.random.split(key)
-    x0, _ = _initial(spec, state, n, k_init, training=False, ctx=ctx)
-    if num_steps == 0:
-        return x0, None
-    energy = _bind(eqx.combine(state.energy, spec.energy), ctx)
-    lstate, _, diag = _revise(spec, energy, x0, k_run, num_steps)
-    return lstate.position, diag
-
-
-@partial(jax.jit, static_argnums=0)
-def _update_core(spec: _Spec, state: TeachingState, batch: Array):
-    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)``."""
-    cfg = spec.config
-    energy_optim, vae_optim = _optimizers(cfg, spec.vae is not None)
-    rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
-    ctx, batch = _split(batch)
-    n = cfg.num_samples or batch.shape[0]
-    x0, aux = _initial(spec, state, n, k_init, training=True, ctx=ctx)
-    energy = _bind(eqx.combine(state.energy, spec.energy), ctx)
-    lstate, sinfo, diag = _revise(spec, energy, x0, k_run, cfg.num_steps)
-    x_tilde = jax.lax.stop_gradient(lstate.position)
-
-    def energy_loss(params):
-        model = _bind(eqx.combine(params, spec.energy), ctx)
-        e_data, e_samp = model(batch), model(x_tilde)
-        loss = e_data.mean() - e_samp.mean()
-        if cfg.energy_reg:
-            loss = loss + cfg.energy_reg * ((e_data ** 2).mean() + (e_samp ** 2).mean())
-        return loss, (e_data, e_samp)
-
-    (loss, (e_data, e_samp)), e_grad = jax.value_and_grad(energy_loss, has_aux=True)(state.energy)
-    gnorm = optax.tree.norm(e_grad)
-    updates, e_opt = energy_optim.update(e_grad, state.energy_optim, state.energy)
-    new_energy = optax.apply_updates(state.energy, updates)
-
-    if vae_optim is not None:
-        def vae_loss_fn(params):
-            vae = eqx.combine(params, spec.vae)
-            if cfg.init == "vae":
-                return _bind(vae.elbo_loss, ctx)(x_tilde, k_vae)
-            k = aux.shape[0]  # only the chains the generator started (see noise_fraction)
-            return _bind(vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], aux)
-
-        vae_loss, v_grad = jax.value_and_grad(vae_loss_fn)(state.vae)
-        diag = diag._replace(vae_grad_norm=optax.tree.norm(v_grad))
-        updates, v_opt = vae_optim.update(v_grad, state.vae_optim, state.vae)
-        new_vae = optax.apply_updates(state.vae, updates)
-    else:
-        vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
-
-    buffer = state.buffer.at[aux].set(x_tilde) if cfg.init == "persistent" else state.buffer
-    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1)
-    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
-                        sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
-    return new, info, diag
-
-
-@partial(jax.jit, static_argnums=(0, 3))
-def _fit_core(spec: _Spec, state: TeachingState, data: Array, batch_size: int):
-    """A minibatch drawn (with replacement) from the training key, then :func:`_update_core`."""
-    rng, k_idx = jax.random.split(state.rng)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, _split(data)[1].shape[0])
-    return _update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data))
-
-
-def _bind(fn: Callable, ctx: Optional[Array]) -> Callable:
-    """``fn``, or for the conditional teacher ``fn`` with ``ctx`` as its second argument.
-
-    ``E(y | x)``, ``g(z, x)``, ``elbo_loss(y, x, rng)`` and ``joint_loss(y, x, z)`` all
-    take the conditioning input second, so one hook serves them all.
-    """
-    return fn if ctx is None else (lambda first, *rest: fn(first, ctx, *rest))
-
-
-def _split(batch: Any):
-    """A validated batch as ``(ctx, data)``: ``ctx`` is ``None`` unless it is a conditional pair."""
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (None, batch)
-
-
-def _conditional(model: Any) -> bool:
-    return getattr(model, "cond_shape", None) is not None
-
-
-def _raise_if_diverged(diag: _Diagnosis, n: int, step_size: float) -> None:
+def _raise_if_diverged(diag: Diagnosis, n: int, step_size: float) -> None:
     if diag.bad_start:
         raise ValueError(f"initial position is non-finite in {int(diag.bad_start)} of {n} chains")
     if diag.bad_start_energy:

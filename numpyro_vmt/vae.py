@@ -38,7 +38,7 @@ from numpyro.handlers import condition
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 
-from numpyro_vmt.langevin import RNG, as_key
+from numpyro_vmt.rng import RNG, as_rng
 
 __all__ = ["VAE"]
 
@@ -223,7 +223,7 @@ def _dtype_of(module: Any):
 
 
 def _require_key(rng: RNG) -> jax.Array:
-    key = as_key(rng)
+    key = as_rng(rng)
     if key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     return key

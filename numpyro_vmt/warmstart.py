@@ -19,7 +19,7 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 from numpyro.infer.initialization import init_to_value
 
-from numpyro_vmt.langevin import RNG, as_key
+from numpyro_vmt.rng import RNG, as_rng
 
 __all__ = ["initial_params_from_guide"]
 
@@ -65,7 +65,7 @@ def initial_params_from_guide(guide: Callable, model: Callable, num_chains: int,
     """
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
-    key = as_key(rng)
+    key = as_rng(rng)
     if key is None:
         raise ValueError("rng is required: pass a jax.random key or an int seed")
     kwargs = model_kwargs or {}

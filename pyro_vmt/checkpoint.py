@@ -11,8 +11,8 @@ from typing import Any, Dict
 
 import torch
 
-from vmt.checkpoint import FORMAT
-from vmt.errors import CheckpointError
+from vmt.core.checkpoint import FORMAT
+from vmt.core.errors import CheckpointError
 
 __all__ = ["read_checkpoint"]
 

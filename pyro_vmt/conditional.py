@@ -27,7 +27,7 @@ are trained on pairs :math:`(x_j, y_j)` exactly as the unconditional algorithm:
 4. one SVI step of the conditional VAE on the ELBO with :math:`(x_j, \tilde y_j)` observed.
 
 :class:`ConditionalVariationalMCMCTeaching` is :class:`~pyro_vmt.VariationalMCMCTeaching`
-with the conditioning input passed through its hooks (see ``pyro_vmt.teaching._bind``).
+with the conditioning input passed through its hooks (see :func:`vmt.core.batch.with_context`).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from pyro_vmt.energy import _FlatSite
-from pyro_vmt.langevin import RNG, as_generator
+from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from pyro_vmt.vae import VAE, _LocalParams, forked_rng
-from vmt.conditional import check_conditional_config, shape_text, split_pair
-from vmt.config import TeachingConfig
+from vmt.core.batch import check_conditional_config, shape_text, split_pair
+from vmt.core.config import TeachingConfig
 
 __all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
            "conditional_networks"]
@@ -265,7 +265,7 @@ class ConditionalVAE(VAE):
         :meth:`guide`, ``z`` drawn on a fork of torch's RNG seeded from ``rng``,
         module-local parameters (the global Pyro parameter store is not touched).
         """
-        gen = as_generator(rng, y.device if isinstance(y, Tensor) else None)
+        gen = as_rng(rng, y.device if isinstance(y, Tensor) else None)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
@@ -342,7 +342,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
-        Returns the history: one array per :class:`~vmt.api.TeachingInfo` field.
+        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
         """
         return super().fit(data, num_iters, batch_size, progress, callback)
 

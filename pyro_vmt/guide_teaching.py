@@ -61,11 +61,12 @@ from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_vmt.chains import ChainPlatePotential
+from pyro_vmt.potential import ChainPlatePotential
 from pyro_vmt.kernel import dual_averaging_init, dual_averaging_update
-from pyro_vmt.langevin import RNG, Langevin, as_generator
-from vmt.config import check_noise_scale, check_num_steps, check_step_size
-from vmt.errors import DivergenceError, divergence_message
+from pyro_vmt.langevin import Langevin
+from pyro_vmt.rng import RNG, as_rng
+from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
+from vmt.core.errors import DivergenceError, divergence_message
 
 __all__ = ["MCMCTeaching", "MCMCTeachingInfo"]
 
@@ -96,14 +97,9 @@ class MCMCTeachingInfo(NamedTuple):
 
 
 def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-    if not (isinstance(elbo_weight, (int, float)) and elbo_weight >= 0 and math.isfinite(elbo_weight)):
-        raise ValueError(f"elbo_weight must be a finite number >= 0, got {elbo_weight!r}")
-    if isinstance(adapt_iterations, bool) or not isinstance(adapt_iterations, int) or adapt_iterations < 0:
-        raise ValueError(f"adapt_iterations must be an integer >= 0, got {adapt_iterations!r}")
-    if not 0 < target_accept_prob < 1:
-        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
+    return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
+            as_count("adapt_iterations", adapt_iterations, minimum=0),
+            as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
 
 
 class MCMCTeaching:
@@ -158,7 +154,8 @@ class MCMCTeaching:
                  target_accept_prob: float = 0.574):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
-        _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob)
+        num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
+            num_particles, elbo_weight, adapt_iterations, target_accept_prob)
         self.model, self.guide, self.optim = model, guide, optim
         self.num_steps = check_num_steps(num_steps)
         self.step_size = check_step_size(step_size)
@@ -196,7 +193,7 @@ class MCMCTeaching:
 
         Returns the losses, shape ``(num_steps,)``. The caller's global RNG is left as it was.
         """
-        gen = as_generator(rng, torch.device("cpu"))
+        gen = as_rng(rng)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         seed = int(torch.randint(2 ** 62, (1,), generator=gen))

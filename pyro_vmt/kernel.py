@@ -35,10 +35,11 @@ from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 
-from pyro_vmt.chains import ChainPlatePotential
-from pyro_vmt.langevin import RNG, init, step
-from vmt.config import check_noise_scale, check_step_size
-from vmt.errors import DivergenceError, divergence_message
+from pyro_vmt.potential import ChainPlatePotential
+from pyro_vmt.langevin import init, step
+from pyro_vmt.rng import RNG
+from vmt.core.checks import check_noise_scale, check_step_size
+from vmt.core.errors import DivergenceError, divergence_message
 
 __all__ = ["LangevinKernel", "DualAveragingState", "dual_averaging_init", "dual_averaging_update"]
 

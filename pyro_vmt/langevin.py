@@ -34,17 +34,17 @@ memory does not grow with the number of steps.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from vmt.config import check_noise_scale, check_num_steps, check_step_size
+from pyro_vmt.rng import RNG, as_rng
+from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
 
 __all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad"]
 
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
-RNG = Union[None, int, torch.Generator]
 
 
 class LangevinState(NamedTuple):
@@ -153,15 +153,6 @@ def init(position: Tensor, potential_fn: PotentialFn) -> LangevinState:
     return LangevinState(position.detach(), energy, grad)
 
 
-def as_generator(rng: RNG, device: torch.device) -> Optional[torch.Generator]:
-    """A ``torch.Generator`` from a seed or a generator (``None`` stays ``None``)."""
-    if rng is None or isinstance(rng, torch.Generator):
-        return rng
-    if isinstance(rng, int) and not isinstance(rng, bool):
-        return torch.Generator(device=device).manual_seed(rng)
-    raise TypeError(f"rng must be a torch.Generator or an int seed, got {type(rng).__name__}")
-
-
 def step(
     rng: RNG,
     state: LangevinState,
@@ -196,7 +187,7 @@ def step(
     -------
     (LangevinState, LangevinInfo)
     """
-    gen = as_generator(rng, state.position.device)
+    gen = as_rng(rng, state.position.device)
     needs_rng = (noise is None and noise_scale > 0) or (adjust and uniform is None)
     if needs_rng and gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
@@ -372,7 +363,7 @@ class Langevin:
         given, carry a leading ``num_steps`` axis.
         """
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
-        gen = as_generator(rng, position.device if isinstance(position, Tensor) else None)
+        gen = as_rng(rng, position.device if isinstance(position, Tensor) else None)
         state = self.init(position)
         if gen is None and ((noise is None and self.noise_scale > 0) or (self.adjust and uniform is None)):
             raise ValueError("rng is required: pass a torch.Generator or an int seed")

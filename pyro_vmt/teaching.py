@@ -17,11 +17,11 @@ regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
 
 The conditional teacher (:mod:`pyro_vmt.conditional`) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`_bind` passes ``ctx`` as the second argument of the energy, the decoder and
+:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
 Both losses are computed and checked before either optimiser steps, so an iteration
-that diverges raises :class:`vmt.errors.DivergenceError` and changes nothing.
+that diverges raises :class:`vmt.core.errors.DivergenceError` and changes nothing.
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ from tqdm.auto import tqdm
 
 from pyro_vmt.checkpoint import read_checkpoint
 from pyro_vmt.energy import EnergyModel
-from pyro_vmt.langevin import RNG, Langevin, as_generator
+from pyro_vmt.langevin import Langevin
+from pyro_vmt.update import energy_loss, revise, start_chains, uniform_points, vae_loss
+from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.vae import VAE
-from vmt.api import TeachingInfo
-from vmt.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
-from vmt.config import TeachingConfig
-from vmt.errors import CheckpointError, DivergenceError, divergence_message
+from vmt.core.api import TeachingInfo
+from vmt.core.batch import context_and_data, with_context
+from vmt.core.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
+from vmt.core.checks import as_count
+from vmt.core.config import TeachingConfig, resolve_teacher_parts
+from vmt.core.errors import CheckpointError, DivergenceError
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo"]
 
@@ -82,17 +86,7 @@ class VariationalMCMCTeaching:
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
-        if not isinstance(energy, self._energy_cls):
-            raise TypeError(f"energy must be a pyro_vmt.{self._energy_cls.__name__}, got {type(energy).__name__}")
-        config = (config or TeachingConfig()).replace(**options) if options else (config or TeachingConfig())
-        if config.init in ("vae", "generator"):
-            if not isinstance(vae, self._vae_cls) or _conditional(vae) != _conditional(energy):
-                raise ValueError(f"init={config.init!r} needs a pyro_vmt.{self._vae_cls.__name__}, "
-                                 f"got {type(vae).__name__}")
-            if vae.event_shape != energy.event_shape:
-                raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
-        else:
-            vae = None
+        config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         self.energy = energy
         self.vae = vae
@@ -100,7 +94,7 @@ class VariationalMCMCTeaching:
         if param is None:
             raise ValueError("the energy model has no parameters to train")
         self.device, self.dtype = param.device, param.dtype
-        gen = as_generator(rng, self.device)
+        gen = as_rng(rng, self.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
@@ -108,45 +102,15 @@ class VariationalMCMCTeaching:
         self.energy_optim = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
         self.vae_optim = (torch.optim.Adam(vae.parameters(), lr=config.vae_lr, betas=config.betas)
                           if vae is not None else None)
-        self.buffer = self._uniform(config.buffer_size, gen) if config.init == "persistent" else None
+        self.buffer = (uniform_points(config, param, energy.event_shape, config.buffer_size, gen)
+                       if config.init == "persistent" else None)
         self.iteration = 0
 
     # ------------------------------------------------------------------ sampling
-    def _uniform(self, n: int, gen: torch.Generator) -> Tensor:
-        low, high = self.config.init_bounds
-        u = torch.rand((n,) + self.energy.event_shape, generator=gen, device=self.device, dtype=self.dtype)
-        return low + (high - low) * u
-
-    def _initial(self, n: int, gen: torch.Generator, training: bool, ctx: Optional[Tensor] = None):
-        """Starting points ``x⁽⁰⁾`` of ``n`` chains, plus what the update needs (``z`` or buffer slots)."""
-        init = self.config.init
-        if init in ("vae", "generator"):
-            m = self.config.num_noise_chains(n) if training else 0
-            z = self.vae.sample_latent(n - m, gen)
-            with torch.no_grad():
-                x0 = _bind(self.vae.decode, None if ctx is None else ctx[:n - m])(z)
-            return (torch.cat([x0, self._uniform(m, gen)]) if m else x0), z
-        if init == "noise":
-            return self._uniform(n, gen), None
-        idx = torch.randint(self.buffer.shape[0], (n,), generator=gen, device=self.device)
-        x0 = self.buffer[idx]
-        if training:
-            reset = torch.rand(n, generator=gen, device=self.device) < self.config.reinit_prob
-            mask = reset.reshape((-1,) + (1,) * len(self.energy.event_shape))
-            x0 = torch.where(mask, self._uniform(n, gen), x0)
-        return x0, idx
-
-    def _revise(self, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None,
-                ctx: Optional[Tensor] = None):
+    def _sampler(self, ctx: Optional[Tensor]) -> Langevin:
         cfg = self.config
-        sampler = self.sampler if ctx is None else Langevin(
-            _bind(self.energy, ctx), cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
-        state, info = sampler.run(gen, x0, num_steps)
-        bad = info.is_divergent.any(0)
-        if bad.any():
-            first = int(info.is_divergent.any(1).nonzero()[0, 0])
-            raise DivergenceError(divergence_message(first, int(bad.sum()), x0.shape[0], self.config.step_size))
-        return state, info
+        return self.sampler if ctx is None else Langevin(
+            with_context(self.energy, ctx), cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
 
     def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None) -> Tensor:
         """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
@@ -155,17 +119,17 @@ class VariationalMCMCTeaching:
         Without ``rng`` the draw is seeded from the training RNG's seed and the
         iteration count, so it is reproducible and leaves training unaffected.
         """
-        return self._sample(int(n), num_steps, rng)
+        return self._sample(as_count("n", n), num_steps, rng)
 
     def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Tensor] = None) -> Tensor:
-        gen = as_generator(rng, self.device)
+        gen = as_rng(rng, self.device)
         if gen is None:
             seed = (self.generator.initial_seed() * 1_000_003 + self.iteration) % 2 ** 63
             gen = torch.Generator(device=self.device).manual_seed(seed)
-        x0, _ = self._initial(n, gen, training=False, ctx=ctx)
+        x0 = start_chains(self.config, self.energy, self.vae, self.buffer, n, gen, False, ctx).position
         if num_steps == 0:
             return x0
-        return self._revise(x0, gen, num_steps, ctx)[0].position
+        return revise(self._sampler(ctx), x0, gen, num_steps)[0].position
 
     # ------------------------------------------------------------------ training
     def _as_batch(self, batch: Any, name: str = "batch") -> Tensor:
@@ -185,19 +149,14 @@ class VariationalMCMCTeaching:
 
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
-        ctx, batch = _split(self._as_batch(batch))
+        ctx, batch = context_and_data(self._as_batch(batch))
         cfg, gen = self.config, self.generator
         n = cfg.num_samples or batch.shape[0]
-        x0, aux = self._initial(n, gen, training=True, ctx=ctx)
-        state, sinfo = self._revise(x0, gen, ctx=ctx)
+        starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
+        state, sinfo = revise(self._sampler(ctx), starts.position, gen)
         x_tilde = state.position
-
-        energy = _bind(self.energy, ctx)
-        e_data, e_samp = energy(batch), energy(x_tilde)
-        loss = e_data.mean() - e_samp.mean()
-        if cfg.energy_reg:
-            loss = loss + cfg.energy_reg * (e_data.pow(2).mean() + e_samp.pow(2).mean())
-        vae_loss = self._vae_loss(x_tilde, aux, gen, ctx)
+        loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
+        v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
 
         # both backward passes, then one check of losses and gradients before any update
         self.energy_optim.zero_grad(set_to_none=True)
@@ -206,8 +165,8 @@ class VariationalMCMCTeaching:
         checks = {"energy loss": loss, "energy parameter gradient": gnorm}
         if self.vae_optim is not None:
             self.vae_optim.zero_grad(set_to_none=True)
-            vae_loss.backward()
-            checks["VAE loss"] = vae_loss
+            v_loss.backward()
+            checks["VAE loss"] = v_loss
             checks["VAE parameter gradient"] = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.vae.parameters() if p.grad is not None])
         _check_finite(checks)
@@ -218,38 +177,25 @@ class VariationalMCMCTeaching:
                     group["lr"] = lr * factor
                 optim.step()
         if cfg.init == "persistent":
-            self.buffer[aux] = x_tilde
+            self.buffer[starts.slots] = x_tilde
         self.iteration += 1
         return TeachingInfo(
-            loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), vae_loss.detach(),
+            loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(),
             sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm.detach())
-
-    def _vae_loss(self, x_tilde: Tensor, z: Optional[Tensor], gen: torch.Generator,
-                  ctx: Optional[Tensor] = None) -> Tensor:
-        init = self.config.init
-        if init == "vae":
-            return _bind(self.vae.elbo_loss, ctx)(x_tilde, gen)
-        if init == "generator":  # only the chains the generator started (see noise_fraction)
-            k = z.shape[0]
-            return _bind(self.vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], z)
-        return torch.tensor(math.nan, device=self.device, dtype=self.dtype)
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
             callback: Optional[Callable[["VariationalMCMCTeaching", TeachingInfo], None]] = None
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        Returns the history: one array per :class:`~vmt.api.TeachingInfo` field.
+        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
         ``callback(teacher, info)`` is called after every iteration.
         """
         data = self._as_batch(data, "data")
-        if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
-            raise ValueError(f"num_iters must be a non-negative integer, got {num_iters!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
-        rows_in_data = _split(data)[1].shape[0]
+        rows_in_data = context_and_data(data)[1].shape[0]
         for _ in bar:
             idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
             info = self.step(_take(data, idx))
@@ -278,7 +224,7 @@ class VariationalMCMCTeaching:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.errors.CheckpointError` on any mismatch."""
+        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch."""
         diff = config_mismatch(state.get("config", {}), self.config.to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
@@ -328,26 +274,8 @@ class VariationalMCMCTeaching:
         return payload["metadata"]
 
 
-def _bind(fn: Callable, ctx: Optional[Tensor]) -> Callable:
-    """``fn``, or for the conditional teacher ``fn`` with ``ctx`` as its second argument.
-
-    ``E(y | x)``, ``g(z, x)``, ``elbo_loss(y, x, rng)`` and ``joint_loss(y, x, z)`` all
-    take the conditioning input second, so one hook serves them all.
-    """
-    return fn if ctx is None else (lambda first, *rest: fn(first, ctx, *rest))
-
-
-def _split(batch: Any):
-    """A validated batch as ``(ctx, data)``: ``ctx`` is ``None`` unless it is a conditional pair."""
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (None, batch)
-
-
 def _take(data: Any, idx: Tensor) -> Any:
     return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
-
-
-def _conditional(model: Any) -> bool:
-    return getattr(model, "cond_shape", None) is not None
 
 
 def _check_finite(values: Dict[str, Tensor]) -> None:

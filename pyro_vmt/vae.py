@@ -35,7 +35,7 @@ from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pyro_vmt.langevin import RNG, as_generator
+from pyro_vmt.rng import RNG, as_rng
 
 __all__ = ["VAE"]
 
@@ -146,7 +146,7 @@ class VAE(PyroModule):
     def sample_latent(self, n: int, rng: RNG) -> torch.Tensor:
         """``z ~ N(0, I)``, shape ``(n, latent_dim)``, drawn from ``rng``."""
         like = self._like()
-        gen = as_generator(rng, like["device"])
+        gen = as_rng(rng, like["device"])
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         return torch.randn(int(n), self.latent_dim, generator=gen, **like)
@@ -164,7 +164,7 @@ class VAE(PyroModule):
         caller's global RNG is left as it was. Module-local parameters are used: the
         global Pyro parameter store is neither read nor written.
         """
-        gen = as_generator(rng, x.device)
+        gen = as_rng(rng, x.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))

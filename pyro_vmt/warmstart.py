@@ -20,7 +20,7 @@ from torch.distributions import biject_to
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_value
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vmt.langevin import RNG, as_generator
+from pyro_vmt.rng import RNG, as_rng
 
 __all__ = ["initial_params_from_guide"]
 
@@ -63,7 +63,7 @@ def initial_params_from_guide(guide: Callable, model: Callable, num_chains: int,
     """
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
-    gen = as_generator(rng, torch.device("cpu"))
+    gen = as_rng(rng, torch.device("cpu"))
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
     kwargs = model_kwargs or {}

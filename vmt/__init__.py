@@ -6,8 +6,8 @@ The backend-neutral part: configuration, data, metrics, ArviZ export, plots and 
 samplers and models.
 """
 
-from vmt.api import BACKENDS, available_backends, default_backend, load_backend
-from vmt.config import TeachingConfig
+from vmt.core.api import BACKENDS, available_backends, default_backend, load_backend
+from vmt.core.config import TeachingConfig
 
 __all__ = [
     "BACKENDS",

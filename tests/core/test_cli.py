@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("pyro")
 
-from vmt.cli import main  # noqa: E402
+from vmt.app.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

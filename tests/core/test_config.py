@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from vmt.config import TeachingConfig
+from vmt.core.config import TeachingConfig
 
 
 def test_round_trip_and_replace():

@@ -1,4 +1,4 @@
-"""vmt.diagnostics: sampler runs and training histories to ArviZ data (the installed
+"""vmt.evaluation.diagnostics: sampler runs and training histories to ArviZ data (the installed
 arviz 0.x, and the arviz 1.x call shape through a fake module)."""
 
 import subprocess
@@ -10,8 +10,8 @@ import arviz as az
 import numpy as np
 import pytest
 
-from vmt import diagnostics
-from vmt.diagnostics import arviz_major_version, min_ess, to_inference_data
+from vmt.evaluation import diagnostics
+from vmt.evaluation.diagnostics import arviz_major_version, min_ess, to_inference_data
 
 Info = namedtuple("Info", "acceptance_rate is_accepted grad_norm is_divergent")  # as LangevinInfo
 
@@ -120,6 +120,6 @@ def test_min_ess_reads_an_arviz_1x_tree(monkeypatch):
 
 
 def test_importing_vmt_diagnostics_imports_no_backend_nor_arviz():
-    code = ("import sys, vmt.diagnostics; "
+    code = ("import sys, vmt.evaluation.diagnostics; "
             "assert not {'torch', 'jax', 'arviz'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,9 +6,10 @@ import warnings
 import numpy as np
 import pytest
 
-from vmt.metrics import DigitClassifier
-from vmt.tasks import (MixtureDensityNetwork, TwoBranch, assemble_digits, branch_scores, class_scores,
-                       completion_scores, conditional_log_likelihood, load_task, nearest_completions)
+from vmt.data.tasks import TwoBranch, assemble_digits, load_task
+from vmt.evaluation.baselines import MixtureDensityNetwork, nearest_completions
+from vmt.evaluation.features import DigitClassifier
+from vmt.evaluation.task_metrics import branch_scores, class_scores, completion_scores, conditional_log_likelihood
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +132,10 @@ def test_cli_task_run_writes_a_resumable_run(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
     import json
 
-    import vmt.supervised
-    from vmt.cli import main
+    import vmt.app.tasks
+    from vmt.app.cli import main
 
-    monkeypatch.setattr(vmt.supervised, "evaluate_task", lambda *a, **k: {"VMT": {"score": 1.0}})
+    monkeypatch.setattr(vmt.app.tasks, "evaluate_task", lambda *a, **k: {"VMT": {"score": 1.0}})
     assert main(["train", "--task", "regression1d", "--backend", "pyro", "--iters", "2", "--batch-size", "8",
                  "--num-steps", "2", "--out", str(tmp_path), "--quiet"]) == 0
     meta = json.loads((tmp_path / "run.json").read_text())

@@ -19,8 +19,8 @@ from numpyro_vmt import (VAE, ConditionalEnergyModel, ConditionalVAE,  # noqa: E
                          ConditionalVariationalMCMCTeaching, EnergyModel, VariationalMCMCTeaching)
 from numpyro_vmt.conditional import conditional_networks  # noqa: E402
 from numpyro_vmt.nets import MLP  # noqa: E402
-from vmt.conditional import build_conditional_teacher, get_conditional_recipe  # noqa: E402
-from vmt.tasks import load_task  # noqa: E402
+from vmt.app.recipes import build_teacher, get_recipe  # noqa: E402
+from vmt.data.tasks import load_task  # noqa: E402
 
 def make(init="vae", seed=0, **options):
     e_net, enc, dec = conditional_networks((2,), (3,), 2, hidden=(16,), rng=seed)
@@ -182,10 +182,10 @@ def test_trained_conditional_ebm_samples_match_the_two_branch_truth():
     Langevin revision, not the VAE, makes the samples right.
     """
     task = load_task("regression1d", seed=0)
-    recipe = get_conditional_recipe("regression1d").replace(num_iters=1500)
+    recipe = get_recipe("regression1d").replace(num_iters=1500)
     import numpyro_vmt
 
-    teacher = build_conditional_teacher(numpyro_vmt, task, recipe, seed=0)
+    teacher = build_teacher(numpyro_vmt, task, recipe, seed=0)
     teacher.fit((task.x_train, task.y_train), recipe.num_iters, recipe.batch_size, progress=False)
     x = np.full((2000, 1), 2.25, np.float32)
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from numpyro_vmt import VAE, EnergyModel, VariationalMCMCTeaching  # noqa: E402
 from numpyro_vmt.nets import MLP  # noqa: E402
-from vmt.errors import CheckpointError, DivergenceError  # noqa: E402
+from vmt.core.errors import CheckpointError, DivergenceError  # noqa: E402
 
 INITS = ["vae", "noise", "persistent", "generator"]
 

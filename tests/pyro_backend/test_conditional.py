@@ -168,7 +168,7 @@ def test_importance_sampled_log_likelihood_is_exact_for_a_linear_gaussian_vae():
     """Decoder y = a z + c x + b with noise σ: p(y | x) = N(c x + b, a² + σ²) exactly. With the
     exact posterior as encoder every importance weight equals p(y | x) (the estimate is
     exact for any K); with another encoder it is a lower bound, close for K = 1000."""
-    from vmt.supervised import vae_log_likelihood
+    from vmt.app.tasks import vae_log_likelihood
 
     torch.manual_seed(0)
     enc, dec = torch.nn.Linear(2, 2).double(), torch.nn.Linear(2, 1).double()

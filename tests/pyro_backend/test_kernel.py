@@ -20,7 +20,7 @@ from kernel_checks import (BERNOULLI_Y, BETA_PRIOR, CATEGORICAL_Y, DIRICHLET_PRI
 from mcse import Z, assert_gaussian_moments, gaussian_moment_zscores
 from pyro_vmt import EnergyModel, LangevinKernel, initial_params_from_guide
 from pyro_vmt.chains import run_chains
-from vmt.errors import DivergenceError
+from vmt.core.errors import DivergenceError
 
 F64 = torch.float64
 

@@ -9,7 +9,7 @@ import torch
 
 from pyro_vmt import VAE, EnergyModel, VariationalMCMCTeaching
 from pyro_vmt.nets import MLP
-from vmt.errors import CheckpointError, DivergenceError
+from vmt.core.errors import CheckpointError, DivergenceError
 
 INITS = ["vae", "noise", "persistent", "generator"]
 

@@ -1,4 +1,4 @@
-"""Tests of vmt.metrics against exact values and Monte Carlo error."""
+"""Tests of vmt.evaluation.metrics against exact values and Monte Carlo error."""
 
 import math
 import warnings
@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from vmt.data import EightGaussians, Grid25, Ring8, load_dataset, load_digits
-from vmt.metrics import (
+from vmt.evaluation.metrics import (
     DigitClassifier,
     QuadratureError,
     digit_scores,
@@ -254,18 +254,18 @@ def test_frechet_distance_exact_values():
 
 
 def test_frechet_distance_checks_the_matrix_root(monkeypatch):
-    import vmt.features
+    import vmt.evaluation.features
 
     rng = np.random.default_rng(14)
     a, b = rng.standard_normal((50, 2)), rng.standard_normal((50, 2))
-    sqrtm = vmt.features.linalg.sqrtm
-    monkeypatch.setattr(vmt.features.linalg, "sqrtm", lambda m: sqrtm(m) + 1e-9j)
+    sqrtm = vmt.evaluation.features.linalg.sqrtm
+    monkeypatch.setattr(vmt.evaluation.features.linalg, "sqrtm", lambda m: sqrtm(m) + 1e-9j)
     assert frechet_distance(a, b) == pytest.approx(_frechet_formula(
         a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)), abs=1e-8)
-    monkeypatch.setattr(vmt.features.linalg, "sqrtm", lambda m: sqrtm(m) + 0.5j * np.eye(2))
+    monkeypatch.setattr(vmt.evaluation.features.linalg, "sqrtm", lambda m: sqrtm(m) + 0.5j * np.eye(2))
     with pytest.raises(ValueError, match="imaginary part"):
         frechet_distance(a, b)
-    monkeypatch.setattr(vmt.features.linalg, "sqrtm", lambda m: 2 * sqrtm(m))
+    monkeypatch.setattr(vmt.evaluation.features.linalg, "sqrtm", lambda m: 2 * sqrtm(m))
     with pytest.raises(ValueError, match="inaccurate"):
         frechet_distance(a, b)
 

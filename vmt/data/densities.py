@@ -26,7 +26,8 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy.special import i0e, logsumexp
 
-from vmt.validation import SeedLike, _check_positive_int, _check_positive_real, _rng, validate_data
+from vmt.core.checks import as_count, as_real
+from vmt.data.validation import SeedLike, numpy_rng, validate_data
 
 __all__ = ["Density2D", "Grid25", "EightGaussians", "Ring8", "Rings", "TwoSpirals", "DENSITIES", "get_density"]
 
@@ -74,8 +75,8 @@ class Density2D:
         ``seed`` is an int, a ``np.random.Generator`` (advanced in place) or a
         ``np.random.SeedSequence``; ``None`` is refused.
         """
-        n = _check_positive_int("n", n)
-        return self._sample(n, _rng(seed)).astype(np.float32)
+        n = as_count("n", n)
+        return self._sample(n, numpy_rng(seed)).astype(np.float32)
 
     def log_prob(self, x) -> np.ndarray:
         """Exact normalised ``log p(x)`` of finite points ``x`` of shape ``(n, 2)``; shape ``(n,)``, ``float64``."""
@@ -99,7 +100,7 @@ class _IsotropicMixture(Density2D):
 
     def __init__(self, means: np.ndarray, sd: float):
         self.modes = np.asarray(means, dtype=np.float64)
-        self.mode_sd = _check_positive_real("sd", sd)
+        self.mode_sd = as_real("sd", sd, low=0, low_open=True)
         gaps = np.sqrt(_sq_dist(self.modes, self.modes)[np.triu_indices(len(self.modes), 1)])
         if gaps.min() >= 20.0 * self.mode_sd:
             self.entropy = math.log(len(self.modes)) + math.log(2 * math.pi * math.e * self.mode_sd**2)
@@ -213,7 +214,7 @@ class Rings(Density2D):
     radii = np.array([0.75, 1.5, 2.25, 3.0])
 
     def __init__(self, sd: float = 0.08):
-        self.sd = _check_positive_real("sd", sd)
+        self.sd = as_real("sd", sd, low=0, low_open=True)
         self.entropy = 2.623 if self.sd == 0.08 else None
 
     def _sample(self, n, rng):
@@ -268,8 +269,8 @@ class TwoSpirals(Density2D):
     _chunk = 4096
 
     def __init__(self, sd: float = 0.1, num_panels: int = 64):
-        self.sd = _check_positive_real("sd", sd)
-        self.num_panels = _check_positive_int("num_panels", num_panels)
+        self.sd = as_real("sd", sd, low=0, low_open=True)
+        self.num_panels = as_count("num_panels", num_panels)
         self.entropy = 2.541 if self.sd == 0.1 else None
         t, w = self._quadrature()
         curve = self._curve(t)

@@ -1,11 +1,12 @@
 r"""Train and evaluate conditional variational MCMC teaching on the built-in supervised tasks.
 
-One source of truth for ``vmt train --task``, the examples and
-``benchmarks/conditional.py``: :func:`run_task` trains a backend's
-``ConditionalVariationalMCMCTeaching`` with the recipe of a task
-(:mod:`vmt.conditional`), evaluates it next to its baselines with the metrics of
-:mod:`vmt.tasks`, and draws the pictures. Backend-neutral: it goes through the names
-every backend exports, and imports torch or jax only through :func:`vmt.load_backend`.
+:func:`evaluate_task` is the result table of ``vmt train --task`` (through
+:mod:`vmt.app.runs`), the examples and ``benchmarks/conditional.py``; :func:`run_task`
+trains a backend's ``ConditionalVariationalMCMCTeaching`` with the recipe of a task
+(:mod:`vmt.app.recipes`) in memory and evaluates it. The scores are those of
+:mod:`vmt.evaluation.task_metrics`, the baselines those of
+:mod:`vmt.evaluation.baselines`. Backend-neutral: it goes through the names every
+backend exports.
 
 Rows of the result tables:
 
@@ -17,7 +18,7 @@ Rows of the result tables:
 - ``regression1d``: the true density, VMT's EBM (exact log-likelihood by quadrature
   over ``y``; samples by VAE + Langevin), the conditional VAE alone (log-likelihood by
   importance sampling with the encoder as proposal), and a NumPy mixture density
-  network (:class:`vmt.tasks.MixtureDensityNetwork`).
+  network (:class:`vmt.evaluation.baselines.MixtureDensityNetwork`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from typing import Any, Dict, Optional
 import numpy as np
 from scipy.special import logsumexp
 
-from vmt.api import load_backend
-from vmt.conditional import build_conditional_teacher, get_conditional_recipe
-from vmt.metrics import DigitClassifier
-from vmt.recipes import to_numpy
-from vmt.tasks import (ConditionalTask, MixtureDensityNetwork, assemble_digits, branch_scores, class_scores,
-                       completion_scores, conditional_log_likelihood, fit_regressor, load_task,
-                       nearest_completions)
+from vmt.app.recipes import build_teacher, get_recipe
+from vmt.core.api import backend_of, load_backend
+from vmt.data.tasks import ConditionalTask, assemble_digits, load_task
+from vmt.evaluation.baselines import MixtureDensityNetwork, fit_regressor, nearest_completions
+from vmt.evaluation.features import DigitClassifier
+from vmt.evaluation.task_metrics import branch_scores, class_scores, completion_scores, conditional_log_likelihood
 
 __all__ = ["run_task", "evaluate_task", "sample_many", "vae_log_likelihood", "REGRESSION_XS"]
 
@@ -47,26 +47,8 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def sample_many(teacher, x: np.ndarray, k: int, num_steps: Optional[int] = None, seed: int = 0) -> np.ndarray:
     """``k`` draws of ``y`` for every row of ``x``: shape ``(k, len(x), *event_shape)``."""
-    y = to_numpy(teacher.sample(np.concatenate([x] * k), num_steps=num_steps, rng=seed))
+    y = backend_of(teacher).to_numpy(teacher.sample(np.concatenate([x] * k), num_steps=num_steps, rng=seed))
     return y.reshape((k, len(x)) + y.shape[1:])
-
-
-def _numpy_call(module, fn, *arrays):
-    """``fn`` (a method of a backend ``module``) on numpy arrays, returning numpy arrays."""
-    if hasattr(module, "parameters"):  # torch
-        import torch
-
-        p = next(module.parameters())
-        with torch.no_grad():
-            out = fn(*(torch.as_tensor(np.asarray(a), dtype=p.dtype, device=p.device) for a in arrays))
-    else:  # equinox
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-
-        dtype = next(a for a in jax.tree.leaves(module) if eqx.is_inexact_array(a)).dtype
-        out = fn(*(jnp.asarray(a, dtype=dtype) for a in arrays))
-    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
 
 
 def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: int = 32) -> Dict[str, float]:
@@ -79,9 +61,10 @@ def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: 
     :math:`K` grows; the KL weight plays no part: this is the model's own density).
     Returns the mean over rows and its standard error.
     """
+    numpy_call, to_numpy = backend_of(vae).numpy_call, backend_of(vae).to_numpy
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n = len(y)
-    loc, scale = _numpy_call(vae, vae.encode, y, x)
+    loc, scale = numpy_call(vae, vae.encode, y, x)
     sigma = np.broadcast_to(np.asarray(to_numpy(vae.scale()), np.float64), y.shape[1:]).reshape(-1)
     g = np.random.default_rng(seed)
     log_w = []
@@ -89,7 +72,7 @@ def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: 
         k = min(chunk, num_samples - start)
         eps = g.standard_normal((k, n, loc.shape[1]))
         z = loc[None] + scale[None] * eps
-        mean = _numpy_call(vae, vae.decode, z.reshape(k * n, -1), np.concatenate([x] * k)).reshape(k, n, -1)
+        mean = numpy_call(vae, vae.decode, z.reshape(k * n, -1), np.concatenate([x] * k)).reshape(k, n, -1)
         resid = (y.reshape(1, n, -1) - mean) / sigma
         log_lik = -0.5 * (resid ** 2).sum(-1) - np.log(sigma).sum() - 0.5 * resid.shape[-1] * _LOG_2PI
         log_w.append(log_lik - 0.5 * (z ** 2).sum(-1) + 0.5 * (eps ** 2).sum(-1) + np.log(scale).sum(-1)[None])
@@ -109,7 +92,7 @@ def _completion(teacher, task: ConditionalTask, recipe, seed: int, k: int, out: 
             "MLP regressor (squared error)": completion_scores(regressor, task, classifier),
             "nearest training pairs": completion_scores(nearest_completions(task, k), task, classifier)}
     if out is not None:
-        from vmt.plots import plot_digits
+        from vmt.evaluation.plots import plot_digits
 
         idx = np.arange(10)
         cols = [assemble_digits(task.x_test[idx], task.y_test[idx]),
@@ -125,13 +108,14 @@ def _class(teacher, task: ConditionalTask, seed: int, out: Optional[Path]) -> di
     classifier = DigitClassifier(seed=seed).fit(task.y_train, task.train_labels)
     labels = np.sort(task.train_labels)  # as many per class as real training digits: like-for-like Fréchet
     x = np.eye(10, dtype=np.float32)[labels]
+    to_numpy = backend_of(teacher).to_numpy
     ebm = to_numpy(teacher.sample(x, rng=seed))
     vae = to_numpy(teacher.sample(x, num_steps=0, rng=seed))
     rows = {"VMT (CVAE + Langevin)": class_scores(ebm, labels, task, classifier),
             "CVAE alone": class_scores(vae, labels, task, classifier),
             "real training digits": class_scores(task.y_train, task.train_labels, task, classifier)}
     if out is not None:
-        from vmt.plots import plot_digits
+        from vmt.evaluation.plots import plot_digits
 
         for name, s in (("class_vmt.png", ebm), ("class_vae.png", vae)):
             grid = np.stack([s[labels == c][:10] for c in range(10)])
@@ -168,7 +152,7 @@ def _regression(teacher, task: ConditionalTask, seed: int, m: int, out: Optional
 def _plot_regression(teacher, mdn, draws, task, path) -> None:
     from matplotlib.figure import Figure
 
-    from vmt.plots import _save
+    from vmt.evaluation.plots import _save
 
     grid = np.linspace(-2.6, 2.6, 521)[:, None]
     fig = Figure(figsize=(3.2 * len(REGRESSION_XS), 3.0))
@@ -221,10 +205,10 @@ def run_task(task_name: str, backend: Optional[str] = None, seed: int = 0, num_i
     module = load_backend(backend)
     backend = module.__name__.split("_")[0]
     task = load_task(task_name, seed=seed)
-    recipe = get_conditional_recipe(task_name).replace(**overrides)
+    recipe = get_recipe(task_name).replace(**overrides)
     if num_iters is not None:
         recipe = recipe.replace(num_iters=num_iters)
-    teacher = build_conditional_teacher(module, task, recipe, seed)
+    teacher = build_teacher(module, task, recipe, seed)
     start = time.perf_counter()
     history = teacher.fit((task.x_train, task.y_train), recipe.num_iters, recipe.batch_size, progress=progress)
     train_seconds = time.perf_counter() - start

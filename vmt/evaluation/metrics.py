@@ -3,7 +3,7 @@
 2-D: mode coverage and high-quality fraction (PacGAN), the exact held-out
 log-likelihood of an energy by quadrature, and the MMD. Digits: Fréchet distance and
 improved precision/recall in the feature space of a small classifier, from
-:mod:`vmt.features` (re-exported here).
+:mod:`vmt.evaluation.features` (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.special import logsumexp
 from scipy.stats import chi2, norm
 
-from vmt.features import DigitClassifier, digit_scores, frechet_distance, precision_recall
-from vmt.validation import _check_positive_int, _check_positive_real, _check_seed, validate_data
+from vmt.core.checks import as_count, as_real, as_seed
+from vmt.evaluation.features import DigitClassifier, digit_scores, frechet_distance, precision_recall
+from vmt.data.validation import validate_data
 
 __all__ = [
     "QuadratureError", "mode_coverage", "high_quality_probability", "grid_midpoints",
@@ -79,7 +80,7 @@ def mode_coverage(samples, modes, sd: float, threshold: float = 3.0, criterion: 
     if modes.ndim != 2:
         raise ValueError(f"modes must have shape (m, d), got {modes.shape}")
     samples = _as_points(samples, modes.shape[1], "samples")
-    sd, threshold = _check_positive_real("sd", sd), _check_positive_real("threshold", threshold)
+    sd, threshold = as_real("sd", sd, low=0, low_open=True), as_real("threshold", threshold, low=0, low_open=True)
     if criterion not in _CRITERIA:
         raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
     finite = np.isfinite(samples).all(axis=1)
@@ -102,7 +103,7 @@ def high_quality_probability(dim: int = 2, threshold: float = 3.0, criterion: st
     ``"per_dimension"``: :math:`(2\Phi(\tau) - 1)^d`; ``"radial"``:
     :math:`P(\chi^2_d < \tau^2)`. See :func:`mode_coverage`.
     """
-    dim, threshold = _check_positive_int("dim", dim), _check_positive_real("threshold", threshold)
+    dim, threshold = as_count("dim", dim), as_real("threshold", threshold, low=0, low_open=True)
     if criterion == "per_dimension":
         return float((2.0 * norm.cdf(threshold) - 1.0) ** dim)
     if criterion == "radial":
@@ -124,7 +125,7 @@ def _as_points(x, dim: int, name: str) -> np.ndarray:
 
 def _midpoints(bounds, num_points: int) -> Tuple[np.ndarray, float]:
     low, high = _check_bounds(bounds)
-    n = _check_positive_int("num_points", num_points)
+    n = as_count("num_points", num_points)
     h = (high - low) / n
     return low + h * (np.arange(n) + 0.5), h * h
 
@@ -156,7 +157,7 @@ def evaluate_energy(energy_fn: EnergyFn, x: np.ndarray, chunk_size: int = 65536,
     Raises ``ValueError`` when ``energy_fn`` returns the wrong shape or any
     non-finite energy (saying how many).
     """
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    chunk_size = as_count("chunk_size", chunk_size)
     out = np.concatenate([_call_energy(energy_fn, x[i : i + chunk_size]) for i in range(0, len(x), chunk_size)])
     bad = int((~np.isfinite(out)).sum())
     if bad:
@@ -245,8 +246,8 @@ def heldout_log_likelihood(energy_fn: EnergyFn, test, bounds, num_points: int = 
     if outside.any():
         raise ValueError(f"{int(outside.sum())} test points lie outside the box [{low}, {high}]²; "
                          f"first: row {int(np.argmax(outside))}")
-    n, max_points = _check_positive_int("num_points", num_points), _check_positive_int("max_points", max_points)
-    tol = _check_positive_real("tol", tol)
+    n, max_points = as_count("num_points", num_points), as_count("max_points", max_points)
+    tol = as_real("tol", tol, low=0, low_open=True)
     if n % 2 or n < 4 or n > max_points:
         raise ValueError(f"num_points must be even, >= 4 and <= max_points={max_points}, got {n}")
     coarse, _ = _log_normalizer(energy_fn, bounds, n // 2, chunk_size)
@@ -298,13 +299,13 @@ def mmd(x, y, bandwidths: Optional[Sequence[float]] = None, max_points: int = 20
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd needs at least 2 points per side, got {len(x)} and {len(y)}")
-    rng = np.random.default_rng(_check_seed(seed))
-    max_points = _check_positive_int("max_points", max_points)
+    rng = np.random.default_rng(as_seed(seed))
+    max_points = as_count("max_points", max_points)
     x, y = _subsample(x, max_points, rng), _subsample(y, max_points, rng)
     if bandwidths is None:
         median = float(np.median(pdist(_subsample(np.concatenate([x, y]), 1000, rng))))
         bandwidths = [0.5 * median, median, 2.0 * median]
-    h2 = np.array([_check_positive_real("bandwidth", float(h)) for h in bandwidths]) ** 2
+    h2 = np.array([as_real("bandwidth", float(h), low=0, low_open=True) for h in bandwidths]) ** 2
 
     def kernel_sum(a, b, diagonal: bool) -> float:
         d2 = cdist(a, b, "sqeuclidean")

@@ -12,49 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-__all__ = [
-    "INITS",
-    "TeachingConfig",
-    "check_step_size",
-    "check_num_steps",
-    "check_noise_scale",
-]
+from vmt.core.batch import is_conditional
+from vmt.core.checks import as_count, as_pair, as_real, check_noise_scale, check_num_steps, check_step_size
+
+__all__ = ["INITS", "TeachingConfig", "resolve_teacher_parts"]
 
 #: The ways a Langevin revision can be initialised (see :class:`TeachingConfig`).
 INITS = ("vae", "noise", "persistent", "generator")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_step_size(step_size: Any) -> float:
-    """Return ``step_size`` as a float or raise ``ValueError`` naming the problem."""
-    if not _is_real(step_size) or not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-    return float(step_size)
-
-
-def check_num_steps(num_steps: Any, allow_zero: bool = False) -> int:
-    """Return ``num_steps`` as an int or raise ``ValueError`` naming the problem."""
-    low = 0 if allow_zero else 1
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < low:
-        what = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"num_steps must be {what} integer, got {num_steps!r}")
-    return int(num_steps)
-
-
-def check_noise_scale(noise_scale: Any, adjust: bool = False) -> float:
-    """Return ``noise_scale`` as a float or raise ``ValueError`` naming the problem.
-
-    A Metropolis-adjusted step needs a proposal with a density, so ``adjust=True``
-    requires ``noise_scale > 0``.
-    """
-    if not _is_real(noise_scale) or not math.isfinite(noise_scale) or noise_scale < 0:
-        raise ValueError(f"noise_scale must be a non-negative finite number, got {noise_scale!r}")
-    if adjust and noise_scale == 0:
-        raise ValueError("adjust=True (MALA) needs noise_scale > 0: a noise-free proposal has no density")
-    return float(noise_scale)
 
 
 @dataclass(frozen=True)
@@ -132,35 +96,33 @@ class TeachingConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        check_step_size(self.step_size)
-        check_num_steps(self.num_steps)
-        check_noise_scale(self.noise_scale, self.adjust)
-        if self.num_samples is not None:
-            _positive_int("num_samples", self.num_samples)
-        for name in ("energy_lr", "vae_lr"):
-            _positive_real(name, getattr(self, name))
-        if not _is_real(self.energy_reg) or self.energy_reg < 0:
-            raise ValueError(f"energy_reg must be a non-negative number, got {self.energy_reg!r}")
-        if self.grad_clip is not None:
-            _positive_real("grad_clip", self.grad_clip)
-        b1, b2 = _pair("betas", self.betas)
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {self.betas!r}")
-        _positive_int("buffer_size", self.buffer_size)
-        if not _is_real(self.reinit_prob) or not 0 <= self.reinit_prob <= 1:
-            raise ValueError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob!r}")
-        if not _is_real(self.noise_fraction) or not 0 <= self.noise_fraction < 1:
-            raise ValueError(f"noise_fraction must lie in [0, 1), got {self.noise_fraction!r}")
-        if self.lr_decay_steps is not None:
-            _positive_int("lr_decay_steps", self.lr_decay_steps)
-        if not _is_real(self.lr_final_ratio) or not 0 <= self.lr_final_ratio <= 1:
-            raise ValueError(f"lr_final_ratio must lie in [0, 1], got {self.lr_final_ratio!r}")
-        low, high = _pair("init_bounds", self.init_bounds)
+        if not isinstance(self.adjust, (bool, type(None))) and type(self.adjust).__name__ != "bool_":
+            raise ValueError(f"adjust must be True or False, got {self.adjust!r}")
+        clean = dict(
+            adjust=bool(self.adjust),
+            step_size=check_step_size(self.step_size),
+            num_steps=check_num_steps(self.num_steps),
+            noise_scale=check_noise_scale(self.noise_scale, bool(self.adjust)),
+            num_samples=None if self.num_samples is None else as_count("num_samples", self.num_samples),
+            energy_lr=as_real("energy_lr", self.energy_lr, low=0, low_open=True),
+            vae_lr=as_real("vae_lr", self.vae_lr, low=0, low_open=True),
+            energy_reg=as_real("energy_reg", self.energy_reg, low=0),
+            grad_clip=None if self.grad_clip is None else as_real("grad_clip", self.grad_clip, low=0, low_open=True),
+            betas=tuple(as_real("betas", b, low=0, high=1, high_open=True) for b in as_pair("betas", self.betas)),
+            buffer_size=as_count("buffer_size", self.buffer_size),
+            reinit_prob=as_real("reinit_prob", self.reinit_prob, low=0, high=1),
+            init_bounds=as_pair("init_bounds", self.init_bounds),
+            noise_fraction=as_real("noise_fraction", self.noise_fraction, low=0, high=1, high_open=True),
+            lr_decay_steps=None if self.lr_decay_steps is None else as_count("lr_decay_steps", self.lr_decay_steps),
+            lr_final_ratio=as_real("lr_final_ratio", self.lr_final_ratio, low=0, high=1),
+        )
+        low, high = clean["init_bounds"]
         if not low < high:
             raise ValueError(f"init_bounds must satisfy low < high, got {self.init_bounds!r}")
-        # Normalise sequences to tuples so configs compare and serialise alike.
-        object.__setattr__(self, "betas", (float(b1), float(b2)))
-        object.__setattr__(self, "init_bounds", (float(low), float(high)))
+        # Plain Python numbers and tuples, so configs compare and serialise alike
+        # whatever scalar types (NumPy, torch, JAX) they were given.
+        for name, value in clean.items():
+            object.__setattr__(self, name, value)
 
     def lr_factor(self, iteration: int) -> float:
         r"""Learning-rate multiplier at ``iteration`` (0-based count of updates applied).
@@ -196,21 +158,23 @@ class TeachingConfig:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
+def resolve_teacher_parts(energy: Any, vae: Any, config: Optional[TeachingConfig], options: dict,
+                          package: str, energy_cls: type, vae_cls: type) -> Tuple[TeachingConfig, Any]:
+    """The checks every teacher constructor makes, in one place: ``(config, vae or None)``.
 
-def _positive_real(name: str, value: Any) -> None:
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-def _pair(name: str, value: Any) -> Tuple[float, float]:
-    try:
-        a, b = value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from None
-    if not (_is_real(a) and _is_real(b) and math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"{name} must be a pair of finite numbers, got {value!r}")
-    return a, b
+    ``config`` with ``options`` applied; the VAE is required (an instance of
+    ``vae_cls`` with the energy's event shape, conditional exactly when the energy is)
+    for ``init="vae"``/``"generator"`` and dropped otherwise.
+    """
+    if not isinstance(energy, energy_cls):
+        raise TypeError(f"energy must be a {package}.{energy_cls.__name__}, got {type(energy).__name__}")
+    config = config or TeachingConfig()
+    config = config.replace(**options) if options else config
+    if config.init not in ("vae", "generator"):
+        return config, None
+    if not isinstance(vae, vae_cls) or is_conditional(vae) != is_conditional(energy):
+        raise ValueError(f"init={config.init!r} needs a {package}.{vae_cls.__name__}, got {type(vae).__name__}")
+    if vae.event_shape != energy.event_shape:
+        raise ValueError(f"VAE event shape {vae.event_shape} differs from the energy's {energy.event_shape}")
+    return config, vae

@@ -46,9 +46,11 @@ def arviz_major_version(az: Any = None) -> int:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor, without importing torch
-        x = x.detach().cpu()
-    return np.asarray(x)
+    try:
+        return np.asarray(x)
+    except (TypeError, RuntimeError) as e:  # e.g. a tensor on a GPU
+        raise TypeError(f"cannot read {type(x).__name__} as a NumPy array ({e}); convert it first with the "
+                        "backend's to_numpy") from e
 
 
 def _is_namedtuple(x: Any) -> bool:

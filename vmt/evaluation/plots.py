@@ -18,8 +18,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.special import logsumexp
 
-from vmt.validation import _check_positive_int, validate_data
-from vmt.metrics import _as_points, _check_bounds, evaluate_energy, grid_midpoints
+from vmt.core.checks import as_count
+from vmt.data.validation import validate_data
+from vmt.evaluation.metrics import _as_points, _check_bounds, evaluate_energy, grid_midpoints
 
 __all__ = ["plot_samples_2d", "plot_energy_2d", "plot_digits", "plot_history"]
 
@@ -125,7 +126,7 @@ def plot_energy_2d(energy_fn: Callable[[np.ndarray], np.ndarray], bounds: Sequen
     pathlib.Path
     """
     box = _check_bounds(bounds)
-    n = _check_positive_int("num_points", num_points)
+    n = as_count("num_points", num_points)
     if n < 2:
         raise ValueError(f"num_points must be at least 2, got {n}")
     points, area = grid_midpoints(box, n)
@@ -197,7 +198,7 @@ def plot_digits(images, path: PathLike, image_shape: Sequence[int] = (8, 8), nro
     if arr.shape[1:] not in ((h * w,), (h, w)):
         raise ValueError(f"images have shape {arr.shape[1:]} each, expected ({h * w},) or ({h}, {w})")
     arr = arr.reshape(len(arr), h, w).astype(np.float64)
-    rows = _check_positive_int("nrow", nrow) if nrow is not None else math.ceil(math.sqrt(len(arr)))
+    rows = as_count("nrow", nrow) if nrow is not None else math.ceil(math.sqrt(len(arr)))
     if rows > len(arr):
         raise ValueError(f"nrow={rows} is more than the {len(arr)} images")
     mosaic = _mosaic(arr, rows)
@@ -256,7 +257,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: PathLike, title: 
     pathlib.Path
     """
     series = _history_series(history)
-    ncols = min(_check_positive_int("ncols", ncols), len(series))
+    ncols = min(as_count("ncols", ncols), len(series))
     nrows = math.ceil(len(series) / ncols)
     fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["validate_data"]
+from vmt.core.checks import as_seed
+
+__all__ = ["validate_data", "numpy_rng"]
 
 SeedLike = Union[int, np.random.Generator, np.random.SeedSequence]
 
@@ -64,29 +64,10 @@ def validate_data(x, event_shape: Optional[tuple] = None, name: str = "data") ->
     return arr
 
 
-# Small argument checks shared by the numpy modules of vmt.
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_positive_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
-
-
-def _rng(seed: SeedLike) -> np.random.Generator:
-    """A generator from an explicit seed; ``None`` is refused (no hidden entropy)."""
+def numpy_rng(seed: SeedLike) -> np.random.Generator:
+    """A NumPy generator from an explicit seed; ``None`` is refused (no hidden entropy)."""
     if isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
         return np.random.default_rng(seed)
     if seed is None:
         raise ValueError("seed must be an int, a np.random.Generator or a SeedSequence, got None")
-    return np.random.default_rng(_check_seed(seed))
+    return np.random.default_rng(as_seed(seed))

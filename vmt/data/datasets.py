@@ -1,7 +1,7 @@
-"""Built-in data sets: the 2-D toy densities of :mod:`vmt.densities` and 8×8 digits.
+"""Built-in data sets: the 2-D toy densities of :mod:`vmt.data.densities` and 8×8 digits.
 
 Everything here is NumPy only (no torch, no jax) and needs no network: the 2-D
-data are drawn from :mod:`vmt.densities` with a seed, the digits are scikit-learn's
+data are drawn from :mod:`vmt.data.densities` with a seed, the digits are scikit-learn's
 bundled copy of the UCI handwritten digits (1797 images of 8×8 pixels).
 """
 
@@ -13,13 +13,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from vmt.densities import DENSITIES, Density2D, EightGaussians, Grid25, Ring8, Rings, TwoSpirals, get_density
-from vmt.validation import _check_positive_int, _check_seed, validate_data
+from vmt.core.checks import as_count, as_seed
+from vmt.data.densities import DENSITIES, Density2D, get_density
+from vmt.data.validation import validate_data
 
-__all__ = [
-    "Density2D", "Grid25", "EightGaussians", "Ring8", "Rings", "TwoSpirals", "DENSITIES",
-    "get_density", "Dataset", "load_dataset", "load_digits", "validate_data",
-]
+__all__ = ["Dataset", "load_dataset", "load_digits"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,12 +74,12 @@ def load_dataset(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: in
     -------
     Dataset
     """
-    n_train, n_test = _check_positive_int("n_train", n_train), _check_positive_int("n_test", n_test)
+    n_train, n_test = as_count("n_train", n_train), as_count("n_test", n_test)
     if name == "digits":
         return load_digits(seed=seed)
     if name not in DENSITIES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DENSITIES) + ['digits']}")
-    seed_train, seed_test = np.random.SeedSequence(_check_seed(seed)).spawn(2)
+    seed_train, seed_test = np.random.SeedSequence(as_seed(seed)).spawn(2)
     density = get_density(name)
     train, test = density.sample(n_train, seed_train), density.sample(n_test, seed_test)
     return Dataset(name, train, test, event_shape=(2,), bounds=density.bounds, density=density)
@@ -115,7 +113,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     bunch = _sk_load_digits()
     x = bunch.data.astype(np.float32) / np.float32(8.0) - np.float32(1.0)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, bunch.target, test_size=test_fraction, random_state=_check_seed(seed), stratify=bunch.target
+        x, bunch.target, test_size=test_fraction, random_state=as_seed(seed), stratify=bunch.target
     )
     return Dataset("digits", x_train, x_test, event_shape=(64,), bounds=(-1.0, 1.0), image_shape=(8, 8),
                    train_labels=y_train, test_labels=y_test)

@@ -21,6 +21,7 @@ __all__ = [
     "PUBLIC_NAMES",
     "TeachingInfo",
     "available_backends",
+    "backend_of",
     "default_backend",
     "load_backend",
 ]
@@ -31,18 +32,36 @@ BACKENDS = {
     "numpyro": ("numpyro_vmt", ("jax", "numpyro", "optax", "equinox")),
 }
 
-#: The public names every backend exports (its ``__all__``).
+#: The public names every backend exports: its ``__all__`` is this list, and the
+#: conformance suite checks that each name exists, with the same signature, in both.
 PUBLIC_NAMES = (
+    # the EBM, the VAE and the joint algorithm
     "EnergyModel",
     "VAE",
+    "VariationalMCMCTeaching",
+    "TeachingInfo",
+    # the supervised (conditional) variant
+    "ConditionalEnergyModel",
+    "ConditionalVAE",
+    "ConditionalVariationalMCMCTeaching",
+    # the Langevin sampler: pure functions, their state and diagnostics, a wrapper
     "Langevin",
     "LangevinState",
     "LangevinInfo",
-    "LangevinKernel",
-    "VariationalMCMCTeaching",
-    "TeachingInfo",
     "init",
     "step",
+    # the MCMC kernel of the backend's PPL and its warm start from a guide
+    "LangevinKernel",
+    "initial_params_from_guide",
+    # randomness, devices and arrays
+    "RNG",
+    "as_rng",
+    "select_device",
+    "device_name",
+    "place",
+    "to_numpy",
+    "numpy_call",
+    # teach any guide of a PPL model with MCMC (SVI-shaped)
     "MCMCTeaching",
     "MCMCTeachingInfo",
 )
@@ -102,6 +121,15 @@ def default_backend() -> str:
         raise ImportError(
             "no backend is installed: pip install 'pyro-vmt[pyro]' or 'pyro-vmt[numpyro]'")
     return found[0]
+
+
+def backend_of(obj: Any) -> ModuleType:
+    """The backend package an object (a teacher, a model, a network) comes from."""
+    package = type(obj).__module__.split(".")[0]
+    for name, (pkg, _) in BACKENDS.items():
+        if pkg == package:
+            return load_backend(name)
+    raise TypeError(f"{type(obj).__name__} does not come from a backend ({sorted(p for p, _ in BACKENDS.values())})")
 
 
 def load_backend(name: str | None = None) -> ModuleType:

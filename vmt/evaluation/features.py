@@ -14,8 +14,9 @@ import numpy as np
 from scipy import linalg
 from scipy.spatial.distance import cdist
 
+from vmt.core.checks import as_count, as_seed
 from vmt.data import Dataset
-from vmt.validation import _check_positive_int, _check_seed, validate_data
+from vmt.data.validation import validate_data
 
 __all__ = ["frechet_distance", "precision_recall", "DigitClassifier", "digit_scores"]
 
@@ -97,7 +98,7 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> Tuple[float, float]:
     real, fake = _features(real_feats, "real_feats"), _features(fake_feats, "fake_feats")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: {real.shape[1]} and {fake.shape[1]}")
-    k = _check_positive_int("k", k)
+    k = as_count("k", k)
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision_recall needs more than k={k} rows per set, got {len(real)} and {len(fake)}")
     precision = _fraction_in_manifold(fake, real, _kth_neighbour_radii(real, k))
@@ -123,9 +124,9 @@ class DigitClassifier:
     def __init__(self, seed: int = 0, hidden_size: int = 64, max_iter: int = 500):
         from sklearn.neural_network import MLPClassifier
 
-        self.seed = _check_seed(seed)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
-        self._mlp = MLPClassifier(hidden_layer_sizes=(self.hidden_size,), max_iter=_check_positive_int(
+        self.seed = as_seed(seed)
+        self.hidden_size = as_count("hidden_size", hidden_size)
+        self._mlp = MLPClassifier(hidden_layer_sizes=(self.hidden_size,), max_iter=as_count(
             "max_iter", max_iter), random_state=self.seed)
 
     def fit(self, x, labels) -> "DigitClassifier":

@@ -1,0 +1,224 @@
+r"""The training iteration of variational MCMC teaching as one jitted pure function (JAX).
+
+``update_core(spec, state, batch) -> (state, info, diagnosis)`` in the shape of
+NumPyro's ``SVI.update``: every piece of training state is in the
+:class:`TeachingState` pytree, every static choice in :class:`Spec`, so equal specs
+share one compilation. The host-side class
+(:class:`numpyro_vmt.teaching.VariationalMCMCTeaching`) checks the
+:class:`Diagnosis` before it commits a new state. The steps (Xie, Zheng & Li, AAAI
+2021, https://arxiv.org/abs/2012.14936):
+
+1. :func:`start_chains`: :math:`x^{(0)}_i = g_\alpha(z_i)`, :math:`z_i \sim \mathcal N(0, I)`
+   (or noise, or a replay buffer, per ``init``).
+2. :func:`revise`: :math:`K` Langevin steps
+   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`.
+3. Energy step on :math:`\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)` (+ penalty).
+4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+
+:mod:`pyro_vmt.update` holds the same steps for Torch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.langevin import _flat_sum, init, scan_steps
+from vmt.core.api import TeachingInfo
+from vmt.core.batch import context_and_data, with_context
+from vmt.core.config import TeachingConfig
+
+__all__ = ["TeachingState", "Spec", "ChainStarts", "Diagnosis", "optimizers", "uniform_points", "start_chains", "revise",
+           "update_core", "fit_core", "sample_core"]
+
+Array = jax.Array
+
+
+class TeachingState(NamedTuple):
+    """Everything training depends on, as one pytree (saved and restored exactly).
+
+    Attributes
+    ----------
+    energy, vae : pytrees
+        The floating-point array leaves of the :class:`EnergyModel` and the
+        :class:`VAE` (``eqx.partition(module, eqx.is_inexact_array)[0]``; ``vae`` is
+        ``None`` without a VAE).
+    energy_optim, vae_optim : optax states
+    rng : jax.random key
+        Training key, split every iteration (minibatches, latents, Langevin noise,
+        buffer resets, the VAE's reparameterised samples).
+    seed : jax.random key
+        The key training started from: :meth:`VariationalMCMCTeaching.sample`
+        without ``rng`` folds the iteration into it.
+    buffer : Array or None
+        Replay buffer of ``init="persistent"``.
+    iteration : Array (int32)
+    """
+
+    energy: Any
+    vae: Any
+    energy_optim: Any
+    vae_optim: Any
+    rng: Array
+    seed: Array
+    buffer: Optional[Array]
+    iteration: Array
+
+
+class Diagnosis(NamedTuple):
+    """What the host checks before committing an iteration (0-d arrays)."""
+
+    bad_start: Array         # chains with a non-finite starting point
+    bad_start_energy: Array  # chains with a non-finite energy or gradient there
+    num_divergent: Array     # chains flagged divergent at any step
+    first_divergent: Array   # first step with a divergent chain (-1: none)
+    vae_grad_norm: Array
+
+
+class ChainStarts(NamedTuple):
+    """Where ``n`` chains start, and what the update needs to know about it."""
+
+    position: Array             # x⁽⁰⁾, (n, *event_shape)
+    latents: Optional[Array]    # the z the decoder started from (init "vae"/"generator")
+    slots: Optional[Array]      # the replay-buffer rows they came from (init "persistent")
+
+
+class Spec(NamedTuple):
+    """The static part of an iteration: options and the networks' non-array parts."""
+
+    config: TeachingConfig
+    energy: Any
+    vae: Any
+
+
+def optimizers(config: TeachingConfig, with_vae: bool):
+    b1, b2 = config.betas
+
+    def lr(value):  # the same cosine decay as TeachingConfig.lr_factor
+        if config.lr_decay_steps is None:
+            return value
+        return optax.cosine_decay_schedule(value, config.lr_decay_steps, alpha=config.lr_final_ratio)
+
+    adam = optax.adam(lr(config.energy_lr), b1=b1, b2=b2)
+    energy_optim = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
+    return energy_optim, (optax.adam(lr(config.vae_lr), b1=b1, b2=b2) if with_vae else None)
+
+
+def uniform_points(spec: Spec, key: Array, n: int, dtype) -> Array:
+    low, high = spec.config.init_bounds
+    u = jax.random.uniform(key, (n,) + spec.energy.event_shape, dtype=dtype)
+    return low + (high - low) * u
+
+
+def start_chains(spec: Spec, state: TeachingState, n: int, key: Array, training: bool,
+                 ctx: Optional[Array] = None) -> ChainStarts:
+    """Starting points ``x⁽⁰⁾`` of ``n`` chains, with the latents or buffer slots they came from."""
+    cfg = spec.config
+    dtype = jax.tree.leaves(state.energy)[0].dtype
+    if cfg.init in ("vae", "generator"):
+        vae = eqx.combine(state.vae, spec.vae)
+        m = cfg.num_noise_chains(n) if training else 0
+        k_z, k_u = jax.random.split(key) if m else (key, None)
+        z = vae.sample_latent(n - m, k_z)
+        x0 = jax.lax.stop_gradient(with_context(vae.decode, None if ctx is None else ctx[:n - m])(z))
+        return ChainStarts(jnp.concatenate([x0, uniform_points(spec, k_u, m, x0.dtype)]) if m else x0, z, None)
+    if cfg.init == "noise":
+        return ChainStarts(uniform_points(spec, key, n, dtype), None, None)
+    k_idx, k_reset, k_noise = jax.random.split(key, 3)
+    idx = jax.random.randint(k_idx, (n,), 0, state.buffer.shape[0])
+    x0 = state.buffer[idx]
+    if training:
+        reset = jax.random.uniform(k_reset, (n,), dtype=dtype) < cfg.reinit_prob
+        mask = reset.reshape((-1,) + (1,) * len(spec.energy.event_shape))
+        x0 = jnp.where(mask, uniform_points(spec, k_noise, n, dtype), x0)
+    return ChainStarts(x0, None, idx)
+
+
+def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: int):
+    """The Langevin revision, and the counts the host checks before using it."""
+    cfg = spec.config
+    start = init(x0, energy)
+    state, info = scan_steps(key, start, energy, cfg.step_size, cfg.noise_scale, cfg.adjust, num_steps)
+    bad_any = info.is_divergent.any(1)
+    diag = Diagnosis(
+        (~jnp.isfinite(_flat_sum(x0))).sum(),
+        (~(jnp.isfinite(start.energy) & jnp.isfinite(_flat_sum(start.grad)))).sum(),
+        info.is_divergent.any(0).sum(),
+        jnp.where(bad_any.any(), jnp.argmax(bad_any), -1),
+        jnp.zeros((), x0.dtype),
+    )
+    return state, info, diag
+
+
+@partial(jax.jit, static_argnums=(0, 3, 4))
+def sample_core(spec: Spec, state: TeachingState, key: Array, n: int, num_steps: int, ctx: Optional[Array]):
+    k_init, k_run = jax.random.split(key)
+    x0 = start_chains(spec, state, n, k_init, training=False, ctx=ctx).position
+    if num_steps == 0:
+        return x0, None
+    energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
+    lstate, _, diag = revise(spec, energy, x0, k_run, num_steps)
+    return lstate.position, diag
+
+
+@partial(jax.jit, static_argnums=0)
+def update_core(spec: Spec, state: TeachingState, batch: Array):
+    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)``."""
+    cfg = spec.config
+    energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
+    rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
+    ctx, batch = context_and_data(batch)
+    n = cfg.num_samples or batch.shape[0]
+    starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx)
+    x0 = starts.position
+    energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
+    lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps)
+    x_tilde = jax.lax.stop_gradient(lstate.position)
+
+    def energy_loss(params):
+        model = with_context(eqx.combine(params, spec.energy), ctx)
+        e_data, e_samp = model(batch), model(x_tilde)
+        loss = e_data.mean() - e_samp.mean()
+        if cfg.energy_reg:
+            loss = loss + cfg.energy_reg * ((e_data ** 2).mean() + (e_samp ** 2).mean())
+        return loss, (e_data, e_samp)
+
+    (loss, (e_data, e_samp)), e_grad = jax.value_and_grad(energy_loss, has_aux=True)(state.energy)
+    gnorm = optax.tree.norm(e_grad)
+    updates, e_opt = energy_optim.update(e_grad, state.energy_optim, state.energy)
+    new_energy = optax.apply_updates(state.energy, updates)
+
+    if vae_optim is not None:
+        def vae_loss_fn(params):
+            vae = eqx.combine(params, spec.vae)
+            if cfg.init == "vae":
+                return with_context(vae.elbo_loss, ctx)(x_tilde, k_vae)
+            k = starts.latents.shape[0]  # only the chains the generator started (see noise_fraction)
+            return with_context(vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], starts.latents)
+
+        vae_loss, v_grad = jax.value_and_grad(vae_loss_fn)(state.vae)
+        diag = diag._replace(vae_grad_norm=optax.tree.norm(v_grad))
+        updates, v_opt = vae_optim.update(v_grad, state.vae_optim, state.vae)
+        new_vae = optax.apply_updates(state.vae, updates)
+    else:
+        vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
+
+    buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
+    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1)
+    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
+                        sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
+    return new, info, diag
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def fit_core(spec: Spec, state: TeachingState, data: Array, batch_size: int):
+    """A minibatch drawn (with replacement) from the training key, then :func:`update_core`."""
+    rng, k_idx = jax.random.split(state.rng)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, context_and_data(data)[1].shape[0])
+    return update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data))
