@@ -73,13 +73,14 @@ def fit(model, data, iters, num_steps, num_particles, seed):
     # SVI: one gradient of the model per particle per step (reparameterised ELBO)
     evals = iters * (num_steps + 1) * num_particles
     svi_particles = 8
+    svi_steps = evals // svi_particles
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     svi_guide = AutoNormal(model)
-    svi = SVI(model, svi_guide, pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.1 ** (1 / iters)}),
+    svi = SVI(model, svi_guide, pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.1 ** (1 / svi_steps)}),
               Trace_ELBO(num_particles=svi_particles, vectorize_particles=True))
     t = time.perf_counter()
-    for _ in range(evals // svi_particles):
+    for _ in range(svi_steps):
         svi.step(*data)
     guides["SVI"] = (svi_guide, time.perf_counter() - t)
     return guides, evals
@@ -87,7 +88,8 @@ def fit(model, data, iters, num_steps, num_particles, seed):
 
 def draws(model, guide, data, sites, num_samples=2000):
     """Guide draws as ArviZ data (one chain), shaped like the model's sites."""
-    shapes = {k: s["value"].shape for k, s in pyro.poutine.trace(model).get_trace(*data).nodes.items()}
+    trace = pyro.poutine.trace(model).get_trace(*data)
+    shapes = {k: s["value"].shape for k, s in trace.nodes.items() if s["type"] == "sample"}
     samples = Predictive(model, guide=guide, num_samples=num_samples, return_sites=sites)(*data)
     return az.from_dict(posterior={k: v.detach().reshape((1, num_samples) + shapes[k]).numpy()
                                    for k, v in samples.items()})

@@ -166,7 +166,7 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0
         self.target_accept_prob = float(target_accept_prob)
         self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
-        self._latent = None
+        self._latent, self._jitted = None, None
 
     # ------------------------------------------------------------------ SVI protocol
     def init(self, rng: RNG, *args: Any, **kwargs: Any) -> MCMCTeachingState:
@@ -205,7 +205,9 @@ class MCMCTeaching:
         """
         num_steps = check_num_steps(num_steps)
         state = self.init(rng, *args, **kwargs)
-        update = jax.jit(lambda s, a, k: self.update(s, *a, **k))
+        if self._jitted is None:  # one compilation per object, reused by later runs
+            self._jitted = jax.jit(lambda s, a, k: self.update(s, *a, **k))
+        update = self._jitted
         losses = []
         for t in range(num_steps):
             new, loss = update(state, args, kwargs)
