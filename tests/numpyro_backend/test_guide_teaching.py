@@ -15,7 +15,7 @@ from numpyro.infer import MCMC, Predictive  # noqa: E402
 from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal  # noqa: E402
 
 from numpyro_vmt import LangevinKernel, MCMCTeaching, initial_params_from_guide  # noqa: E402
-from vmt.errors import DivergenceError  # noqa: E402
+from vmt.core.errors import DivergenceError  # noqa: E402
 
 N_DATA, BATCH = 40, 10
 X_DATA = jnp.linspace(-2.0, 2.0, N_DATA) + 1.0

@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal  # noqa: E40
 
 from pyro_vmt import LangevinKernel, MCMCTeaching, initial_params_from_guide  # noqa: E402
 from pyro_vmt.chains import run_chains  # noqa: E402
-from vmt.errors import DivergenceError  # noqa: E402
+from vmt.core.errors import DivergenceError  # noqa: E402
 
 N_DATA, BATCH = 40, 10
 X_DATA = torch.linspace(-2.0, 2.0, N_DATA) + 1.0
