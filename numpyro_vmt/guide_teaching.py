@@ -199,7 +199,7 @@ class MCMCTeaching:
     def run(self, rng: RNG, num_steps: int, *args: Any, **kwargs: Any) -> SVIRunResult:
         """``init`` and ``num_steps`` jitted updates; ``SVIRunResult(params, state, losses)``.
 
-        Raises :class:`~vmt.errors.DivergenceError` if an update leaves particles at
+        Raises :class:`~vmt.core.errors.DivergenceError` if an update leaves particles at
         non-finite values (possible with ``adjust=False``); the state returned by the
         updates before it is intact.
         """

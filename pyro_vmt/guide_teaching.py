@@ -171,7 +171,7 @@ class MCMCTeaching:
     def step(self, *args: Any, **kwargs: Any) -> float:
         """One draw–revise–update iteration; returns the loss (a float), as ``SVI.step``.
 
-        Raises :class:`~vmt.errors.DivergenceError` (before any parameter changes) when
+        Raises :class:`~vmt.core.errors.DivergenceError` (before any parameter changes) when
         an unadjusted revision leaves particles at non-finite values.
         """
         loss, info = self._iterate(True, args, kwargs)
