@@ -47,7 +47,7 @@ from pyro_vmt.energy import _FlatSite
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from pyro_vmt.vae import VAE, _LocalParams, forked_rng
+from pyro_vmt.vae import VAE, _LocalParams, rng_for_pyro
 from vmt.core.batch import check_conditional_config, shape_text, split_pair
 from vmt.core.config import TeachingConfig
 
@@ -262,15 +262,14 @@ class ConditionalVAE(VAE):
         """Negative ELBO per pair, averaged over the batch (differentiable).
 
         As :meth:`pyro_vmt.VAE.elbo_loss`: Pyro's ``Trace_ELBO`` on :meth:`model` /
-        :meth:`guide`, ``z`` drawn on a fork of torch's RNG seeded from ``rng``,
+        :meth:`guide`, ``z`` drawn from ``rng``'s state lent to torch's RNG,
         module-local parameters (the global Pyro parameter store is not touched).
         """
         gen = as_rng(rng, y.device if isinstance(y, Tensor) else None)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        with forked_rng(y.device, seed), _LocalParams():
+        with rng_for_pyro(gen, y.device), _LocalParams():
             return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, y, x) / n
 
     def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:

@@ -160,15 +160,14 @@ class VAE(PyroModule):
         """Negative ELBO per sample, averaged over the batch (differentiable).
 
         Pyro draws the reparameterised ``z`` from torch's global RNG; it runs here on
-        a fork of that RNG seeded from ``rng``, so the loss is reproducible and the
-        caller's global RNG is left as it was. Module-local parameters are used: the
+        ``rng``'s own state (:func:`rng_for_pyro`), so the loss is reproducible, ``rng``
+        advances by what was drawn and the caller's global RNG is left as it was. Module-local parameters are used: the
         global Pyro parameter store is neither read nor written.
         """
         gen = as_rng(rng, x.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        with forked_rng(x.device, seed), _LocalParams():
+        with rng_for_pyro(gen, x.device), _LocalParams():
             return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, x) / x.shape[0]
 
     def joint_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -178,6 +177,32 @@ class VAE(PyroModule):
             trace = poutine.trace(conditioned).get_trace(x)
             return -trace.log_prob_sum() / x.shape[0]
 
+
+
+@contextmanager
+def rng_for_pyro(gen: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Lend ``gen``'s state to torch's global RNG of ``device`` for the block: Pyro's draws
+    come from ``gen``, which takes the advanced state back; the global RNG is restored.
+
+    Generator states live on the host (a CUDA one is a seed and an offset), so this
+    costs no device sync. A generator of another device type cannot lend its state:
+    the global RNG is then forked and seeded from one draw of ``gen`` (one sync).
+    """
+    if gen.device.type != torch.device(device).type:
+        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
+        with forked_rng(torch.device(device), seed):
+            yield
+        return
+    cuda = gen.device.type == "cuda"
+    index = (gen.device.index if gen.device.index is not None else torch.cuda.current_device()) if cuda else None
+    glob = torch.cuda.default_generators[index] if cuda else torch.default_generator
+    saved = glob.get_state()
+    glob.set_state(gen.get_state())
+    try:
+        yield
+    finally:
+        gen.set_state(glob.get_state())
+        glob.set_state(saved)
 
 
 @contextmanager
