@@ -35,7 +35,7 @@ from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
 __all__ = ["TeachingState", "Spec", "ChainStarts", "Diagnosis", "optimizers", "uniform_points", "start_chains", "revise",
-           "update_core", "fit_core", "sample_core"]
+           "update_core", "fit_core", "sample_core", "all_finite"]
 
 Array = jax.Array
 
@@ -79,6 +79,8 @@ class Diagnosis(NamedTuple):
     num_divergent: Array     # chains flagged divergent at any step
     first_divergent: Array   # first step with a divergent chain (-1: none)
     vae_grad_norm: Array
+    energy_params_finite: Array  # the updated energy parameters are all finite
+    vae_params_finite: Array     # the updated VAE parameters are all finite (True without a VAE)
 
 
 class ChainStarts(NamedTuple):
@@ -152,6 +154,8 @@ def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: in
         info.is_divergent.any(0).sum(),
         jnp.where(bad_any.any(), jnp.argmax(bad_any), -1),
         jnp.zeros((), x0.dtype),
+        jnp.asarray(True),
+        jnp.asarray(True),
     )
     return state, info, diag
 
@@ -209,11 +213,18 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
     else:
         vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
+    diag = diag._replace(energy_params_finite=all_finite(new_energy), vae_params_finite=all_finite(new_vae))
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
     new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1)
     info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
                         sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
     return new, info, diag
+
+
+def all_finite(tree: Any) -> Array:
+    """Every floating-point leaf of ``tree`` is finite (``True`` for none)."""
+    leaves = [jnp.isfinite(a).all() for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 @partial(jax.jit, static_argnums=(0, 3))

@@ -22,7 +22,7 @@ import torch
 from vmt.core.checkpoint import FORMAT, VERSION, atomic_write, check_header, one_line, sniff_backend
 from vmt.core.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "write_checkpoint", "checksum", "nonfinite_entries"]
+__all__ = ["read_checkpoint", "write_checkpoint", "checksum", "nonfinite_entries", "check_modules"]
 
 
 def _walk(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
@@ -106,3 +106,27 @@ def read_checkpoint(path, device=None) -> Dict[str, Any]:
     if bad:
         raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite values in {', '.join(bad[:3])}")
     return payload
+
+
+def check_modules(state: Dict[str, Any], modules) -> None:
+    """Names, shapes and dtypes of the modules' entries in ``state`` against the modules' own."""
+    for key, module in modules:
+        if module is None:
+            continue
+        given = state.get(key)
+        if not isinstance(given, dict):
+            raise CheckpointError(f"checkpoint does not match these networks: no {key} weights")
+        own = module.state_dict()
+        missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+        if missing or extra:
+            raise CheckpointError(f"checkpoint does not match these networks: {key} "
+                                  f"{'lacks ' + ', '.join(missing[:3]) if missing else ''}"
+                                  f"{'; ' if missing and extra else ''}"
+                                  f"{'has unexpected ' + ', '.join(extra[:3]) if extra else ''}")
+        for name, t in own.items():
+            g = given[name]
+            if not isinstance(g, torch.Tensor) or g.shape != t.shape or g.dtype != t.dtype:
+                what = (f"shape {tuple(g.shape)} and dtype {str(g.dtype).replace('torch.', '')}"
+                        if isinstance(g, torch.Tensor) else type(g).__name__)
+                raise CheckpointError(f"checkpoint does not match these networks: {key} {name} has {what}, "
+                                      f"expected shape {tuple(t.shape)} and dtype {str(t.dtype).replace('torch.', '')}")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vmt.checkpoint import nonfinite_entries, read_checkpoint, write_checkpoint
+from pyro_vmt.checkpoint import check_modules, nonfinite_entries, read_checkpoint, write_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin, check_start
 from pyro_vmt.update import Undo, energy_loss, max_abs, revise, start_chains, uniform_points, vae_loss
@@ -191,8 +191,12 @@ class VariationalMCMCTeaching:
             starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
             state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen)
             x_tilde = state.position
-            loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
-            v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
+            try:
+                loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
+                v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
+            except Exception as e:  # e.g. Pyro's validation of a NaN sample: name the cause if the run diverged
+                _raise_if_diverged(torch.stack([d.to(x_tilde.dtype) for d in diag]).tolist(), n, cfg.step_size, e)
+                raise
             self.energy_optim.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
@@ -208,7 +212,13 @@ class VariationalMCMCTeaching:
                 if optim is not None:
                     for group in optim.param_groups:
                         group["lr"] = lr * factor
-                    optim.step()
+                    try:
+                        optim.step()
+                    except RuntimeError as e:  # torch refuses a step scalar beyond the dtype's range
+                        if "overflow" not in str(e):
+                            raise
+                        raise DivergenceError(parameters_message("energy" if optim is self.energy_optim
+                                                                 else "VAE", lr)) from e
             arrays = tensors if isinstance(tensors, tuple) else (tensors,)
             bad_rows = (torch.stack([(~torch.isfinite(t.reshape(t.shape[0], -1))).any(1).sum() for t in arrays]).sum()
                         if recheck is not None else torch.zeros((), device=self.device))
@@ -301,7 +311,7 @@ class VariationalMCMCTeaching:
         diff = config_mismatch(state.get("config", {}), self.config.to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
-        _check_modules(state, [("energy", self.energy), ("vae", self.vae)])
+        check_modules(state, [("energy", self.energy), ("vae", self.vae)])
         for key, optim in [("energy_optim", self.energy_optim), ("vae_optim", self.vae_optim)]:
             if optim is not None and not isinstance(state.get(key), dict):
                 raise CheckpointError(f"checkpoint does not match these networks: no {key} state")
@@ -377,33 +387,12 @@ def _take(data: Any, idx: Tensor) -> Any:
     return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
 
 
-def _raise_if_diverged(diag: list, n: int, step_size: float) -> None:
+def _raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[BaseException] = None) -> None:
     """Raise for a non-finite start or a diverged run, from the fetched :class:`~pyro_vmt.update.Diagnosis`."""
     bad_start, bad_energy, num_divergent, first = (int(v) for v in diag)
-    check_start(n, bad_start, bad_energy)
+    try:
+        check_start(n, bad_start, bad_energy)
+    except ValueError as e:
+        raise e from cause
     if num_divergent:
-        raise DivergenceError(divergence_message(first, num_divergent, n, step_size))
-
-
-def _check_modules(state: Dict[str, Any], modules) -> None:
-    """Names, shapes and dtypes of the modules' entries in ``state`` against the modules' own."""
-    for key, module in modules:
-        if module is None:
-            continue
-        given = state.get(key)
-        if not isinstance(given, dict):
-            raise CheckpointError(f"checkpoint does not match these networks: no {key} weights")
-        own = module.state_dict()
-        missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
-        if missing or extra:
-            raise CheckpointError(f"checkpoint does not match these networks: {key} "
-                                  f"{'lacks ' + ', '.join(missing[:3]) if missing else ''}"
-                                  f"{'; ' if missing and extra else ''}"
-                                  f"{'has unexpected ' + ', '.join(extra[:3]) if extra else ''}")
-        for name, t in own.items():
-            g = given[name]
-            if not isinstance(g, torch.Tensor) or g.shape != t.shape or g.dtype != t.dtype:
-                what = (f"shape {tuple(g.shape)} and dtype {str(g.dtype).replace('torch.', '')}"
-                        if isinstance(g, torch.Tensor) else type(g).__name__)
-                raise CheckpointError(f"checkpoint does not match these networks: {key} {name} has {what}, "
-                                      f"expected shape {tuple(t.shape)} and dtype {str(t.dtype).replace('torch.', '')}")
+        raise DivergenceError(divergence_message(first, num_divergent, n, step_size)) from cause
