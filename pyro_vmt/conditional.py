@@ -47,7 +47,7 @@ from pyro_vmt.energy import _FlatSite
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from pyro_vmt.vae import VAE, _LocalParams, rng_for_pyro
+from pyro_vmt.vae import VAE, _LocalParams, reparameterised_elbo, rng_for_pyro
 from vmt.core.batch import check_conditional_config, shape_text, split_pair
 from vmt.core.config import TeachingConfig
 
@@ -261,7 +261,7 @@ class ConditionalVAE(VAE):
     def elbo_loss(self, y: Tensor, x: Tensor, rng: RNG) -> Tensor:
         """Negative ELBO per pair, averaged over the batch (differentiable).
 
-        As :meth:`pyro_vmt.VAE.elbo_loss`: Pyro's ``Trace_ELBO`` on :meth:`model` /
+        As :meth:`pyro_vmt.VAE.elbo_loss`: the ELBO of Pyro's ``Trace_ELBO`` on :meth:`model` /
         :meth:`guide`, ``z`` drawn from ``rng``'s state lent to torch's RNG,
         module-local parameters (the global Pyro parameter store is not touched).
         """
@@ -270,12 +270,12 @@ class ConditionalVAE(VAE):
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
         with rng_for_pyro(gen, y.device), _LocalParams():
-            return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, y, x) / n
+            return -reparameterised_elbo(self.model, self.guide, y, x) / n
 
     def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(y, z | x)`` per pair, averaged, for a known ``z`` (CoopNets' generator regression)."""
         y, x, n = self._inputs(y, x, None, "joint_loss")
-        with _LocalParams():
+        with _LocalParams(), pyro.validation_enabled(False):
             trace = poutine.trace(poutine.condition(self.model, data={"z": z})).get_trace(y, x)
             return -trace.log_prob_sum() / n
 

@@ -106,9 +106,8 @@ class VariationalMCMCTeaching:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
         self.sampler = Langevin(energy, config.step_size, config.num_steps, config.noise_scale, config.adjust)
-        self.energy_optim = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
-        self.vae_optim = (torch.optim.Adam(vae.parameters(), lr=config.vae_lr, betas=config.betas)
-                          if vae is not None else None)
+        self.energy_optim = _adam(energy, config.energy_lr, config.betas)
+        self.vae_optim = _adam(vae, config.vae_lr, config.betas) if vae is not None else None
         self.buffer = (uniform_points(config, param, energy.event_shape, config.buffer_size, gen)
                        if config.init == "persistent" else None)
         self.iteration = 0
@@ -385,6 +384,14 @@ class VariationalMCMCTeaching:
 
 def _take(data: Any, idx: Tensor) -> Any:
     return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
+
+
+def _adam(module: torch.nn.Module, lr: float, betas) -> torch.optim.Adam:
+    """Adam over ``module``'s parameters; the fused kernel where torch has one (CPU, CUDA):
+    one launch per step and its step counters on the device, so no host sync."""
+    params = list(module.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
 
 
 def _raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[BaseException] = None) -> None:

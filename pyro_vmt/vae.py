@@ -33,11 +33,12 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_vmt.rng import RNG, as_rng
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "reparameterised_elbo"]
 
 
 class VAE(PyroModule):
@@ -161,21 +162,47 @@ class VAE(PyroModule):
 
         Pyro draws the reparameterised ``z`` from torch's global RNG; it runs here on
         ``rng``'s own state (:func:`rng_for_pyro`), so the loss is reproducible, ``rng``
-        advances by what was drawn and the caller's global RNG is left as it was. Module-local parameters are used: the
-        global Pyro parameter store is neither read nor written.
+        advances by what was drawn and the caller's global RNG is left as it was.
+        Module-local parameters are used: the global Pyro parameter store is neither
+        read nor written. The value is :func:`reparameterised_elbo`'s (Pyro's
+        ``Trace_ELBO`` for this guide, without its host syncs).
         """
         gen = as_rng(rng, x.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         with rng_for_pyro(gen, x.device), _LocalParams():
-            return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, x) / x.shape[0]
+            return -reparameterised_elbo(self.model, self.guide, x) / x.shape[0]
 
     def joint_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``−log p(x, z)`` per sample, averaged, for a known ``z`` (CoopNets' generator regression)."""
-        with _LocalParams():
+        with _LocalParams(), pyro.validation_enabled(False):
             conditioned = poutine.condition(self.model, data={"z": z})
             trace = poutine.trace(conditioned).get_trace(x)
             return -trace.log_prob_sum() / x.shape[0]
+
+
+def reparameterised_elbo(model, guide, *args) -> torch.Tensor:
+    r"""The ELBO :math:`\log p(x, z) - \log q(z \mid x)` at one reparameterised draw ``z ~ q``, differentiable.
+
+    For a guide whose sample sites all have ``rsample`` this is the value and the
+    gradient of Pyro's ``Trace_ELBO().differentiable_loss`` (with the sign flipped):
+    its surrogate has no score-function term then. It is computed from the two
+    traces directly, with Pyro's validation off, because ``Trace_ELBO`` fetches values
+    to the host (``torch_item``, NaN/inf warnings, argument checks: about 20 host syncs
+    per call); a non-finite ELBO is caught by the teacher's one check instead. A
+    guide with a non-reparameterised site runs ``Trace_ELBO`` itself.
+    """
+    with pyro.validation_enabled(False):
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        if not all(site["fn"].has_rsample for site in guide_trace.nodes.values()
+                   if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)):
+            return -pyro.infer.Trace_ELBO().differentiable_loss(model, guide, *args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+
+        def keep(name, site):
+            return not site_is_subsample(site)
+
+        return model_trace.log_prob_sum(keep) - guide_trace.log_prob_sum(keep)
 
 
 
