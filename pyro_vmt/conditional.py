@@ -314,10 +314,10 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
 
-    def _as_batch(self, batch: Any, name: str = "batch") -> Tuple[Tensor, Tensor]:
+    def _as_batch(self, batch: Any, name: str = "batch", finite: bool = True) -> Tuple[Tensor, Tensor]:
         x, y = split_pair(batch, name)
-        x = self._as_array(x, f"{name} x", self.energy.cond_shape)
-        y = self._as_array(y, f"{name} y", self.energy.event_shape)
+        x = self._as_array(x, f"{name} x", self.energy.cond_shape, finite)
+        y = self._as_array(y, f"{name} y", self.energy.event_shape, finite)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y

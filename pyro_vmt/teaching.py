@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vmt.capture import CompiledRun, resolve_compile
 from pyro_vmt.checkpoint import check_modules, nonfinite_entries, read_checkpoint, write_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin, check_start
@@ -73,6 +74,15 @@ class VariationalMCMCTeaching:
     rng : int or torch.Generator
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
+    compile : {"auto", True, False}
+        Run the K-step Langevin loop of training under ``torch.compile``
+        (:mod:`pyro_vmt.capture`; CUDA graphs on a GPU). ``"auto"``: on CUDA, off on
+        the CPU, where it does not pay (docs/benchmarks.md). A network that cannot be
+        captured falls back to the eager loop with a one-line warning;
+        :attr:`compile_seconds` reports the compilation time. The conditional teacher
+        runs eagerly. Compiled and eager runs draw the Langevin noise differently
+        (all K steps at once when compiled), so their results differ; each resumes
+        bit-for-bit from its own checkpoints.
     **options
         Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
 
@@ -92,7 +102,8 @@ class VariationalMCMCTeaching:
     _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0,
+                 compile: Union[str, bool] = "auto", **options: Any):
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         self.energy = energy
@@ -112,6 +123,13 @@ class VariationalMCMCTeaching:
                        if config.init == "persistent" else None)
         self.iteration = 0
         self._undo = Undo([energy, vae], [self.energy_optim, self.vae_optim])
+        self._compiled = (CompiledRun(self.sampler, self.device)
+                          if resolve_compile(compile, self.device) and self._energy_cls is EnergyModel else None)
+
+    @property
+    def compile_seconds(self) -> Optional[float]:
+        """Seconds the first compiled Langevin loop took (compiling it); ``None`` if not compiled (yet)."""
+        return None if self._compiled is None else self._compiled.seconds
 
     # ------------------------------------------------------------------ sampling
     def _sampler(self, ctx: Optional[Tensor]) -> Langevin:
@@ -188,7 +206,8 @@ class VariationalMCMCTeaching:
             cfg = self.config
             n = cfg.num_samples or batch.shape[0]
             starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
-            state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen)
+            state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen, None,
+                                        self._compiled if ctx is None else None)
             x_tilde = state.position
             try:
                 loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)

@@ -85,13 +85,17 @@ class Diagnosis(NamedTuple):
     first_divergent: Tensor   # first step with a divergent chain (-1: none)
 
 
-def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None
-           ) -> Tuple[LangevinState, LangevinInfo, Diagnosis]:
-    """The Langevin revision from ``x0``, and the :class:`Diagnosis` the host checks (no host sync)."""
+def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None,
+           runner=None) -> Tuple[LangevinState, LangevinInfo, Diagnosis]:
+    """The Langevin revision from ``x0``, and the :class:`Diagnosis` the host checks (no host sync).
+
+    ``runner``: the loop to run instead of the sampler's own, e.g. a
+    :class:`pyro_vmt.capture.CompiledRun` of it.
+    """
     _check_position(x0)
     energy, grad = energy_and_grad(sampler.potential_fn, x0)
     start = LangevinState(x0.detach(), energy, grad)
-    state, info = sampler._run_from(gen, start, num_steps)
+    state, info = (runner or sampler._run_from)(gen, start, num_steps)
     bad_any = info.is_divergent.any(1)
     first = torch.where(bad_any.any(), bad_any.to(torch.uint8).argmax(), torch.full_like(bad_any[0], -1, dtype=torch.long))
     return state, info, Diagnosis(*start_flags(x0, energy, grad), info.is_divergent.any(0).sum(), first)
