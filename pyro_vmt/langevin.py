@@ -123,12 +123,8 @@ def _check_position(position: Tensor) -> None:
 
 
 def _all_finite(*per_chain: Tensor) -> bool:
-    """A fast sufficient test that every per-chain value is finite: their total is (one host sync).
-
-    A NaN or an infinity anywhere makes the total NaN or infinite; a non-finite
-    total can also come from overflow alone, so callers then run the exact
-    per-chain test.
-    """
+    """Their total is finite (one host sync): a fast sufficient test that every value is; a
+    non-finite total can also be overflow alone, so callers then run the exact test."""
     total = per_chain[0].sum()
     for t in per_chain[1:]:
         total = total + t.sum()
@@ -152,11 +148,7 @@ def check_start(n: int, bad_start: int, bad_energy: int) -> None:
 
 
 def init(position: Tensor, potential_fn: PotentialFn) -> LangevinState:
-    """Start chains at ``position`` (shape ``(n, *event_shape)``).
-
-    One host sync: a ``ValueError`` names the chains whose position, energy or
-    gradient is non-finite.
-    """
+    """Start chains at ``position`` (shape ``(n, *event_shape)``); one host sync checks it is finite."""
     _check_position(position)
     energy, grad = energy_and_grad(potential_fn, position)
     if not _all_finite(_flat_sum(position), energy, grad):
@@ -381,12 +373,8 @@ class Langevin:
     def _run_from(self, rng: RNG, state: LangevinState, num_steps: Optional[int] = None,
                  noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None
                  ) -> Tuple[LangevinState, LangevinInfo]:
-        """:meth:`run` from a state made by :meth:`init`, without any host sync.
-
-        The divergence flags, acceptance and gradient norms stay on the device, in the
-        returned :class:`LangevinInfo`; the caller checks them once (the teacher does,
-        with its losses, in one fetch per iteration).
-        """
+        """:meth:`run` from a state made by :meth:`init`, without host sync: the diagnostics stay on
+        the device, for the caller to check once (the teacher does, with its losses)."""
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
         gen = as_rng(rng, state.position.device)
         if gen is None and ((noise is None and self.noise_scale > 0) or (self.adjust and uniform is None)):

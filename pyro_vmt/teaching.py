@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 from pyro_vmt.capture import CompiledRun, resolve_compile
 from pyro_vmt.checkpoint import check_modules, nonfinite_entries, read_checkpoint, write_checkpoint
 from pyro_vmt.energy import EnergyModel
-from pyro_vmt.langevin import Langevin, check_start
-from pyro_vmt.update import Undo, energy_loss, max_abs, revise, start_chains, uniform_points, vae_loss
+from pyro_vmt.langevin import Langevin
+from pyro_vmt.update import (Undo, adam, energy_loss, max_abs, raise_if_diverged, revise, start_chains,
+                             uniform_points, vae_loss)
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
@@ -53,8 +54,7 @@ from vmt.core.batch import context_and_data, with_context
 from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
-from vmt.core.errors import (CheckpointError, DivergenceError, divergence_message, nonfinite_message,
-                             parameters_message)
+from vmt.core.errors import CheckpointError, DivergenceError, nonfinite_message, parameters_message
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo"]
 
@@ -75,14 +75,10 @@ class VariationalMCMCTeaching:
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
     compile : {"auto", True, False}
-        Run the K-step Langevin loop of training under ``torch.compile``
-        (:mod:`pyro_vmt.capture`; CUDA graphs on a GPU). ``"auto"``: on CUDA, off on
-        the CPU, where it does not pay (docs/benchmarks.md). A network that cannot be
-        captured falls back to the eager loop with a one-line warning;
-        :attr:`compile_seconds` reports the compilation time. The conditional teacher
-        runs eagerly. Compiled and eager runs draw the Langevin noise differently
-        (all K steps at once when compiled), so their results differ; each resumes
-        bit-for-bit from its own checkpoints.
+        The K-step Langevin loop of training under ``torch.compile`` (:mod:`pyro_vmt.capture`;
+        CUDA graphs on a GPU); ``"auto"``: on CUDA only. An uncapturable network falls back to
+        eager with a one-line warning; :attr:`compile_seconds` is the compilation time. The
+        noise is drawn differently (all K steps at once), so compiled and eager runs differ.
     **options
         Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
 
@@ -117,8 +113,8 @@ class VariationalMCMCTeaching:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
         self.sampler = Langevin(energy, config.step_size, config.num_steps, config.noise_scale, config.adjust)
-        self.energy_optim = _adam(energy, config.energy_lr, config.betas)
-        self.vae_optim = _adam(vae, config.vae_lr, config.betas) if vae is not None else None
+        self.energy_optim = adam(energy, config.energy_lr, config.betas)
+        self.vae_optim = adam(vae, config.vae_lr, config.betas) if vae is not None else None
         self.buffer = (uniform_points(config, param, energy.event_shape, config.buffer_size, gen)
                        if config.init == "persistent" else None)
         self.iteration = 0
@@ -155,7 +151,7 @@ class VariationalMCMCTeaching:
         if num_steps == 0:
             return x0
         state, _, diag = revise(self._sampler(ctx), x0, gen, num_steps)
-        _raise_if_diverged(torch.stack([d.to(x0.dtype) for d in diag]).tolist(), n, self.config.step_size)
+        raise_if_diverged(torch.stack([d.to(x0.dtype) for d in diag]).tolist(), n, self.config.step_size)
         return state.position
 
     # ------------------------------------------------------------------ training
@@ -191,13 +187,8 @@ class VariationalMCMCTeaching:
 
     def _iterate(self, tensors: Any, recheck: Optional[Callable[[], Any]] = None,
                  rng_state: Optional[Tensor] = None) -> TeachingInfo:
-        """The iteration, checked once; undone exactly (RNG included) if anything fails.
-
-        ``recheck`` re-validates the batch for its error message when its values are
-        not finite (``None``: already checked, as :meth:`fit` does once for its data);
-        ``rng_state`` is the training RNG's state to restore on failure (taken here if
-        ``None``).
-        """
+        """The iteration, checked once; undone exactly (RNG included: ``rng_state``) if anything fails.
+        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in :meth:`fit`)."""
         gen = self.generator
         rng_state = gen.get_state() if rng_state is None else rng_state
         stepped = False
@@ -213,7 +204,7 @@ class VariationalMCMCTeaching:
                 loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
                 v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
             except Exception as e:  # e.g. Pyro's validation of a NaN sample: name the cause if the run diverged
-                _raise_if_diverged(torch.stack([d.to(x_tilde.dtype) for d in diag]).tolist(), n, cfg.step_size, e)
+                raise_if_diverged(torch.stack([d.to(x_tilde.dtype) for d in diag]).tolist(), n, cfg.step_size, e)
                 raise
             self.energy_optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -264,7 +255,7 @@ class VariationalMCMCTeaching:
         diag, (bad_rows, loss, gnorm, v_loss, v_gnorm, e_max, v_max) = values[:4], values[4:]
         if bad_rows and recheck is not None:
             recheck()  # raises the batch's own error
-        _raise_if_diverged(diag, n, cfg.step_size)
+        raise_if_diverged(diag, n, cfg.step_size)
         with_vae = self.vae_optim is not None
         for what, value, check in [("energy loss", loss, True), ("VAE loss", v_loss, with_vae),
                                    ("energy parameter gradient", gnorm, True),
@@ -405,20 +396,3 @@ def _take(data: Any, idx: Tensor) -> Any:
     return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
 
 
-def _adam(module: torch.nn.Module, lr: float, betas) -> torch.optim.Adam:
-    """Adam over ``module``'s parameters; the fused kernel where torch has one (CPU, CUDA):
-    one launch per step and its step counters on the device, so no host sync."""
-    params = list(module.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
-
-
-def _raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[BaseException] = None) -> None:
-    """Raise for a non-finite start or a diverged run, from the fetched :class:`~pyro_vmt.update.Diagnosis`."""
-    bad_start, bad_energy, num_divergent, first = (int(v) for v in diag)
-    try:
-        check_start(n, bad_start, bad_energy)
-    except ValueError as e:
-        raise e from cause
-    if num_divergent:
-        raise DivergenceError(divergence_message(first, num_divergent, n, step_size)) from cause

@@ -28,11 +28,13 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from pyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, _check_position, energy_and_grad, start_flags
+from pyro_vmt.langevin import (Langevin, LangevinInfo, LangevinState, _check_position, check_start, energy_and_grad,
+                               start_flags)
 from vmt.core.batch import with_context
 from vmt.core.config import TeachingConfig
+from vmt.core.errors import DivergenceError, divergence_message
 
-__all__ = ["ChainStarts", "Diagnosis", "Undo", "uniform_points", "start_chains", "revise", "energy_loss", "vae_loss",
+__all__ = ["ChainStarts", "Diagnosis", "Undo", "adam", "raise_if_diverged", "uniform_points", "start_chains", "revise", "energy_loss", "vae_loss",
            "max_abs"]
 
 Tensor = torch.Tensor
@@ -182,3 +184,22 @@ class Undo:
             for g, lr in zip(o.param_groups, lrs):
                 g["lr"] = lr
         self._layout = None
+
+
+def adam(module: torch.nn.Module, lr: float, betas) -> torch.optim.Adam:
+    """Adam over ``module``'s parameters; the fused kernel where torch has one (CPU, CUDA):
+    one launch per step and its step counters on the device, so no host sync."""
+    params = list(module.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+
+
+def raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[BaseException] = None) -> None:
+    """Raise for a non-finite start or a diverged run, from the fetched :class:`~pyro_vmt.update.Diagnosis`."""
+    bad_start, bad_energy, num_divergent, first = (int(v) for v in diag)
+    try:
+        check_start(n, bad_start, bad_energy)
+    except ValueError as e:
+        raise e from cause
+    if num_divergent:
+        raise DivergenceError(divergence_message(first, num_divergent, n, step_size)) from cause
