@@ -36,7 +36,7 @@ from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
 __all__ = ["TeachingState", "Spec", "ChainStarts", "Draws", "Diagnosis", "optimizers", "uniform_points", "start_chains",
-           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains"]
+           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains", "all_finite"]
 
 Array = jax.Array
 
@@ -84,6 +84,8 @@ class Diagnosis(NamedTuple):
     num_divergent: Array     # chains flagged divergent at any step
     first_divergent: Array   # first step with a divergent chain (-1: none)
     vae_grad_norm: Array
+    energy_params_finite: Array  # the updated energy parameters are all finite
+    vae_params_finite: Array     # the updated VAE parameters are all finite (True without a VAE)
 
 
 class ChainStarts(NamedTuple):
@@ -176,6 +178,8 @@ def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: in
         info.is_divergent.any(0).sum(),
         jnp.where(bad_any.any(), jnp.argmax(bad_any), -1),
         jnp.zeros((), x0.dtype),
+        jnp.asarray(True),
+        jnp.asarray(True),
     )
     return state, info, diag
 
@@ -227,7 +231,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         chains, minfo = correction.update_chains(k_init, state.chains, energy, vae, n, cfg)
         x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
         zero = jnp.zeros((), jnp.int32)
-        diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype))
+        diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype), jnp.asarray(True), jnp.asarray(True))
         nan = jnp.full((), jnp.nan, x_tilde.dtype)
         langevin_acc, langevin_gnorm = nan, nan
     else:
@@ -256,6 +260,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
     else:
         v_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
+    diag = diag._replace(energy_params_finite=all_finite(new_energy), vae_params_finite=all_finite(new_vae))
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
     new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1, chains)
     nan = jnp.full((), jnp.nan, loss.dtype)
@@ -268,6 +273,12 @@ def no_chains(spec: Spec, dtype) -> correction.Path:
     """Zero persistent chains: the first iteration of ``correction="mh"`` sets their number."""
     empty = jnp.zeros((0,), dtype)
     return correction.Path(jnp.zeros((0,) + spec.energy.event_shape, dtype), empty, empty, empty)
+
+
+def all_finite(tree: Any) -> Array:
+    """Every floating-point leaf of ``tree`` is finite (``True`` for none)."""
+    leaves = [jnp.isfinite(a).all() for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 @partial(jax.jit, static_argnums=(0, 3))
