@@ -45,6 +45,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from numpyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
@@ -243,14 +244,23 @@ def step(
     return LangevinState(pos, jnp.where(accept, new_e, e), grad), info
 
 
+_BARS: list = []  # the progress bar of the run in progress, ticked from inside the scan
+
+
+def _tick() -> None:
+    if _BARS:
+        _BARS[-1].update(1)
+
+
 def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_size: float,
                noise_scale: float, adjust: bool, num_steps: int, noise: Optional[Array] = None,
-               uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
+               uniform: Optional[Array] = None, progress: bool = False) -> Tuple[LangevinState, LangevinInfo]:
     """``num_steps`` calls of :func:`step` from ``state``, as one ``lax.scan``.
 
     Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``. The
     constant diagnostics of unadjusted steps (acceptance 1) are formed once, after
-    the scan, rather than carried through it.
+    the scan, rather than carried through it. ``progress`` ticks the bar of
+    :meth:`Langevin.run` from inside the scan (``jax.debug.callback``, once a step).
     """
     key = as_rng(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
@@ -258,6 +268,8 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
     def body(s, xs):
         k, nz, u = xs
         new, info = step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
+        if progress:
+            jax.debug.callback(_tick)
         return new, (info if adjust else (info.grad_norm, info.is_divergent))
 
     final, out = jax.lax.scan(body, state, (keys, noise, uniform), length=num_steps)
@@ -297,9 +309,12 @@ class Langevin:
         if not callable(potential_fn):
             raise TypeError("potential_fn must be callable: (n, *event_shape) -> (n,)")
         self.potential_fn = potential_fn
-        self.step_size = check_step_size(step_size)
+        # a traced value (a sweep vmapped through Langevin) is taken as it is: its checks
+        # need a concrete number, and step() works on arrays
+        self.step_size = check_step_size(step_size) if is_concrete(step_size) else step_size
         self.num_steps = check_num_steps(num_steps)
-        self.noise_scale = check_noise_scale(noise_scale, adjust)
+        self.noise_scale = (check_noise_scale(noise_scale, adjust) if is_concrete(noise_scale)
+                            else noise_scale)
         self.adjust = bool(adjust)
 
     def init(self, position: Array) -> LangevinState:
@@ -313,9 +328,12 @@ class Langevin:
                     self.adjust, noise, uniform)
 
     def run(self, rng: RNG, position: Array, num_steps: Optional[int] = None,
-            noise: Optional[Array] = None, uniform: Optional[Array] = None
+            noise: Optional[Array] = None, uniform: Optional[Array] = None, progress: bool = False
             ) -> Tuple[LangevinState, LangevinInfo]:
         """Run ``num_steps`` steps from ``position`` (a jitted ``lax.scan``).
+
+        ``progress`` shows a tqdm bar over the steps, ticked from inside the compiled
+        scan (off by default: runs inside training loops are short and many).
 
         The compiled run is cached per potential function (by identity; an equinox
         module by its static structure) and options, so repeated calls do not
@@ -331,19 +349,32 @@ class Langevin:
         # Concrete inputs: the finiteness of the start is counted inside the compiled
         # run and checked after it (one transfer); under a transformation, as before.
         position = _check_position(position, check_values=traced)
-        compiled = self._compiled(num_steps)
-        if compiled is None:
-            state, info, bad = _run(key, position, self.potential_fn, self.step_size,
-                                    self.noise_scale, self.adjust, num_steps, noise, uniform)
-        else:
-            run, leaves = compiled
-            state, info, bad = run(leaves, key, position, noise, uniform)
+        progress = bool(progress)
+        concrete = is_concrete(self.step_size) and is_concrete(self.noise_scale)
+        compiled = self._compiled(num_steps, progress) if concrete else None
+        bar = tqdm(total=num_steps, desc="langevin", leave=True) if progress else None
+        if bar is not None:
+            _BARS.append(bar)
+        try:
+            if compiled is None:
+                state, info, bad = _run(key, position, self.potential_fn, self.step_size,
+                                        self.noise_scale, self.adjust, num_steps, noise, uniform, progress)
+            else:
+                run, leaves = compiled
+                state, info, bad = run(leaves, key, position, noise, uniform)
+            if bar is not None:
+                jax.block_until_ready(state)
+                jax.effects_barrier()
+        finally:
+            if bar is not None:
+                _BARS.remove(bar)
+                bar.close()
         if is_concrete(bad):
             bad_position, bad_energy = (int(v) for v in np.asarray(bad))
             _raise_if_bad_start(bad_position, bad_energy, position.shape[0])
         return state, info
 
-    def _compiled(self, num_steps: int):
+    def _compiled(self, num_steps: int, progress: bool = False):
         """``(jitted run, the potential's array leaves)``, or ``None`` for an unhashable potential.
 
         The potential is split once per potential object into its array leaves
@@ -364,7 +395,7 @@ class Langevin:
         _, leaves, static = cached
         if static is None:
             return None
-        return _compiled_run(static, self.step_size, self.noise_scale, self.adjust, num_steps), leaves
+        return _compiled_run(static, self.step_size, self.noise_scale, self.adjust, num_steps, progress), leaves
 
 
 class _Static:
@@ -388,17 +419,19 @@ class _Static:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int):
+def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int,
+                  progress: bool = False):
     """:func:`_start_and_scan` jitted over ``(leaves, key, position, noise, uniform)``."""
     def run(leaves, key, position, noise, uniform):
         potential_fn = eqx.combine(jax.tree.unflatten(static.treedef, leaves), static.static)
         return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps,
-                               noise, uniform)
+                               noise, uniform, progress)
 
     return jax.jit(run)
 
 
-def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
+def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                    progress=False):
     """:func:`init` then :func:`scan_steps`.
 
     Also returns, for the caller to check on the host, the number of chains whose
@@ -407,11 +440,13 @@ def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust,
     state = init(position, potential_fn)
     bad = jnp.stack([(~jnp.isfinite(_flat_sum(position))).sum(),
                      (~(jnp.isfinite(state.energy) & jnp.isfinite(_flat_sum(state.grad)))).sum()])
-    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                             progress)
     return final, info, bad
 
 
 @eqx.filter_jit
-def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
-    """:func:`_start_and_scan` for a potential whose static part cannot be hashed."""
-    return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform, progress=False):
+    """:func:`_start_and_scan` for a potential whose static part cannot be hashed, or a traced step size."""
+    return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                           progress)

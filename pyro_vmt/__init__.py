@@ -5,6 +5,7 @@ The same public names, with the same signatures, as :mod:`numpyro_vmt`.
 
 from pyro_vmt import nets
 from pyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
+from pyro_vmt.distribution import EnergyDistribution
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.kernel import LangevinKernel
 from pyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step

@@ -37,6 +37,7 @@ import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
@@ -266,8 +267,13 @@ def _step(gen: Optional[torch.Generator], state: LangevinState, potential_fn: Po
 _CHUNK = 64  # steps whose raw divergence numbers are held before they become flags
 
 
+def _steps(num_steps: int, progress: bool):
+    """The step indices, behind a tqdm bar (kept when done) when ``progress``."""
+    return tqdm(range(num_steps), desc="langevin", disable=not progress, leave=True) if progress else range(num_steps)
+
+
 def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potential_fn: PotentialFn,
-                    h: float, scale: float, num_steps: int, noise: Optional[Tensor]
+                    h: float, scale: float, num_steps: int, noise: Optional[Tensor], progress: bool = False
                     ) -> Tuple[LangevinState, LangevinInfo]:
     """``num_steps`` unadjusted steps, the same update as :func:`_step`.
 
@@ -290,7 +296,7 @@ def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potent
     norm = torch.empty((num_steps, n), dtype=g.dtype, device=g.device)
     divergent = torch.empty((num_steps, n), dtype=torch.bool, device=g.device)
     rows = list(zip(e_buf.unbind(0), g_buf.unbind(0), x_buf.unbind(0)))
-    for k, sq_norm in enumerate(norm.unbind(0)):
+    for k, sq_norm in zip(_steps(num_steps, progress), norm.unbind(0)):
         j = k % chunk
         e_j, g_j, x_j = rows[j]
         _, x = _propose(gen, x, g, h, scale, None if noise is None else noise[k])
@@ -354,11 +360,12 @@ class Langevin:
                     self.adjust, noise, uniform)
 
     def run(self, rng: RNG, position: Tensor, num_steps: Optional[int] = None,
-            noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None
+            noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None, progress: bool = False
             ) -> Tuple[LangevinState, LangevinInfo]:
         """Run ``num_steps`` steps from ``position``.
 
-        Returns the final state and the per-step diagnostics stacked along a new
+        ``progress`` shows a tqdm bar over the steps (off by default: runs inside
+        training loops are short and many). Returns the final state and the per-step diagnostics stacked along a new
         leading axis (shape ``(num_steps, n)`` each). ``noise`` / ``uniform``, if
         given, carry a leading ``num_steps`` axis.
         """
@@ -372,13 +379,13 @@ class Langevin:
                 _check_noise(noise[k], state.position)
         h, scale = 0.5 * self.step_size * self.step_size, self.step_size * self.noise_scale
         if not self.adjust:
-            return _run_unadjusted(gen, state, self.potential_fn, h, scale, num_steps, noise)
+            return _run_unadjusted(gen, state, self.potential_fn, h, scale, num_steps, noise, progress)
         n, e = state.position.shape[0], state.energy
         info = LangevinInfo(torch.empty((num_steps, n), dtype=e.dtype, device=e.device),
                             torch.empty((num_steps, n), dtype=torch.bool, device=e.device),
                             torch.empty((num_steps, n), dtype=state.grad.dtype, device=e.device),
                             torch.empty((num_steps, n), dtype=torch.bool, device=e.device))
-        for k, rows in enumerate(zip(*(f.unbind(0) for f in info))):
+        for k, rows in zip(_steps(num_steps, progress), zip(*(f.unbind(0) for f in info))):
             state, step_info = _step(gen, state, self.potential_fn, h, scale, True,
                                      None if noise is None else noise[k],
                                      None if uniform is None else uniform[k])

@@ -23,6 +23,10 @@ ONLY_PYRO = {"EnergyModel": {"forward"}, "ConditionalEnergyModel": {"forward"}}
 # numpyro.infer.mcmc.MCMCKernel); the Pyro one also batches chains in one process.
 ONLY_PYRO["LangevinKernel"] = {"setup", "cleanup", "sample", "end_warmup", "logging", "diagnostics"}
 ONLY_NUMPYRO["LangevinKernel"] = {"init", "sample", "postprocess_fn", "get_diagnostics_str"}
+# The distributions follow their PPL's protocol too: sample(sample_shape) draws from torch's
+# global RNG, sample(key, sample_shape) from a key; Pyro's expand is overridden.
+ONLY_PYRO["EnergyDistribution"] = {"sample", "expand"}
+ONLY_NUMPYRO["EnergyDistribution"] = {"sample"}
 ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"}}
 NETS_JAX_KEYWORD = {"rng"}
 

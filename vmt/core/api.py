@@ -44,6 +44,8 @@ PUBLIC_NAMES = (
     "ConditionalEnergyModel",
     "ConditionalVAE",
     "ConditionalVariationalMCMCTeaching",
+    # the EBM as a distribution of the backend's PPL (log_prob = −E, sample = VAE + Langevin)
+    "EnergyDistribution",
     # the Langevin sampler: pure functions, their state and diagnostics, a wrapper
     "Langevin",
     "LangevinState",
