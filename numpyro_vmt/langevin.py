@@ -200,6 +200,9 @@ def step(
     (LangevinState, LangevinInfo)
     """
     x, e, g = state
+    # concrete numbers of any array library as Python floats; traced values as they are
+    step_size = check_step_size(step_size) if is_concrete(step_size) else step_size
+    noise_scale = check_noise_scale(noise_scale, adjust) if is_concrete(noise_scale) else noise_scale
     h = 0.5 * step_size * step_size
     scale = step_size * noise_scale
     noisy = _positive(scale)

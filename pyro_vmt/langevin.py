@@ -188,6 +188,8 @@ def step(
     -------
     (LangevinState, LangevinInfo)
     """
+    # numbers of any array library (NumPy, JAX, torch scalars) as Python floats
+    step_size, noise_scale = check_step_size(step_size), check_noise_scale(noise_scale, adjust)
     gen = as_rng(rng, state.position.device)
     needs_rng = (noise is None and noise_scale > 0) or (adjust and uniform is None)
     if needs_rng and gen is None:
