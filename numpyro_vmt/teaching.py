@@ -243,13 +243,15 @@ class VariationalMCMCTeaching:
         The minibatch indices are drawn from the training key inside the jitted
         iteration, so a saved and restored run continues exactly. Returns the
         history: one array per :class:`~vmt.core.api.TeachingInfo` field.
-        ``callback(teacher, info)`` is called after every iteration.
+        ``callback(teacher, info)`` is called after every iteration. ``progress``
+        shows a tqdm bar that stays on screen when done (``leave=True``, as Pyro's
+        and NumPyro's MCMC bars do), with the last loss and acceptance rate.
         """
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         n = self.config.num_samples or batch_size
         rows = []
-        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         for _ in bar:
             new, info, diag = fit_core(self._spec, self.state, data, batch_size)
             info_h = self._commit(new, info, diag, n)

@@ -189,12 +189,14 @@ class VariationalMCMCTeaching:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
         Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
-        ``callback(teacher, info)`` is called after every iteration.
+        ``callback(teacher, info)`` is called after every iteration. ``progress``
+        shows a tqdm bar that stays on screen when done (``leave=True``, as Pyro's
+        and NumPyro's MCMC bars do), with the last loss and acceptance rate.
         """
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         rows = []
-        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         rows_in_data = context_and_data(data)[1].shape[0]
         for _ in bar:
             idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
