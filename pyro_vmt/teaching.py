@@ -191,7 +191,7 @@ class VariationalMCMCTeaching:
         Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
         ``callback(teacher, info)`` is called after every iteration. ``progress``
         shows a tqdm bar that stays on screen when done (``leave=True``, as Pyro's
-        and NumPyro's MCMC bars do), with the last loss and acceptance rate.
+        and NumPyro's MCMC bars do), with the last loss and energies.
         """
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
