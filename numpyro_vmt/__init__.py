@@ -1,6 +1,6 @@
 """JAX + NumPyro backend of pyro-vmt.
 
-The same public names, with the same signatures, as :mod:`pyro_vmt`.
+The same public names, with the same signatures, as `pyro_vmt`.
 """
 
 from numpyro_vmt import nets

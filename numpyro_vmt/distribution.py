@@ -1,4 +1,4 @@
-r"""The EBM as a NumPyro distribution: :class:`EnergyDistribution`.
+r"""The EBM as a NumPyro distribution: [`EnergyDistribution`][numpyro_vmt.distribution.EnergyDistribution].
 
 Its density is the EBM's, *unnormalised*:
 
@@ -6,15 +6,15 @@ $$
 \log \tilde p_\theta(x) = -E_\theta(x), \qquad p_\theta(x) = \tilde p_\theta(x) / Z_\theta,
 $$
 
-so :meth:`EnergyDistribution.log_prob` is :math:`\log p_\theta(x) + \log Z_\theta` with an
-unknown constant :math:`\log Z_\theta` (the same for every :math:`x`). That is what MCMC
+so [`EnergyDistribution.log_prob()`][numpyro_vmt.distribution.EnergyDistribution.log_prob] is $\log p_\theta(x) + \log Z_\theta$ with an
+unknown constant $\log Z_\theta$ (the same for every $x$). That is what MCMC
 over a model with ``numpyro.sample("x", ebm)`` needs, and what a learned prior in a
 user's model contributes to the potential; it is *not* a normalised likelihood.
 
-:meth:`EnergyDistribution.sample` is the sampler of variational MCMC teaching (Xie,
+[`EnergyDistribution.sample()`][numpyro_vmt.distribution.EnergyDistribution.sample] is the sampler of variational MCMC teaching (Xie,
 Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936): ``x₀`` from the VAE (or any
-``init`` sampler), then ``num_steps`` Langevin steps on :math:`E_\theta`
-(:class:`~numpyro_vmt.langevin.Langevin`), from the key NumPyro hands it, so
+``init`` sampler), then ``num_steps`` Langevin steps on $E_\theta$
+([`Langevin`][numpyro_vmt.langevin.Langevin]), from the key NumPyro hands it, so
 ``numpyro.sample`` and ``numpyro.infer.Predictive`` work unchanged (under ``jit`` and
 ``vmap`` too).
 """
@@ -41,16 +41,16 @@ class EnergyDistribution(Distribution):
     ----------
     energy : EnergyModel or callable
         ``E``: ``(n, *event_shape) -> (n,)``; with ``event_shape`` unset it must have an
-        ``event_shape`` attribute (as :class:`~numpyro_vmt.energy.EnergyModel` has).
+        ``event_shape`` attribute (as [`EnergyModel`][numpyro_vmt.energy.EnergyModel] has).
     init : VAE or callable
         Starting points of the Langevin runs: an object with ``sample(n, rng)`` (the
-        :class:`~numpyro_vmt.vae.VAE`) or a callable ``(n, key) -> (n, *event_shape)``.
+        [`VAE`][numpyro_vmt.vae.VAE]) or a callable ``(n, key) -> (n, *event_shape)``.
     step_size, num_steps, noise_scale, adjust
-        The Langevin run of :meth:`sample` (see :class:`~numpyro_vmt.langevin.Langevin`).
+        The Langevin run of `sample()` (see [`Langevin`][numpyro_vmt.langevin.Langevin]).
     event_shape : tuple of int, optional
         Default: ``energy.event_shape``.
     progress : bool
-        A tqdm bar over the Langevin steps of each :meth:`sample` call.
+        A tqdm bar over the Langevin steps of each `sample()` call.
 
     Examples
     --------

@@ -1,20 +1,20 @@
 r"""Langevin (ULA) and Metropolis-adjusted Langevin (MALA) as a NumPyro ``MCMCKernel``.
 
-:class:`LangevinKernel` runs :func:`numpyro_vmt.langevin.step` on the flattened
+[`LangevinKernel`][numpyro_vmt.kernel.LangevinKernel] runs [`numpyro_vmt.langevin.step()`][numpyro_vmt.langevin.step] on the flattened
 (``ravel_pytree``) unconstrained parameters of any NumPyro model (potential, transforms
 and ``postprocess_fn`` from ``numpyro.infer.util.initialize_model``) or of a user
 ``potential_fn``. One sample is one step, with one gradient evaluation:
 
-.. math::
-
-    x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
+x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
 
 accepted with the MALA probability when ``adjust=True`` (Roberts & Tweedie 1996,
 "Exponential convergence of Langevin distributions and their discrete
 approximations", Bernoulli 2(4)); the accepted state's gradient is carried in the
-state. With an inverse mass matrix :math:`M^{-1}` the proposal is preconditioned,
-:math:`x' = x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x) + \delta\sigma M^{-1/2}\xi`, and the
-Metropolis ratio uses the same preconditioned densities (:mod:`numpyro_vmt.preconditioned`).
+state. With an inverse mass matrix $M^{-1}$ the proposal is preconditioned,
+$x' = x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x) + \delta\sigma M^{-1/2}\xi$, and the
+Metropolis ratio uses the same preconditioned densities ([`numpyro_vmt.preconditioned`][numpyro_vmt.preconditioned]).
 
 Warmup uses NumPyro's own adaptation, ``numpyro.infer.hmc_util.warmup_adapter`` (as
 ``HMC`` and ``BarkerMH`` do): Stan's windows, the regularised Welford estimate of the
@@ -22,17 +22,17 @@ Warmup uses NumPyro's own adaptation, ``numpyro.infer.hmc_util.warmup_adapter`` 
 dual averaging (Hoffman & Gelman 2014, JMLR 15, Algorithm 5) toward
 ``target_accept_prob`` (0.574, Roberts & Rosenthal 1998):
 
-.. math::
+$$
+\bar H_t = (1 - \tfrac{1}{t + t_0})\bar H_{t-1} + \tfrac{\alpha^* - \alpha_t}{t + t_0},\quad
+\log\delta_t = \mu - \tfrac{\sqrt t}{\gamma}\bar H_t,\quad
+\log\bar\delta_t = t^{-\kappa}\log\delta_t + (1 - t^{-\kappa})\log\bar\delta_{t-1},
+$$
 
-    \bar H_t = (1 - \tfrac{1}{t + t_0})\bar H_{t-1} + \tfrac{\alpha^* - \alpha_t}{t + t_0},\quad
-    \log\delta_t = \mu - \tfrac{\sqrt t}{\gamma}\bar H_t,\quad
-    \log\bar\delta_t = t^{-\kappa}\log\delta_t + (1 - t^{-\kappa})\log\bar\delta_{t-1},
+with $\mu = \log(10\delta_0)$, $t_0 = 10$, $\gamma = 0.05$,
+$\kappa = 0.75$; $\bar\delta$ is used after warmup.
 
-with :math:`\mu = \log(10\delta_0)`, :math:`t_0 = 10`, :math:`\gamma = 0.05`,
-:math:`\kappa = 0.75`; :math:`\bar\delta` is used after warmup.
-
-All of ``MCMC``'s ``chain_method``\ s work. With ``"vectorized"``, :meth:`init`
-receives a batch of keys and vmaps itself, and :meth:`sample` vmaps the one-chain
+All of ``MCMC``'s ``chain_method``s work. With ``"vectorized"``, [`init()`][numpyro_vmt.langevin.init]
+receives a batch of keys and vmaps itself, and `sample()` vmaps the one-chain
 step over the chains (each chain adapts its own step size, as NumPyro's HMC does).
 """
 

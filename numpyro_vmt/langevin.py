@@ -1,17 +1,17 @@
 r"""Finite-step Langevin dynamics over a batch of chains (JAX).
 
-Pure functions :func:`init` and :func:`step` over a :class:`LangevinState`, in the
-shape of BlackJAX's samplers, and :class:`Langevin`, a thin wrapper that closes over
+Pure functions [`init()`][numpyro_vmt.langevin.init] and [`step()`][numpyro_vmt.langevin.step] over a [`LangevinState`][numpyro_vmt.langevin.LangevinState], in the
+shape of BlackJAX's samplers, and [`Langevin`][numpyro_vmt.langevin.Langevin], a thin wrapper that closes over
 the parameters and runs ``K`` steps as a ``lax.scan``. The chain state never lives
 on an object.
 
-One step with energy :math:`E` (the potential, :math:`-\log` of the unnormalised
-density), step size :math:`\delta` and noise scale :math:`\sigma`:
+One step with energy $E$ (the potential, $-\log$ of the unnormalised
+density), step size $\delta$ and noise scale $\sigma$:
 
-.. math::
-
-    x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
-    \qquad \xi \sim \mathcal N(0, I).
+$$
+x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
+\qquad \xi \sim \mathcal N(0, I).
+$$
 
 ``noise_scale = 1`` is the Euler–Maruyama discretisation of overdamped Langevin
 dynamics (ULA); ``noise_scale = 0`` is the deterministic revision of the reference
@@ -19,16 +19,16 @@ implementation of Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021 (https://arxiv.org/abs/2012.14936).
 With ``adjust=True`` the move is a proposal accepted with probability
 
-.. math::
-
-    \alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
-    \quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
+\alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
+\quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
 
 the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
 In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
 
 Every step evaluates the energy and its gradient once (``jax.value_and_grad`` of the
-summed energy). :meth:`Langevin.run` is compiled (``jax.jit`` over the potential's
+summed energy). [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run] is compiled (``jax.jit`` over the potential's
 array leaves, its static part hashed once per potential, as ``equinox.filter_jit``
 would but without re-partitioning the module at every call) and everything works
 under the caller's ``jax.jit`` and ``jax.vmap`` too; the checks of the inputs
@@ -74,7 +74,7 @@ class LangevinState(NamedTuple):
 
 
 class LangevinInfo(NamedTuple):
-    """Diagnostics of one step, per chain (stacked over steps by :meth:`Langevin.run`).
+    """Diagnostics of one step, per chain (stacked over steps by [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run]).
 
     Attributes
     ----------
@@ -258,12 +258,12 @@ def _tick() -> None:
 def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_size: float,
                noise_scale: float, adjust: bool, num_steps: int, noise: Optional[Array] = None,
                uniform: Optional[Array] = None, progress: bool = False) -> Tuple[LangevinState, LangevinInfo]:
-    """``num_steps`` calls of :func:`step` from ``state``, as one ``lax.scan``.
+    """``num_steps`` calls of [`step()`][numpyro_vmt.langevin.step] from ``state``, as one ``lax.scan``.
 
     Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``. The
     constant diagnostics of unadjusted steps (acceptance 1) are formed once, after
     the scan, rather than carried through it. ``progress`` ticks the bar of
-    :meth:`Langevin.run` from inside the scan (``jax.debug.callback``, once a step).
+    [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run] from inside the scan (``jax.debug.callback``, once a step).
     """
     key = as_rng(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
@@ -283,7 +283,7 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
 
 
 class Langevin:
-    """K-step Langevin sampler: :func:`init` and :func:`step` closed over their options.
+    """K-step Langevin sampler: [`init()`][numpyro_vmt.langevin.init] and [`step()`][numpyro_vmt.langevin.step] closed over their options.
 
     Parameters
     ----------
@@ -292,7 +292,7 @@ class Langevin:
     step_size : float
         ``δ > 0``; drift ``δ²/2 ∇E``, noise ``δ σ ξ``.
     num_steps : int
-        ``K``, the default length of :meth:`run`.
+        ``K``, the default length of `run()`.
     noise_scale : float
         ``σ``: 1.0 Langevin dynamics, 0.0 noise-free revision.
     adjust : bool
@@ -321,12 +321,12 @@ class Langevin:
         self.adjust = bool(adjust)
 
     def init(self, position: Array) -> LangevinState:
-        """See :func:`init`."""
+        """See [`init()`][numpyro_vmt.langevin.init]."""
         return init(position, self.potential_fn)
 
     def step(self, rng: RNG, state: LangevinState, noise: Optional[Array] = None,
              uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
-        """See :func:`step`."""
+        """See [`step()`][numpyro_vmt.langevin.step]."""
         return step(rng, state, self.potential_fn, self.step_size, self.noise_scale,
                     self.adjust, noise, uniform)
 
@@ -424,7 +424,7 @@ class _Static:
 @functools.lru_cache(maxsize=64)
 def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int,
                   progress: bool = False):
-    """:func:`_start_and_scan` jitted over ``(leaves, key, position, noise, uniform)``."""
+    """`_start_and_scan()` jitted over ``(leaves, key, position, noise, uniform)``."""
     def run(leaves, key, position, noise, uniform):
         potential_fn = eqx.combine(jax.tree.unflatten(static.treedef, leaves), static.static)
         return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps,
@@ -435,7 +435,7 @@ def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust:
 
 def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
                     progress=False):
-    """:func:`init` then :func:`scan_steps`.
+    """[`init()`][numpyro_vmt.langevin.init] then `scan_steps()`.
 
     Also returns, for the caller to check on the host, the number of chains whose
     initial position is non-finite and the number whose initial energy or gradient is.
@@ -450,6 +450,6 @@ def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust,
 
 @eqx.filter_jit
 def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform, progress=False):
-    """:func:`_start_and_scan` for a potential whose static part cannot be hashed, or a traced step size."""
+    """`_start_and_scan()` for a potential whose static part cannot be hashed, or a traced step size."""
     return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
                            progress)

@@ -1,26 +1,26 @@
 r"""A Langevin step with a mass matrix and a step size per chain (JAX).
 
-With an inverse mass matrix :math:`M^{-1} = LL^\top` (:math:`L` lower triangular; the
+With an inverse mass matrix $M^{-1} = LL^\top$ ($L$ lower triangular; the
 elementwise square root of the diagonal for a diagonal matrix) and step size
-:math:`\delta_c` in chain :math:`c`, the preconditioned Langevin proposal is
+$\delta_c$ in chain $c$, the preconditioned Langevin proposal is
 
 $$
 x' = x - \tfrac{\delta^2}{2} M^{-1}\nabla U(x) + \delta\sigma L\xi, \qquad \xi\sim\mathcal N(0, I),
 $$
 
-i.e. :math:`x' \sim q(x'\mid x) = \mathcal N\big(x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x),\,
-\delta^2\sigma^2 M^{-1}\big)` (Roberts & Stramer 2002, "Langevin diffusions and
+i.e. $x' \sim q(x'\mid x) = \mathcal N\big(x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x),\,
+\delta^2\sigma^2 M^{-1}\big)$ (Roberts & Stramer 2002, "Langevin diffusions and
 Metropolis-Hastings algorithms", Methodol. Comput. Appl. Probab. 4; Girolami &
 Calderhead 2011, JRSS B 73, eq. 10 with a constant metric). With ``adjust=True`` it is
-accepted with probability :math:`\min(1, e^{U(x) - U(x')} q(x\mid x') / q(x'\mid x))`,
-both densities with the same covariance :math:`\delta^2\sigma^2 M^{-1}`.
+accepted with probability $\min(1, e^{U(x) - U(x')} q(x\mid x') / q(x'\mid x))$,
+both densities with the same covariance $\delta^2\sigma^2 M^{-1}$.
 
-It is computed as the plain step of :func:`numpyro_vmt.langevin.step` with unit step size
-in whitened coordinates :math:`y = A^{-1}x`, :math:`A = \delta L`, on the potential
-:math:`\tilde U(y) = U(Ay)`, whose gradient is :math:`A^\top\nabla U(x)`: the map sends
+It is computed as the plain step of [`numpyro_vmt.langevin.step()`][numpyro_vmt.langevin.step] with unit step size
+in whitened coordinates $y = A^{-1}x$, $A = \delta L$, on the potential
+$\tilde U(y) = U(Ay)$, whose gradient is $A^\top\nabla U(x)$: the map sends
 that step to the one above, and since its Jacobian is a constant it cancels in the
 Metropolis ratio, so the whitened MALA ratio *is* the preconditioned one. Each chain may
-have its own :math:`A`, which is how per-chain step sizes and mass matrices of a
+have its own $A$, which is how per-chain step sizes and mass matrices of a
 batch of chains are applied with one batched gradient.
 """
 
@@ -40,9 +40,9 @@ Array = jax.Array
 
 
 def scale_factor(step_size, sqrt_inverse_mass: Array, dense: bool = False) -> Array:
-    r""":math:`A = \delta L` of one chain: ``(D,)`` (diagonal) or ``(D, D)`` (``dense``).
+    r"""$A = \delta L$ of one chain: ``(D,)`` (diagonal) or ``(D, D)`` (``dense``).
 
-    ``sqrt_inverse_mass`` is :math:`L` with :math:`LL^\top = M^{-1}`: NumPyro's
+    ``sqrt_inverse_mass`` is $L$ with $LL^\top = M^{-1}$: NumPyro's
     ``HMCAdaptState.mass_matrix_sqrt_inv`` (diagonal) or its transpose (dense), which
     is *upper* triangular (NumPyro's convention; any square root gives the same proposal).
     """
@@ -82,14 +82,14 @@ def preconditioned_step(rng: RNG, state: LangevinState, potential_fn: Callable[[
     potential_fn : callable
         ``U``: ``(n, D) -> (n,)``.
     factor : Array
-        :math:`A = \\delta L` from :func:`scale_factor`.
+        $A = \\delta L$ from [`scale_factor()`][numpyro_vmt.preconditioned.scale_factor].
     noise_scale, adjust
-        As in :func:`numpyro_vmt.langevin.step`.
+        As in [`numpyro_vmt.langevin.step()`][numpyro_vmt.langevin.step].
 
     Returns
     -------
     (LangevinState, LangevinInfo)
-        The state in the original coordinates; ``grad_norm`` is :math:`\\|\\nabla U\\|` there.
+        The state in the original coordinates; ``grad_norm`` is $\\|\\nabla U\\|$ there.
     """
     x, e, g = state
     y_state = LangevinState(_solve(factor, x), e, _apply_t(factor, g))

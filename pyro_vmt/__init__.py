@@ -1,6 +1,6 @@
 """PyTorch + Pyro backend of pyro-vmt.
 
-The same public names, with the same signatures, as :mod:`numpyro_vmt`.
+The same public names, with the same signatures, as `numpyro_vmt`.
 """
 
 from pyro_vmt import nets

@@ -1,14 +1,14 @@
 """Many chains in one process for Pyro: a chain-batched potential and a driver.
 
 Pyro's ``MCMC`` runs one chain per process (pyro#2539). A
-:class:`~pyro_vmt.kernel.LangevinKernel` built with ``num_chains=C`` carries ``C``
-chains as a leading batch dimension instead; :func:`run_chains` drives it (each chain
-with its own adapted step size and mass matrix) and returns a :class:`ChainsResult`,
-which answers as ``pyro.infer.MCMC`` does (:meth:`~ChainsResult.get_samples`,
-:meth:`~ChainsResult.summary`, :meth:`~ChainsResult.diagnostics`) and unpacks into
-``(samples, sample_stats)`` for :func:`vmt.evaluation.diagnostics.to_inference_data`.
+[`LangevinKernel`][pyro_vmt.kernel.LangevinKernel] built with ``num_chains=C`` carries ``C``
+chains as a leading batch dimension instead; [`run_chains()`][pyro_vmt.chains.run_chains] drives it (each chain
+with its own adapted step size and mass matrix) and returns a [`ChainsResult`][pyro_vmt.chains.ChainsResult],
+which answers as ``pyro.infer.MCMC`` does ([`get_samples()`][pyro_vmt.chains.ChainsResult.get_samples],
+[`summary()`][pyro_vmt.chains.ChainsResult.summary], [`diagnostics()`][pyro_vmt.chains.ChainsResult.diagnostics]) and unpacks into
+``(samples, sample_stats)`` for [`vmt.evaluation.diagnostics.to_inference_data()`][vmt.evaluation.diagnostics.to_inference_data].
 The kernel evaluates the model's potential for all chains at once with
-:class:`~pyro_vmt.potential.ChainPlatePotential`.
+[`ChainPlatePotential`][pyro_vmt.potential.ChainPlatePotential].
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["ChainsResult", "run_chains"]
 
 
 class ChainsResult(NamedTuple):
-    """Output of :func:`run_chains`: constrained ``samples`` ``{site: (C, draws, ...)}`` and
+    """Output of [`run_chains()`][pyro_vmt.chains.run_chains]: constrained ``samples`` ``{site: (C, draws, ...)}`` and
     ``sample_stats`` ``{name: (C, draws)}`` (``energy``, ``acceptance_rate``,
     ``is_accepted``, ``grad_norm``, ``is_divergent``, ``step_size``).
 
@@ -67,13 +67,13 @@ class ChainsResult(NamedTuple):
 def run_chains(kernel: LangevinKernel, num_samples: int, warmup_steps: int = 0,
                initial_params: Optional[Dict[str, torch.Tensor]] = None, model_args: tuple = (),
                model_kwargs: Optional[dict] = None, progress: bool = True) -> ChainsResult:
-    """Run a batched :class:`~pyro_vmt.kernel.LangevinKernel` (``num_chains`` set) in this process.
+    """Run a batched [`LangevinKernel`][pyro_vmt.kernel.LangevinKernel] (``num_chains`` set) in this process.
 
     ``warmup_steps`` steps (step-size and mass-matrix adaptation) are run and discarded,
     then ``num_samples`` are kept; ``initial_params`` are unconstrained, ``{site: (C, ...)}``
-    (e.g. from :func:`pyro_vmt.warmstart.initial_params_from_guide`). ``progress`` shows a
+    (e.g. from [`pyro_vmt.warmstart.initial_params_from_guide()`][pyro_vmt.warmstart.initial_params_from_guide]). ``progress`` shows a
     tqdm bar with the kernel's mean step size and acceptance (as ``pyro.infer.MCMC``'s).
-    Returns :class:`ChainsResult`; ``vmt.evaluation.diagnostics.to_inference_data(*result)``
+    Returns [`ChainsResult`][pyro_vmt.chains.ChainsResult]; ``vmt.evaluation.diagnostics.to_inference_data(*result)``
     gives ArviZ data (``sample_stats`` there: ``lp``, ``acceptance_rate``, ``diverging``, ...).
     """
     if not kernel.num_chains:

@@ -18,7 +18,7 @@ __all__ = ["read_checkpoint"]
 
 
 def read_checkpoint(path, device=None) -> Dict[str, Any]:
-    """Read and check a checkpoint file written by :meth:`pyro_vmt.VariationalMCMCTeaching.save`."""
+    """Read and check a checkpoint file written by [`pyro_vmt.VariationalMCMCTeaching.save()`][pyro_vmt.teaching.VariationalMCMCTeaching.save]."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:

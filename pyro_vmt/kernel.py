@@ -1,23 +1,23 @@
 r"""Langevin (ULA) and Metropolis-adjusted Langevin (MALA) as a Pyro ``MCMCKernel``.
 
-:class:`LangevinKernel` runs :func:`pyro_vmt.langevin.step` on the flattened,
+[`LangevinKernel`][pyro_vmt.kernel.LangevinKernel] runs [`pyro_vmt.langevin.step()`][pyro_vmt.langevin.step] on the flattened,
 concatenated unconstrained parameters of any Pyro model (constrained sites mapped to
-:math:`\mathbb R^d` as Pyro's HMC does, via ``pyro.infer.mcmc.util.initialize_model``)
+$\mathbb R^d$ as Pyro's HMC does, via ``pyro.infer.mcmc.util.initialize_model``)
 or of a user ``potential_fn``. One sample is one step, with one gradient evaluation:
 
-.. math::
-
-    x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
+x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
 
 accepted with the MALA probability when ``adjust=True`` (Roberts & Tweedie 1996,
 "Exponential convergence of Langevin distributions and their discrete
 approximations", Bernoulli 2(4)); the gradient of the accepted state is kept, so the
-next step needs no extra evaluation. With an inverse mass matrix :math:`M^{-1}` the
-proposal is preconditioned, :math:`x' = x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x) +
-\delta\sigma M^{-1/2}\xi`, and the Metropolis ratio uses the same preconditioned
-densities (:mod:`pyro_vmt.preconditioned`).
+next step needs no extra evaluation. With an inverse mass matrix $M^{-1}$ the
+proposal is preconditioned, $x' = x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x) +
+\delta\sigma M^{-1/2}\xi$, and the Metropolis ratio uses the same preconditioned
+densities ([`pyro_vmt.preconditioned`][pyro_vmt.preconditioned]).
 
-Warmup uses Pyro's own adaptation, :class:`pyro.infer.mcmc.adaptation.WarmupAdapter`
+Warmup uses Pyro's own adaptation, `pyro.infer.mcmc.adaptation.WarmupAdapter`
 (as ``HMC``/``NUTS`` do): the step size follows dual averaging
 (``pyro.ops.dual_averaging``; Hoffman & Gelman 2014, JMLR 15, Algorithm 5) toward
 ``target_accept_prob`` (default 0.574, the optimal MALA acceptance of Roberts &
@@ -28,7 +28,7 @@ for) when a window ends.
 
 Many chains in one process: with ``num_chains=C`` the kernel carries ``C`` chains as a
 batch dimension (one batched gradient per step), driven by
-:func:`pyro_vmt.chains.run_chains`; see :mod:`pyro_vmt.chains`. Each chain has its own
+[`pyro_vmt.chains.run_chains()`][pyro_vmt.chains.run_chains]; see [`pyro_vmt.chains`][pyro_vmt.chains]. Each chain has its own
 adapter, so its own step size and mass matrix, as NumPyro's vectorized chains do.
 """
 
@@ -58,7 +58,7 @@ __all__ = ["LangevinKernel"]
 
 
 class LangevinKernel(MCMCKernel):
-    """ULA / MALA for ``pyro.infer.MCMC`` (one chain per kernel) or :func:`~pyro_vmt.chains.run_chains` (a batch).
+    """ULA / MALA for ``pyro.infer.MCMC`` (one chain per kernel) or [`run_chains()`][pyro_vmt.chains.run_chains] (a batch).
 
     Parameters
     ----------
@@ -97,7 +97,7 @@ class LangevinKernel(MCMCKernel):
     num_chains : int, optional
         ``None`` (default): one chain, params without a chain axis (``pyro.infer.MCMC``).
         ``C``: ``C`` chains as a batch, params ``(C, ...)``; drive with
-        :func:`~pyro_vmt.chains.run_chains` (``pyro.infer.MCMC`` refuses such a kernel).
+        [`run_chains()`][pyro_vmt.chains.run_chains] (``pyro.infer.MCMC`` refuses such a kernel).
         Each chain adapts its own step size and mass matrix.
     vectorize : bool
         With ``num_chains``: evaluate the potential of all chains in one call (model
@@ -164,7 +164,7 @@ class LangevinKernel(MCMCKernel):
 
     @property
     def state(self):
-        """The :class:`~pyro_vmt.langevin.LangevinState` of the chain(s) after the last step."""
+        """The [`LangevinState`][pyro_vmt.langevin.LangevinState] of the chain(s) after the last step."""
         return self._state
 
     @property
@@ -191,7 +191,7 @@ class LangevinKernel(MCMCKernel):
         """Build the potential (from ``model`` and its arguments) and start the chain(s).
 
         Raises ``ValueError`` for a batched kernel (``num_chains`` set) outside
-        :func:`~pyro_vmt.chains.run_chains`: ``pyro.infer.MCMC`` would run the batch as one
+        [`run_chains()`][pyro_vmt.chains.run_chains]: ``pyro.infer.MCMC`` would run the batch as one
         chain whose sites carry a chain axis, and summarise it as one variable.
         """
         if self.num_chains and self._driver != "run_chains":
@@ -377,7 +377,7 @@ class LangevinKernel(MCMCKernel):
 
 class _PerChain:
     """Acceptance probabilities of all chains, handed through ``WarmupAdapter.step``
-    (which calls ``.item()`` on its argument) to :meth:`_ChainsAdapter._update_step_size`."""
+    (which calls ``.item()`` on its argument) to `_ChainsAdapter._update_step_size()`."""
 
     def __init__(self, accept_prob: torch.Tensor):
         self.accept_prob = accept_prob
@@ -387,7 +387,7 @@ class _PerChain:
 
 
 class _ChainsAdapter(WarmupAdapter):
-    """Pyro's :class:`~pyro.infer.mcmc.adaptation.WarmupAdapter` (Stan's windows, its
+    """Pyro's `WarmupAdapter` (Stan's windows, its
     ``BlockMassMatrix`` Welford estimates, ``pyro.ops.dual_averaging.DualAveraging``)
     with a step size per chain: the dual-averaging state holds ``(C,)`` tensors (its
     updates are elementwise), and a diagonal mass matrix is one ``(C·D,)`` block, so

@@ -1,16 +1,16 @@
 r"""Finite-step Langevin dynamics over a batch of chains (PyTorch).
 
-Pure functions :func:`init` and :func:`step` over a :class:`LangevinState`, in the
-shape of BlackJAX's samplers, and :class:`Langevin`, a thin wrapper that closes over
+Pure functions [`init()`][pyro_vmt.langevin.init] and [`step()`][pyro_vmt.langevin.step] over a [`LangevinState`][pyro_vmt.langevin.LangevinState], in the
+shape of BlackJAX's samplers, and [`Langevin`][pyro_vmt.langevin.Langevin], a thin wrapper that closes over
 the parameters and runs ``K`` steps. The chain state never lives on an object.
 
-One step with energy :math:`E` (the potential, :math:`-\log` of the unnormalised
-density), step size :math:`\delta` and noise scale :math:`\sigma`:
+One step with energy $E$ (the potential, $-\log$ of the unnormalised
+density), step size $\delta$ and noise scale $\sigma$:
 
-.. math::
-
-    x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
-    \qquad \xi \sim \mathcal N(0, I).
+$$
+x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
+\qquad \xi \sim \mathcal N(0, I).
+$$
 
 ``noise_scale = 1`` is the Euler–Maruyama discretisation of overdamped Langevin
 dynamics (ULA); ``noise_scale = 0`` is the deterministic revision of the reference
@@ -18,10 +18,10 @@ implementation of Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021 (https://arxiv.org/abs/2012.14936).
 With ``adjust=True`` the move is a proposal accepted with probability
 
-.. math::
-
-    \alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
-    \quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
+\alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
+\quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
 
 the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
 In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
@@ -66,7 +66,7 @@ class LangevinState(NamedTuple):
 
 
 class LangevinInfo(NamedTuple):
-    """Diagnostics of one step, per chain (stacked over steps by :meth:`Langevin.run`).
+    """Diagnostics of one step, per chain (stacked over steps by [`Langevin.run()`][pyro_vmt.langevin.Langevin.run]).
 
     Attributes
     ----------
@@ -241,7 +241,7 @@ def _finite(e: Tensor, g_sum: Tensor, x_sum: Tensor) -> Tensor:
 def _step(gen: Optional[torch.Generator], state: LangevinState, potential_fn: PotentialFn, h: float,
           scale: float, adjust: bool, noise: Optional[Tensor], uniform: Optional[Tensor]
           ) -> Tuple[LangevinState, LangevinInfo]:
-    """:func:`step` after its checks, with ``h = δ²/2`` and ``scale = δσ``."""
+    """[`step()`][pyro_vmt.langevin.step] after its checks, with ``h = δ²/2`` and ``scale = δσ``."""
     x, e, g = state
     drift, new_x = _propose(gen, x, g, h, scale, noise)
     new_e, new_g = energy_and_grad(potential_fn, new_x)
@@ -277,7 +277,7 @@ def _steps(num_steps: int, progress: bool):
 def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potential_fn: PotentialFn,
                     h: float, scale: float, num_steps: int, noise: Optional[Tensor], progress: bool = False
                     ) -> Tuple[LangevinState, LangevinInfo]:
-    """``num_steps`` unadjusted steps, the same update as :func:`_step`.
+    """``num_steps`` unadjusted steps, the same update as `_step()`.
 
     The hot loop does only what an unadjusted step needs (the move, one energy and
     gradient) plus the per-chain numbers the diagnostics are made of, written into
@@ -317,7 +317,7 @@ def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potent
 
 
 class Langevin:
-    """K-step Langevin sampler: :func:`init` and :func:`step` closed over their options.
+    """K-step Langevin sampler: [`init()`][pyro_vmt.langevin.init] and [`step()`][pyro_vmt.langevin.step] closed over their options.
 
     Parameters
     ----------
@@ -326,7 +326,7 @@ class Langevin:
     step_size : float
         ``δ > 0``; drift ``δ²/2 ∇E``, noise ``δ σ ξ``.
     num_steps : int
-        ``K``, the default length of :meth:`run`.
+        ``K``, the default length of `run()`.
     noise_scale : float
         ``σ``: 1.0 Langevin dynamics, 0.0 noise-free revision.
     adjust : bool
@@ -352,12 +352,12 @@ class Langevin:
         self.adjust = bool(adjust)
 
     def init(self, position: Tensor) -> LangevinState:
-        """See :func:`init`."""
+        """See [`init()`][pyro_vmt.langevin.init]."""
         return init(position, self.potential_fn)
 
     def step(self, rng: RNG, state: LangevinState, noise: Optional[Tensor] = None,
              uniform: Optional[Tensor] = None) -> Tuple[LangevinState, LangevinInfo]:
-        """See :func:`step`."""
+        """See [`step()`][pyro_vmt.langevin.step]."""
         return step(rng, state, self.potential_fn, self.step_size, self.noise_scale,
                     self.adjust, noise, uniform)
 

@@ -3,25 +3,25 @@ r"""Variational MCMC teaching (PyTorch / Pyro): the joint training of an EBM and
 One iteration (Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021, https://arxiv.org/abs/2012.14936):
 
-1. :math:`z_i \sim \mathcal N(0, I)`, :math:`x^{(0)}_i = g_\alpha(z_i)`.
-2. :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`,
-   :math:`\tilde x = x^{(K)}` (no gradient flows through the chain).
-3. Energy step on :math:`\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
-   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)`, the maximum-likelihood gradient.
-4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+1. $z_i \sim \mathcal N(0, I)$, $x^{(0)}_i = g_\alpha(z_i)$.
+2. $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$,
+   $\tilde x = x^{(K)}$ (no gradient flows through the chain).
+3. Energy step on $\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
+   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)$, the maximum-likelihood gradient.
+4. One SVI step of the VAE on the ELBO with $\tilde x$ observed.
 
 The option ``init`` swaps step 1 (and 4) for the baselines that share this code path:
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
-regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
+regressed on $\tilde x$ with its own $z$ (CoopNets).
 
-The conditional teacher (:mod:`pyro_vmt.conditional`) runs this same code with a
+The conditional teacher ([`pyro_vmt.conditional`][pyro_vmt.conditional]) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
+[`vmt.core.batch.with_context()`][vmt.core.batch.with_context] passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
 Both losses are computed and checked before either optimiser steps, so an iteration
-that diverges raises :class:`vmt.core.errors.DivergenceError` and changes nothing.
+that diverges raises [`vmt.core.errors.DivergenceError`][vmt.core.errors.DivergenceError] and changes nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ Tensor = torch.Tensor
 
 
 class VariationalMCMCTeaching:
-    """Train an :class:`EnergyModel` with a :class:`VAE` as amortised Langevin sampler.
+    """Train an [`EnergyModel`][pyro_vmt.energy.EnergyModel] with a [`VAE`][pyro_vmt.vae.VAE] as amortised Langevin sampler.
 
     Parameters
     ----------
@@ -62,12 +62,12 @@ class VariationalMCMCTeaching:
     vae : VAE or None
         Needed for ``init="vae"`` and ``"generator"``; ignored otherwise.
     config : TeachingConfig, optional
-        All options (see :class:`vmt.TeachingConfig`); keyword ``options`` override it.
+        All options (see [`vmt.TeachingConfig`][vmt.core.config.TeachingConfig]); keyword ``options`` override it.
     rng : int or torch.Generator
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
     **options
-        Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
+        Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
     Examples
     --------
@@ -188,7 +188,7 @@ class VariationalMCMCTeaching:
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
+        Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         ``callback(teacher, info)`` is called after every iteration. ``progress``
         shows a tqdm bar that stays on screen when done (``leave=True``, as Pyro's
         and NumPyro's MCMC bars do), with the last loss and energies.
@@ -226,7 +226,7 @@ class VariationalMCMCTeaching:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch."""
+        """Restore `state_dict()`; raises [`CheckpointError`][vmt.core.errors.CheckpointError] on any mismatch."""
         diff = config_mismatch(state.get("config", {}), self.config.to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
@@ -267,7 +267,7 @@ class VariationalMCMCTeaching:
         atomic_write(path, lambda f: torch.save(payload, f))
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
+        """Restore a checkpoint written by `save()` into this object; returns its metadata.
 
         The object must have been built with the same configuration and networks.
         """
@@ -281,7 +281,7 @@ def _take(data: Any, idx: Tensor) -> Any:
 
 
 def _check_finite(values: Dict[str, Tensor]) -> None:
-    """Raise :class:`DivergenceError` naming the first non-finite value (one host sync when all are finite)."""
+    """Raise [`DivergenceError`][vmt.core.errors.DivergenceError] naming the first non-finite value (one host sync when all are finite)."""
     if bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values.values()])).all()):
         return
     for what, value in values.items():  # float32 can overflow where the value's own dtype does not

@@ -1,18 +1,18 @@
 r"""The steps of one training iteration of variational MCMC teaching (Torch).
 
-The pieces the host-side class (:class:`pyro_vmt.teaching.VariationalMCMCTeaching`)
-runs in order, each a function of the parts it needs; :mod:`numpyro_vmt.update` holds
+The pieces the host-side class ([`pyro_vmt.teaching.VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching])
+runs in order, each a function of the parts it needs; [`numpyro_vmt.update`][numpyro_vmt.update] holds
 the same steps for JAX. After Xie, Zheng & Li, AAAI 2021
 (https://arxiv.org/abs/2012.14936):
 
-1. :func:`start_chains`: :math:`x^{(0)}_i = g_\alpha(z_i)`, :math:`z_i \sim \mathcal N(0, I)`
+1. [`start_chains()`][pyro_vmt.update.start_chains]: $x^{(0)}_i = g_\alpha(z_i)$, $z_i \sim \mathcal N(0, I)$
    (or noise, or a replay buffer, per ``init``).
-2. :func:`revise`: :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`.
-3. :func:`energy_loss`: :math:`\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)`
+2. [`revise()`][pyro_vmt.update.revise]: $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$.
+3. [`energy_loss()`][pyro_vmt.update.energy_loss]: $\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)$
    (+ penalty), the maximum-likelihood gradient.
-4. :func:`vae_loss`: the negative ELBO of the VAE with :math:`\tilde x` observed (or
-   the generator's regression on :math:`\tilde x` for CoopNets).
+4. [`vae_loss()`][pyro_vmt.update.vae_loss]: the negative ELBO of the VAE with $\tilde x$ observed (or
+   the generator's regression on $\tilde x$ for CoopNets).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def start_chains(config: TeachingConfig, energy, vae, buffer: Optional[Tensor], 
 
 def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None
            ) -> Tuple[LangevinState, LangevinInfo]:
-    """The Langevin revision; :class:`~vmt.core.errors.DivergenceError` if any chain diverged."""
+    """The Langevin revision; [`DivergenceError`][vmt.core.errors.DivergenceError] if any chain diverged."""
     state, info = sampler.run(gen, x0, num_steps)
     bad = info.is_divergent.any(0)
     if bad.any():

@@ -2,21 +2,21 @@ r"""Variational auto-encoder as a Pyro model + guide (the amortised sampler of V
 
 Generative model and inference network:
 
-.. math::
-
-    z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
-    \qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
+z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
+\qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
 
 trained by maximising the ELBO
-:math:`\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))`
+$\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))$
 (``β = kl_weight``). In variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) the observed ``x`` are the Langevin-revised
 samples and the sampler's starting points are decoder means ``g_α(z)``.
 
-:meth:`VAE.model` and :meth:`VAE.guide` are ``pyro_method``\ s of a ``PyroModule``:
+[`VAE.model()`][pyro_vmt.vae.VAE.model] and [`VAE.guide()`][pyro_vmt.vae.VAE.guide] are ``pyro_method``s of a ``PyroModule``:
 in a user's plain ``pyro.infer.SVI(vae.model, vae.guide, optim, Trace_ELBO())``
 script the encoder and decoder weights are registered as Pyro parameters and
-trained; inside the library (:meth:`VAE.elbo_loss`) the module's own parameters
+trained; inside the library ([`VAE.elbo_loss()`][pyro_vmt.vae.VAE.elbo_loss]) the module's own parameters
 are used, trained with ``torch.optim``, and the global parameter store is never
 touched.
 """

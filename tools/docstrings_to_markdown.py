@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ def resolve(target: str, module: str, documented: set) -> str | None:
                     obj = getattr(obj, attr)
             except AttributeError:
                 break
+            if not _rendered_kind(obj):
+                return None  # module-level data has no entry of its own on the page
             if mod_name in documented and (cut == len(parts) or _exported(mod_name, parts[cut])):
                 return cand
             real = getattr(obj, "__module__", None)  # a re-export: point at the defining module
@@ -70,6 +73,11 @@ def resolve(target: str, module: str, documented: set) -> str | None:
                 return ".".join([real] + parts[cut:])
             break
     return None
+
+
+def _rendered_kind(obj) -> bool:
+    """Modules, classes, functions, methods and properties get an entry of their own."""
+    return inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj) or isinstance(obj, property)
 
 
 def _exported(module: str, name: str) -> bool:

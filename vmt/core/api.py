@@ -137,7 +137,7 @@ def load_backend(name: str | None = None) -> ModuleType:
     Parameters
     ----------
     name : {"pyro", "numpyro"} or None
-        ``None`` picks :func:`default_backend`.
+        ``None`` picks [`default_backend()`][vmt.core.api.default_backend].
     """
     name = default_backend() if name is None else name
     if name not in BACKENDS:

@@ -1,6 +1,6 @@
 """Figures for 2-D samples, 2-D energies, digit images and training histories.
 
-Each function returns its :class:`matplotlib.figure.Figure`, draws into the user's own
+Each function returns its `matplotlib.figure.Figure`, draws into the user's own
 axes when given ``ax=`` (as matplotlib and ArviZ plotting functions do), and writes a
 PNG when given ``path=``. A new figure is built as a plain ``Figure`` and saved through
 the Agg canvas directly: nothing here imports ``matplotlib.pyplot`` or touches its
@@ -127,9 +127,9 @@ def plot_energy_2d(energy_fn: Callable[[np.ndarray], np.ndarray], bounds: Sequen
                    title: Optional[str] = None, ax: Any = None) -> Figure:
     r"""The learned density and energy of a 2-D energy-based model on a grid.
 
-    Left: :math:`p(x) = e^{-E(x)} / Z` with :math:`Z` the midpoint-rule sum over the
+    Left: $p(x) = e^{-E(x)} / Z$ with $Z$ the midpoint-rule sum over the
     ``num_points²`` grid on ``bounds`` (the density normalised on the box), with
-    ``samples`` on top if given. Right: :math:`E(x) - \min E`, its colour scale
+    ``samples`` on top if given. Right: $E(x) - \min E$, its colour scale
     capped at the 95th percentile over the grid so that structure near the minimum
     stays visible.
 
