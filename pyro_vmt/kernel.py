@@ -43,10 +43,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from pyro import poutine
 from pyro.infer.autoguide.initialization import init_to_uniform
-from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 
+from pyro_vmt.adaptation import ChainsAdapter, PerChain
 from pyro_vmt.potential import ChainPlatePotential
 from pyro_vmt.langevin import init
 from pyro_vmt.preconditioned import preconditioned_step, scale_factor
@@ -233,13 +233,13 @@ class LangevinKernel(MCMCKernel):
             self._adapter = self._make_adapter(x)
             self._read_adapter()
 
-    def _make_adapter(self, x: torch.Tensor) -> "_ChainsAdapter":
+    def _make_adapter(self, x: torch.Tensor) -> "ChainsAdapter":
         """Pyro's warmup adapter for all chains: flat ``(C, D)`` parameters as one block."""
         c, d = x.shape
         if self.dense_mass and c > 1:
             raise NotImplementedError("dense_mass=True with num_chains > 1: use a diagonal mass matrix, "
                                       "or num_chains=None under pyro.infer.MCMC")
-        adapter = _ChainsAdapter(self._init_step_size, adapt_step_size=self.adapt_step_size,
+        adapter = ChainsAdapter(self._init_step_size, adapt_step_size=self.adapt_step_size,
                                  target_accept_prob=self.target_accept_prob,
                                  adapt_mass_matrix=self.adapt_mass_matrix, dense_mass=self.dense_mass)
         adapter.configure(self._warmup_steps, torch.full((c,), self._init_step_size, dtype=x.dtype, device=x.device),
@@ -319,7 +319,7 @@ class LangevinKernel(MCMCKernel):
             n = self._t + 1
             if self.adapt_step_size or self.adapt_mass_matrix:
                 position = state.position if self.dense_mass else state.position.reshape(-1)
-                self._adapter.step(self._t, {"x": position}, _PerChain(info.acceptance_rate))
+                self._adapter.step(self._t, {"x": position}, PerChain(info.acceptance_rate))
                 self._read_adapter()
             if n == self._warmup_steps:
                 self.end_warmup()
@@ -373,34 +373,3 @@ class LangevinKernel(MCMCKernel):
                 g.set_state(gen[2])
                 state[key] = g
         self.__dict__.update(state)
-
-
-class _PerChain:
-    """Acceptance probabilities of all chains, handed through ``WarmupAdapter.step``
-    (which calls ``.item()`` on its argument) to `_ChainsAdapter._update_step_size()`."""
-
-    def __init__(self, accept_prob: torch.Tensor):
-        self.accept_prob = accept_prob
-
-    def item(self) -> torch.Tensor:
-        return self.accept_prob
-
-
-class _ChainsAdapter(WarmupAdapter):
-    """Pyro's `WarmupAdapter` (Stan's windows, its
-    ``BlockMassMatrix`` Welford estimates, ``pyro.ops.dual_averaging.DualAveraging``)
-    with a step size per chain: the dual-averaging state holds ``(C,)`` tensors (its
-    updates are elementwise), and a diagonal mass matrix is one ``(C·D,)`` block, so
-    each chain's Welford variances are its own."""
-
-    def reset_step_size_adaptation(self, z: Any) -> None:
-        self._step_size_adapt_scheme.prox_center = torch.log(10 * torch.as_tensor(self.step_size))
-        self._step_size_adapt_scheme.reset()
-
-    def _update_step_size(self, accept_prob: torch.Tensor) -> None:
-        self._step_size_adapt_scheme.step(self.target_accept_prob - accept_prob)
-        self.step_size = torch.exp(self._step_size_adapt_scheme.get_state()[0])
-
-    def _end_adaptation(self) -> None:
-        if self.adapt_step_size:
-            self.step_size = torch.exp(self._step_size_adapt_scheme.get_state()[1])
