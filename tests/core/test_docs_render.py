@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RAW = re.compile(r"\.\. math::|:(?:math|func|class|meth|mod|attr|data|obj):`")
+RAW = re.compile(r"\.\. math::|:(?:math|func|class|meth|mod|attr|data|obj):(?:`|<code)")
 
 
 @pytest.fixture(scope="module")
