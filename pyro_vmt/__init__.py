@@ -7,6 +7,7 @@ from pyro_vmt import nets
 from pyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
 from pyro_vmt.distribution import EnergyDistribution
 from pyro_vmt.energy import EnergyModel
+from pyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
 from pyro_vmt.kernel import LangevinKernel
 from pyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching

@@ -27,6 +27,9 @@ ONLY_NUMPYRO["LangevinKernel"] = {"init", "sample", "postprocess_fn", "get_diagn
 # global RNG, sample(key, sample_shape) from a key; Pyro's expand is overridden.
 ONLY_PYRO["EnergyDistribution"] = {"sample", "expand"}
 ONLY_NUMPYRO["EnergyDistribution"] = {"sample"}
+# MCMCTeaching follows each PPL's SVI: Pyro's stateful step, NumPyro's init/update/get_params.
+ONLY_PYRO["MCMCTeaching"] = {"step", "evaluate_loss"}
+ONLY_NUMPYRO["MCMCTeaching"] = {"init", "update", "get_params", "evaluate_loss"}
 ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"}}
 NETS_JAX_KEYWORD = {"rng"}
 
