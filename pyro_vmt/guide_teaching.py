@@ -33,7 +33,7 @@ point ($q = p \Rightarrow qT^K = p$ for a $p$-invariant kernel). MALA
 discretisation bias.
 
 During the first ``adapt_iterations`` steps MALA's step size follows dual averaging
-(`pyro_vmt.kernel.dual_averaging_update()`, the kernels' tuner) toward
+(``pyro.ops.dual_averaging.DualAveraging``, the tuner of the kernels and of Pyro's HMC) toward
 ``target_accept_prob`` on the mean acceptance of each revision; it is then fixed.
 
 Local latent variables and subsampling plates (``pyro.plate(..., subsample_size=b)``)
@@ -62,7 +62,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from pyro_vmt.potential import ChainPlatePotential
-from pyro_vmt.kernel import dual_averaging_init, dual_averaging_update
+from pyro.ops.dual_averaging import DualAveraging
 from pyro_vmt.langevin import Langevin
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
@@ -165,7 +165,7 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0
         self.target_accept_prob = float(target_accept_prob)
         self.iteration, self.last_info = 0, None
-        self._da = dual_averaging_init(self.step_size) if self.adapt_iterations else None
+        self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations else None
 
     # ------------------------------------------------------------------ the loop
     def step(self, *args: Any, **kwargs: Any) -> float:
@@ -177,11 +177,12 @@ class MCMCTeaching:
         loss, info = self._iterate(True, args, kwargs)
         self.last_info = info
         if self.iteration <= self.adapt_iterations and self._da is not None:
-            self._da = dual_averaging_update(self._da, info.acceptance_rate, self.target_accept_prob)
+            self._da.step(self.target_accept_prob - float(info.acceptance_rate))
+            log_step, log_step_avg = self._da.get_state()
             if self.iteration == self.adapt_iterations:
-                self.step_size, self._da = math.exp(self._da.log_step_size_avg), None
+                self.step_size, self._da = math.exp(log_step_avg), None
             else:
-                self.step_size = math.exp(self._da.log_step_size)
+                self.step_size = math.exp(log_step)
         return loss
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
