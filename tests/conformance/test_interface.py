@@ -47,7 +47,7 @@ def _members(cls):
 
 # Modules that only one PPL needs: Pyro runs one chain per process, so the Pyro
 # backend batches chains itself (numpyro.infer.MCMC has chain_method="vectorized").
-ONLY_PYRO_MODULES = {"chains", "potential"}
+ONLY_PYRO_MODULES = {"chains", "potential", "adaptation"}
 
 
 def _modules(package):
