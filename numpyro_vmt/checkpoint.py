@@ -21,10 +21,10 @@ __all__ = ["read_checkpoint", "read_state", "restore_leaves", "write_checkpoint"
 
 
 def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Read and check a checkpoint file written by :meth:`numpyro_vmt.VariationalMCMCTeaching.save`.
+    """Read and check a checkpoint file written by [`numpyro_vmt.VariationalMCMCTeaching.save()`][numpyro_vmt.teaching.VariationalMCMCTeaching.save].
 
     Returns the JSON header and the arrays by name. Raises
-    :class:`~vmt.core.errors.CheckpointError` (one line naming the cause) for a file of
+    [`CheckpointError`][vmt.core.errors.CheckpointError] (one line naming the cause) for a file of
     the other backend, another format version, or a truncated or altered file (zip's
     CRC-32 of every array is checked as it is read).
     """

@@ -1,15 +1,15 @@
 r"""The K-step Langevin loop under ``torch.compile`` (CUDA graphs on a GPU), with an eager fallback.
 
 On a GPU an eager Torch iteration is bound by kernel launches: every step of the
-revision :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`
+revision $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$
 is a forward and a backward pass of the energy network, tens of small kernels, each
-launched from Python. :class:`CompiledRun` hands the whole unrolled loop (the same
-:func:`pyro_vmt.langevin._step` the eager sampler runs, with ``∇ₓE`` by
+launched from Python. [`CompiledRun`][pyro_vmt.capture.CompiledRun] hands the whole unrolled loop (the same
+`pyro_vmt.langevin._step()` the eager sampler runs, with ``∇ₓE`` by
 ``torch.autograd.grad``) to ``torch.compile``: with ``mode="reduce-overhead"`` on CUDA
 the loop becomes one CUDA graph, replayed once per iteration; on the CPU Inductor
 fuses it into a few C++ kernels.
 
-The noise :math:`\xi_{0..K-1}` (and MALA's uniforms) is drawn from the training
+The noise $\xi_{0..K-1}$ (and MALA's uniforms) is drawn from the training
 generator before the loop, in one draw, so the captured graph holds no RNG and the
 stream is the same whether the loop ran compiled or, after a fallback, eagerly.
 A network that ``torch.compile`` cannot capture falls back to the eager loop with a

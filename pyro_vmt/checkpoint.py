@@ -73,9 +73,9 @@ def write_checkpoint(path, state: Dict[str, Any], metadata: Dict[str, Any]) -> N
 
 
 def read_checkpoint(path, device=None) -> Dict[str, Any]:
-    """Read and check a checkpoint file written by :meth:`pyro_vmt.VariationalMCMCTeaching.save`.
+    """Read and check a checkpoint file written by [`pyro_vmt.VariationalMCMCTeaching.save()`][pyro_vmt.teaching.VariationalMCMCTeaching.save].
 
-    Raises :class:`~vmt.core.errors.CheckpointError` (one line naming the cause) for
+    Raises [`CheckpointError`][vmt.core.errors.CheckpointError] (one line naming the cause) for
     a file of the other backend, another format version, a truncated or altered
     file, or non-finite values.
     """

@@ -3,7 +3,7 @@
 A host sync is any point where Python needs a tensor's value: ``.item()``,
 ``bool(t)``, ``float(t)``, ``int(t)``, ``.tolist()``, ``.numpy()``, ``.nonzero()``.
 On a GPU each one waits for every queued kernel; on the CPU they cost little, so
-they go unnoticed there. :func:`count_host_syncs` patches these entry points and
+they go unnoticed there. [`count_host_syncs()`][pyro_vmt.syncs.count_host_syncs] patches these entry points and
 counts the calls made on tensors, wherever they come from (the library, Pyro,
 torch's Python code), so a test on the CPU can bound what a GPU run would wait for.
 ``torch.profiler`` gives the same count on a GPU (``cudaStreamSynchronize`` /
@@ -30,7 +30,7 @@ SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist
 
 @contextmanager
 def count_host_syncs() -> Iterator[Counter]:
-    """Within the block, count calls of :data:`SYNC_METHODS` on tensors (a ``Counter`` by method name).
+    """Within the block, count calls of `SYNC_METHODS` on tensors (a ``Counter`` by method name).
 
     Examples
     --------

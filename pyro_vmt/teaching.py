@@ -3,30 +3,30 @@ r"""Variational MCMC teaching (PyTorch / Pyro): the joint training of an EBM and
 One iteration (Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021, https://arxiv.org/abs/2012.14936):
 
-1. :math:`z_i \sim \mathcal N(0, I)`, :math:`x^{(0)}_i = g_\alpha(z_i)`.
-2. :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`,
-   :math:`\tilde x = x^{(K)}` (no gradient flows through the chain).
-3. Energy step on :math:`\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
-   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)`, the maximum-likelihood gradient.
-4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+1. $z_i \sim \mathcal N(0, I)$, $x^{(0)}_i = g_\alpha(z_i)$.
+2. $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$,
+   $\tilde x = x^{(K)}$ (no gradient flows through the chain).
+3. Energy step on $\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
+   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)$, the maximum-likelihood gradient.
+4. One SVI step of the VAE on the ELBO with $\tilde x$ observed.
 
 The option ``init`` swaps step 1 (and 4) for the baselines that share this code path:
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
-regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
+regressed on $\tilde x$ with its own $z$ (CoopNets).
 
-The conditional teacher (:mod:`pyro_vmt.conditional`) runs this same code with a
+The conditional teacher ([`pyro_vmt.conditional`][pyro_vmt.conditional]) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
+[`vmt.core.batch.with_context()`][vmt.core.batch.with_context] passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
 Every iteration is checked once, after both optimisers stepped: the run's divergence
 flags, the losses, the gradient norms and the *updated* parameters, fetched from the
 device in one host sync. If any is non-finite the update is undone bitwise (parameters,
 buffers, optimiser states, learning rates) and the training RNG is put back, so an
-iteration that diverges raises :class:`vmt.core.errors.DivergenceError` and changes
-nothing. A failed :meth:`~VariationalMCMCTeaching.load` changes nothing either, and
-:meth:`~VariationalMCMCTeaching.save` refuses non-finite state.
+iteration that diverges raises [`vmt.core.errors.DivergenceError`][vmt.core.errors.DivergenceError] and changes
+nothing. A failed [`load()`][pyro_vmt.teaching.VariationalMCMCTeaching.load] changes nothing either, and
+[`save()`][pyro_vmt.teaching.VariationalMCMCTeaching.save] refuses non-finite state.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ Tensor = torch.Tensor
 
 
 class VariationalMCMCTeaching:
-    """Train an :class:`EnergyModel` with a :class:`VAE` as amortised Langevin sampler.
+    """Train an [`EnergyModel`][pyro_vmt.energy.EnergyModel] with a [`VAE`][pyro_vmt.vae.VAE] as amortised Langevin sampler.
 
     Parameters
     ----------
@@ -71,17 +71,17 @@ class VariationalMCMCTeaching:
     vae : VAE or None
         Needed for ``init="vae"`` and ``"generator"``; ignored otherwise.
     config : TeachingConfig, optional
-        All options (see :class:`vmt.TeachingConfig`); keyword ``options`` override it.
+        All options (see [`vmt.TeachingConfig`][vmt.core.config.TeachingConfig]); keyword ``options`` override it.
     rng : int or torch.Generator
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
     compile : {"auto", True, False}
-        The K-step Langevin loop of training under ``torch.compile`` (:mod:`pyro_vmt.capture`;
+        The K-step Langevin loop of training under ``torch.compile`` ([`pyro_vmt.capture`][pyro_vmt.capture];
         CUDA graphs on a GPU); ``"auto"``: on CUDA only. An uncapturable network falls back to
-        eager with a one-line warning; :attr:`compile_seconds` is the compilation time. The
+        eager with a one-line warning; `compile_seconds` is the compilation time. The
         noise is drawn differently (all K steps at once), so compiled and eager runs differ.
     **options
-        Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
+        Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
     Examples
     --------
@@ -143,7 +143,7 @@ class VariationalMCMCTeaching:
         iteration count, so it is reproducible and leaves training unaffected.
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
         whole proposal paths, ``mh_steps`` accept tests each (see
-        :func:`pyro_vmt.correction.independent_mh`).
+        [`pyro_vmt.correction.independent_mh()`][pyro_vmt.correction.independent_mh]).
         """
         if mh_steps:
             vae, opts = self._proposal(num_steps)
@@ -169,9 +169,9 @@ class VariationalMCMCTeaching:
 
     def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
                       batch_size: int = 2000) -> Tuple[float, float]:
-        r"""Estimate :math:`\log Z` and its standard error from this teacher's proposal paths.
+        r"""Estimate $\log Z$ and its standard error from this teacher's proposal paths.
 
-        See :meth:`numpyro_vmt.VariationalMCMCTeaching.log_partition`: the decoder with
+        See [`numpyro_vmt.VariationalMCMCTeaching.log_partition()`][numpyro_vmt.teaching.VariationalMCMCTeaching.log_partition]: the decoder with
         its observation noise (``init="vae"``) or the Gaussian over ``init_bounds``,
         then the Langevin run; biased *low*, so likelihoods from it are biased *high*.
         """
@@ -183,7 +183,7 @@ class VariationalMCMCTeaching:
     def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
                  ) -> Tuple[np.ndarray, float]:
         """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
-        ``log Ẑ`` (see :meth:`log_partition` for the bias)."""
+        ``log Ẑ`` (see `log_partition()` for the bias)."""
         x = self._as_batch(x, "x")
         log_z, se = self.log_partition(num_samples, rng, num_steps)
         return -self.energy.numpy_energy(x.detach().cpu().numpy()) - log_z, se
@@ -234,7 +234,7 @@ class VariationalMCMCTeaching:
     def _iterate(self, tensors: Any, recheck: Optional[Callable[[], Any]] = None,
                  rng_state: Optional[Tensor] = None) -> TeachingInfo:
         """The iteration, checked once; undone exactly (RNG included: ``rng_state``) if anything fails.
-        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in :meth:`fit`)."""
+        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in `fit()`)."""
         gen = self.generator
         rng_state = gen.get_state() if rng_state is None else rng_state
         stepped = False
@@ -311,7 +311,7 @@ class VariationalMCMCTeaching:
             *langevin, gnorm.detach(), *mh)
 
     def _raise_unless_finite(self, values: list, n: int, recheck: Optional[Callable[[], Any]]) -> None:
-        """The host side of the iteration's one check (``values`` as :meth:`_iterate` stacks them)."""
+        """The host side of the iteration's one check (``values`` as `_iterate()` stacks them)."""
         cfg = self.config
         diag, (bad_rows, loss, gnorm, v_loss, v_gnorm, e_max, v_max) = values[:4], values[4:]
         if bad_rows and recheck is not None:
@@ -333,13 +333,13 @@ class VariationalMCMCTeaching:
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
+        Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         ``callback(teacher, info)`` is called after every iteration.
         """
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         rows = []
-        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         rows_in_data = context_and_data(data)[1].shape[0]
         for _ in bar:
             rng_state = self.generator.get_state()
@@ -375,7 +375,7 @@ class VariationalMCMCTeaching:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch.
+        """Restore `state_dict()`; raises [`CheckpointError`][vmt.core.errors.CheckpointError] on any mismatch.
 
         Transactional: everything is checked first (configuration, networks' names,
         shapes and dtypes, optimiser states, RNG state, buffer, iteration count,
@@ -457,13 +457,13 @@ class VariationalMCMCTeaching:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).
 
         A ``torch.save`` archive with a SHA-256 checksum of its content
-        (:mod:`pyro_vmt.checkpoint`); a state holding non-finite values is refused
-        with :class:`~vmt.core.errors.CheckpointError` and nothing is written.
+        ([`pyro_vmt.checkpoint`][pyro_vmt.checkpoint]); a state holding non-finite values is refused
+        with [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written.
         """
         write_checkpoint(path, self.state_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
+        """Restore a checkpoint written by `save()` into this object; returns its metadata.
 
         The object must have been built with the same configuration and networks.
         """

@@ -1,22 +1,22 @@
 r"""The steps of one training iteration of variational MCMC teaching (Torch).
 
-The pieces the host-side class (:class:`pyro_vmt.teaching.VariationalMCMCTeaching`)
-runs in order, each a function of the parts it needs; :mod:`numpyro_vmt.update` holds
+The pieces the host-side class ([`pyro_vmt.teaching.VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching])
+runs in order, each a function of the parts it needs; [`numpyro_vmt.update`][numpyro_vmt.update] holds
 the same steps for JAX. After Xie, Zheng & Li, AAAI 2021
 (https://arxiv.org/abs/2012.14936):
 
-1. :func:`start_chains`: :math:`x^{(0)}_i = g_\alpha(z_i)`, :math:`z_i \sim \mathcal N(0, I)`
+1. [`start_chains()`][pyro_vmt.update.start_chains]: $x^{(0)}_i = g_\alpha(z_i)$, $z_i \sim \mathcal N(0, I)$
    (or noise, or a replay buffer, per ``init``).
-2. :func:`revise`: :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`.
-3. :func:`energy_loss`: :math:`\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)`
+2. [`revise()`][pyro_vmt.update.revise]: $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$.
+3. [`energy_loss()`][pyro_vmt.update.energy_loss]: $\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)$
    (+ penalty), the maximum-likelihood gradient.
-4. :func:`vae_loss`: the negative ELBO of the VAE with :math:`\tilde x` observed (or
-   the generator's regression on :math:`\tilde x` for CoopNets).
+4. [`vae_loss()`][pyro_vmt.update.vae_loss]: the negative ELBO of the VAE with $\tilde x$ observed (or
+   the generator's regression on $\tilde x$ for CoopNets).
 
-None of them waits for the device: what the host must check (the :class:`Diagnosis`
+None of them waits for the device: what the host must check (the [`Diagnosis`][pyro_vmt.update.Diagnosis]
 of the run, the losses, the gradient and parameter norms) stays on the device until
-the teacher fetches it once per iteration. :class:`Undo` keeps bitwise copies of the
+the teacher fetches it once per iteration. [`Undo`][pyro_vmt.update.Undo] keeps bitwise copies of the
 parameters and optimiser states taken before the optimisers step, so an iteration
 whose check fails is undone exactly.
 """
@@ -98,7 +98,7 @@ def start_chains(config: TeachingConfig, energy, vae, buffer: Optional[Tensor], 
 
 
 class Diagnosis(NamedTuple):
-    """What the host checks before an iteration counts (0-d device tensors; as :mod:`numpyro_vmt.update`)."""
+    """What the host checks before an iteration counts (0-d device tensors; as [`numpyro_vmt.update`][numpyro_vmt.update])."""
 
     bad_start: Tensor         # chains with a non-finite starting point
     bad_start_energy: Tensor  # chains with a non-finite energy or gradient there
@@ -108,11 +108,11 @@ class Diagnosis(NamedTuple):
 
 def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None,
            runner=None, noise: Optional[Tensor] = None) -> Tuple[LangevinState, LangevinInfo, Diagnosis]:
-    """The Langevin revision from ``x0``, and the :class:`Diagnosis` the host checks (no host sync).
+    """The Langevin revision from ``x0``, and the [`Diagnosis`][pyro_vmt.update.Diagnosis] the host checks (no host sync).
 
     ``runner``: the loop to run instead of the sampler's own, e.g. a
-    :class:`pyro_vmt.capture.CompiledRun` of it; ``noise``: the ``ξ`` of every step,
-    ``(num_steps, n, *event_shape)`` (given draws, see :class:`Draws`; runs eagerly).
+    [`pyro_vmt.capture.CompiledRun`][pyro_vmt.capture.CompiledRun] of it; ``noise``: the ``ξ`` of every step,
+    ``(num_steps, n, *event_shape)`` (given draws, see [`Draws`][pyro_vmt.update.Draws]; runs eagerly).
     """
     _check_position(x0)
     energy, grad = energy_and_grad(sampler.potential_fn, x0)
@@ -160,8 +160,8 @@ def max_abs(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
 class Undo:
     """Bitwise copies of modules' parameters and buffers and of optimisers' states, to undo one update.
 
-    :meth:`save` before the optimisers step (one fused copy into buffers allocated
-    once), :meth:`restore` if the iteration's check fails: parameters and buffers are
+    `save()` before the optimisers step (one fused copy into buffers allocated
+    once), `restore()` if the iteration's check fails: parameters and buffers are
     copied back in place (the optimisers keep referring to them), optimiser states
     and learning rates are put back as they were, state created by the failed step
     is dropped.
@@ -218,7 +218,7 @@ def adam(module: torch.nn.Module, lr: float, betas) -> torch.optim.Adam:
 
 
 def raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[BaseException] = None) -> None:
-    """Raise for a non-finite start or a diverged run, from the fetched :class:`~pyro_vmt.update.Diagnosis`."""
+    """Raise for a non-finite start or a diverged run, from the fetched [`Diagnosis`][pyro_vmt.update.Diagnosis]."""
     bad_start, bad_energy, num_divergent, first = (int(v) for v in diag)
     try:
         check_start(n, bad_start, bad_energy)

@@ -2,21 +2,21 @@ r"""Variational auto-encoder as a Pyro model + guide (the amortised sampler of V
 
 Generative model and inference network:
 
-.. math::
-
-    z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
-    \qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
+z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
+\qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
 
 trained by maximising the ELBO
-:math:`\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))`
+$\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))$
 (``β = kl_weight``). In variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) the observed ``x`` are the Langevin-revised
 samples and the sampler's starting points are decoder means ``g_α(z)``.
 
-:meth:`VAE.model` and :meth:`VAE.guide` are ``pyro_method``\ s of a ``PyroModule``:
+[`VAE.model()`][pyro_vmt.vae.VAE.model] and [`VAE.guide()`][pyro_vmt.vae.VAE.guide] are ``pyro_method``s of a ``PyroModule``:
 in a user's plain ``pyro.infer.SVI(vae.model, vae.guide, optim, Trace_ELBO())``
 script the encoder and decoder weights are registered as Pyro parameters and
-trained; inside the library (:meth:`VAE.elbo_loss`) the module's own parameters
+trained; inside the library ([`VAE.elbo_loss()`][pyro_vmt.vae.VAE.elbo_loss]) the module's own parameters
 are used, trained with ``torch.optim``, and the global parameter store is never
 touched.
 """
@@ -161,10 +161,10 @@ class VAE(PyroModule):
         """Negative ELBO per sample, averaged over the batch (differentiable).
 
         Pyro draws the reparameterised ``z`` from torch's global RNG; it runs here on
-        ``rng``'s own state (:func:`rng_for_pyro`), so the loss is reproducible, ``rng``
+        ``rng``'s own state (`rng_for_pyro()`), so the loss is reproducible, ``rng``
         advances by what was drawn and the caller's global RNG is left as it was.
         Module-local parameters are used: the global Pyro parameter store is neither
-        read nor written. The value is :func:`reparameterised_elbo`'s (Pyro's
+        read nor written. The value is [`reparameterised_elbo()`][pyro_vmt.vae.reparameterised_elbo]'s (Pyro's
         ``Trace_ELBO`` for this guide, without its host syncs).
         """
         gen = as_rng(rng, x.device)
@@ -182,7 +182,7 @@ class VAE(PyroModule):
 
 
 def reparameterised_elbo(model, guide, *args) -> torch.Tensor:
-    r"""The ELBO :math:`\log p(x, z) - \log q(z \mid x)` at one reparameterised draw ``z ~ q``, differentiable.
+    r"""The ELBO $\log p(x, z) - \log q(z \mid x)$ at one reparameterised draw ``z ~ q``, differentiable.
 
     For a guide whose sample sites all have ``rsample`` this is the value and the
     gradient of Pyro's ``Trace_ELBO().differentiable_loss`` (with the sign flipped):

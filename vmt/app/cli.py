@@ -1,10 +1,10 @@
 """The ``vmt`` command line: ``vmt train``, ``vmt sample``, ``vmt evaluate``.
 
 ``vmt train`` with no arguments trains on the built-in 25-Gaussian grid with
-whichever backend is installed and writes a run folder (see :mod:`vmt.app.runs`);
+whichever backend is installed and writes a run folder (see [`vmt.app.runs`][vmt.app.runs]);
 ``vmt train --task completion|class|regression1d`` trains the conditional variant on a
 built-in supervised task instead. Parsing only: every command goes through
-:mod:`vmt.app.runs`.
+[`vmt.app.runs`][vmt.app.runs].
 """
 
 from __future__ import annotations

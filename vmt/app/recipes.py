@@ -1,7 +1,7 @@
 """Recipes: networks, options and budgets that train well on the built-in data and tasks.
 
 One source of truth for the command line, the examples and the benchmarks. A
-recipe is backend-neutral; :func:`build_teacher` turns it into a backend's
+recipe is backend-neutral; [`build_teacher()`][vmt.app.recipes.build_teacher] turns it into a backend's
 ``VariationalMCMCTeaching`` (or, for a supervised task,
 ``ConditionalVariationalMCMCTeaching``) through the names every backend exports.
 """
@@ -51,7 +51,7 @@ class Recipe:
     config: TeachingConfig = field(default_factory=TeachingConfig)
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A copy with recipe fields or :class:`TeachingConfig` fields changed.
+        """A copy with recipe fields or [`TeachingConfig`][vmt.core.config.TeachingConfig] fields changed.
 
         A learning-rate decay that spans the whole budget keeps doing so when
         ``num_iters`` changes.
@@ -142,8 +142,8 @@ def get_recipe(name: str) -> Recipe:
 def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0, device: Any = None):
     """A backend's teacher with the default networks of ``recipe`` for ``data``.
 
-    ``data`` is a :class:`vmt.data.Dataset` (an unconditional
-    ``VariationalMCMCTeaching``) or a :class:`vmt.data.tasks.ConditionalTask` (a
+    ``data`` is a [`vmt.data.Dataset`][vmt.data.datasets.Dataset] (an unconditional
+    ``VariationalMCMCTeaching``) or a [`vmt.data.tasks.ConditionalTask`][vmt.data.tasks.ConditionalTask] (a
     ``ConditionalVariationalMCMCTeaching``: energy, encoder and decoder take the
     task's ``x``). The networks are initialised from ``seed`` on the CPU, then placed
     on ``device`` (``backend.place``), so a seed gives the same initial weights on

@@ -7,11 +7,11 @@ A run folder holds
 - ``metrics.json`` — for a data set: sample quality, the EBM's held-out
   log-likelihood (exact by quadrature in 2-D), wall time, and the same sample metrics
   for the VAE alone; for a supervised task: its result table (VMT next to its
-  baselines, :mod:`vmt.app.tasks`),
+  baselines, [`vmt.app.tasks`][vmt.app.tasks]),
 - ``samples.npy`` and pictures (``samples.png`` and ``energy.png`` in 2-D,
   ``digits.png`` for digits, the task's pictures) and ``history.png``.
 
-Backend-neutral: a backend is reached through :func:`vmt.core.api.load_backend` and
+Backend-neutral: a backend is reached through [`vmt.core.api.load_backend()`][vmt.core.api.load_backend] and
 the names every backend exports.
 """
 
@@ -39,7 +39,7 @@ CHECKPOINT = "checkpoint.ckpt"
 
 
 def load_data(name: str, seed: int = 0):
-    """A built-in data set (:class:`~vmt.data.Dataset`) or supervised task (:class:`~vmt.data.tasks.ConditionalTask`)."""
+    """A built-in data set ([`Dataset`][vmt.data.datasets.Dataset]) or supervised task ([`ConditionalTask`][vmt.data.tasks.ConditionalTask])."""
     return load_task(name, seed=seed) if name in TASKS else load_dataset(name, seed=seed)
 
 
@@ -60,8 +60,8 @@ def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Op
     Parameters
     ----------
     name : str
-        A data set of :data:`vmt.data.DENSITIES` or ``"digits"``, or a task of
-        :data:`vmt.data.tasks.TASKS`.
+        A data set of `vmt.data.DENSITIES` or ``"digits"``, or a task of
+        `vmt.data.tasks.TASKS`.
     out : pathlib.Path
         The run folder (created).
     recipe : Recipe, optional

@@ -3,7 +3,7 @@ r"""Batches with and without a conditioning input, for both backends (pure Pytho
 The conditional teacher (``ConditionalVariationalMCMCTeaching``) runs the same code
 as the unconditional one with a conditioning input ``ctx``: a batch is then a pair
 ``(ctx, data)`` and ``ctx`` is passed as the *second* argument of the energy
-:math:`E_\theta(y \mid x)`, the decoder :math:`g_\alpha(z, x)` and the VAE losses
+$E_\theta(y \mid x)$, the decoder $g_\alpha(z, x)$ and the VAE losses
 (Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936, supervised setting).
 The helpers here are that convention, written once.
 """

@@ -9,7 +9,7 @@ a truncated mix.
 Both formats are zip archives: the Torch backend's is a ``torch.save`` archive (a
 pickle read with ``weights_only=True``, its content hashed with SHA-256 since format
 version 2), the JAX backend's an ``.npz`` archive (no pickle; zip's CRC-32 per
-array). :func:`sniff_backend` tells them apart by their member names, so each
+array). [`sniff_backend()`][vmt.core.checkpoint.sniff_backend] tells them apart by their member names, so each
 backend names the other one when handed its file instead of failing inside the
 other's reader.
 """
@@ -69,7 +69,7 @@ def one_line(error: BaseException) -> str:
 def sniff_backend(path: Union[str, os.PathLike]) -> Optional[str]:
     """``"pyro"`` or ``"numpyro"`` for the zip archive each backend writes, ``None`` otherwise.
 
-    Raises :class:`CheckpointError` for a file that is not a complete zip archive (e.g.
+    Raises [`CheckpointError`][vmt.core.errors.CheckpointError] for a file that is not a complete zip archive (e.g.
     truncated) and ``FileNotFoundError`` for a missing one.
     """
     if not Path(path).exists():
