@@ -76,29 +76,47 @@ def leftovers(run):
     return [str(p) for p in Path(run).rglob("*.tmp")]
 
 
-@pytest.fixture(params=["pyro", "numpyro"])
+@pytest.fixture(params=["pyro", "numpyro"], scope="module")
 def backend(request):
     pytest.importorskip("torch" if request.param == "pyro" else "jax")
     return request.param
 
 
-@pytest.fixture
-def reference(backend, tmp_path):
-    train(tmp_path / "ref", backend)
-    return fingerprint(tmp_path / "ref")
+def cheap_evaluation(mp):
+    """The real write path (samples.npy and its fault point, metrics.json) without the costly metrics and plots."""
+    import vmt.app.scores as scores
+
+    def evaluate(teacher, data, num_samples=5000, seed=0):
+        from vmt.core.api import backend_of
+
+        return {"ebm": {}, "samples": backend_of(teacher).to_numpy(teacher.sample(num_samples, rng=seed))}
+    mp.setattr(scores, "evaluate", evaluate)
+    mp.setattr(scores, "_pictures", lambda *a: None)
+    mp.setattr(runs.plots, "plot_history", lambda *a, **k: None)
 
 
-POINTS = ["checkpoint:2", "run-json:2", "publish:2", "published:2", "samples", "publish:4"]
+@pytest.fixture(scope="module")
+def reference(backend, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        cheap_evaluation(mp)
+        out = tmp_path_factory.mktemp("ref") / backend
+        train(out, backend)
+        return fingerprint(out)
+
+
+POINTS = ["checkpoint:2", "run-json:2", "publish:2", "published:2", "samples", "publish:4"]  # 4th: the evaluation
 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_a_kill_anywhere_leaves_a_readable_run_that_resumes_exactly(backend, reference, point, tmp_path,
                                                                    monkeypatch):
     out = tmp_path / "run"
+    cheap_evaluation(monkeypatch)
     kill_at(monkeypatch, point)
     with pytest.raises(Killed):
         train(out, backend)
     monkeypatch.undo()
+    cheap_evaluation(monkeypatch)
     manifest = RunFolder(out).published()  # every listed file matches its hash
     it = runs.load_run(out)[3].iteration
     assert it == manifest["iteration"] and ITERS - EVERY <= it + EVERY  # at most EVERY iterations lost
@@ -108,8 +126,9 @@ def test_a_kill_anywhere_leaves_a_readable_run_that_resumes_exactly(backend, ref
     assert_same(fingerprint(out), reference)
 
 
-def test_real_kills_in_a_subprocess(tmp_path):
+def test_real_kills_in_a_subprocess(tmp_path, monkeypatch):
     pytest.importorskip("torch")
+    cheap_evaluation(monkeypatch)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for point, iteration in [("checkpoint:2", 2), ("run-json:2", 2), ("samples", 6)]:
         out = tmp_path / point.replace(":", "")
@@ -125,8 +144,9 @@ def test_real_kills_in_a_subprocess(tmp_path):
         assert RunFolder(out).published()["iteration"] == ITERS
 
 
-def test_evaluate_recovers_a_damaged_metrics_file(tmp_path, capsys):
+def test_evaluate_recovers_a_damaged_metrics_file(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
+    cheap_evaluation(monkeypatch)
     out = tmp_path / "run"
     train(out, "pyro")
     target = (out / "metrics.json").resolve()
@@ -142,9 +162,10 @@ def test_evaluate_recovers_a_damaged_metrics_file(tmp_path, capsys):
     assert "checkpoint.ckpt does not match the manifest" in capsys.readouterr().err
 
 
-def test_one_writer_at_a_time(tmp_path, capsys):
+def test_one_writer_at_a_time(tmp_path, capsys, monkeypatch):
     """A second writer is refused while another process holds the lock; a crash releases it."""
     pytest.importorskip("torch")
+    cheap_evaluation(monkeypatch)
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(

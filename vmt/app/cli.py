@@ -233,7 +233,8 @@ def _recipe_from_args(args: argparse.Namespace, name: str) -> Optional[Recipe]:
         from vmt.app.recipes import recipe_for_data
         from vmt.app.runs import load_data
 
-        base = recipe_for_data(load_data(name, args.seed, args.test_fraction, args.image_shape))[0]
+        base, why = recipe_for_data(load_data(name, args.seed, args.test_fraction, args.image_shape))
+        print(f"vmt train: {why}; changed: {', '.join(f'{k}={v}' for k, v in changes.items())}")
     else:
         base = get_recipe(name)
     return base.replace(**changes)
@@ -305,7 +306,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run ``vmt argv``; returns the exit status (0 done, 2 a refused input, 130 interrupted)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a refused option (its one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         {"train": _train, "sample": _sample, "evaluate": _evaluate}[args.command](args)
     except (ValueError, ImportError, FileNotFoundError, FloatingPointError, OSError) as e:

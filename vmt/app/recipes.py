@@ -173,7 +173,7 @@ def recipe_for_data(data: Any) -> Tuple[Recipe, str]:
     - ``step_size`` :math:`\delta = r_{10} / d`, with :math:`r_{10}` the median distance
       from a point to its 10th nearest neighbour (over at most 2000 points): the
       local scale of the data, shrunk with the dimension as Langevin steps must be.
-      On the six built-in data sets it lands within a factor 4 of the hand-tuned steps.
+      On the six built-in data sets it lands within about a factor 4 of the hand-tuned steps.
     - ``init_bounds``: the data's range, widened by 10 % on each side; ``ref_scale``:
       the largest :math:`|x|` (a Gaussian reference about as wide as the data).
     - ``latent_dim`` :math:`= \min(16, \max(2, \lceil d/8 \rceil))`; ``hidden``
