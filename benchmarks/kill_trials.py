@@ -146,9 +146,16 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(out, ignore_errors=True)
+        summary = summarise(rows, args.backend, full)
+        out_json.write_text(json.dumps({"summary": summary, "trials": rows}, indent=1))  # after every trial
+    print(json.dumps(summary, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def summarise(rows: list, backend: str, full: float) -> dict:
     killed = [r for r in rows if r["returncode"] != 0]
-    summary = {
-        "backend": args.backend, "trials": len(rows), "killed_before_finishing": len(killed),
+    return {
+        "backend": backend, "trials": len(rows), "killed_before_finishing": len(killed),
         "seconds_from_first_iteration_to_end": full, "iters": ITERS, "checkpoint_every": EVERY,
         "unusable_folders": sum(r["unusable"] for r in rows),
         "corrupt_files": sum(len(r.get("corrupt", [])) for r in rows),
@@ -159,9 +166,6 @@ def main() -> None:
         "folders_with_a_run": sum("resumed_to" in r for r in rows),
         "machine_load": os.getloadavg(),
     }
-    out_json.write_text(json.dumps({"summary": summary, "trials": rows}, indent=1))
-    print(json.dumps(summary, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
