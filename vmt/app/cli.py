@@ -38,7 +38,7 @@ _OVERRIDES = {
     "ref_scale": "ref_scale", "obs_scale": "obs_scale", "kl_weight": "kl_weight",
     "init": "init", "step_size": "step_size", "num_steps": "num_steps",
     "noise_scale": "noise_scale", "energy_lr": "energy_lr", "vae_lr": "vae_lr",
-    "energy_reg": "energy_reg", "adjust": "adjust", "hidden": "hidden",
+    "energy_reg": "energy_reg", "adjust": "adjust", "hidden": "hidden", "correction": "correction",
 }
 _FIELDS = [f.name for f in dataclasses.fields(Recipe) if f.name != "config"] + \
     [f.name for f in dataclasses.fields(TeachingConfig)]
@@ -185,6 +185,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="1 is Langevin, 0 the noise-free revision of the reference code" + _default("noise_scale"))
     r.add_argument("--adjust", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="Metropolis-adjusted steps (MALA); --no-adjust turns them off" + _default("adjust"))
+    r.add_argument("--correction", default=argparse.SUPPRESS, choices=["none", "mh"],
+                   help="mh: exact Metropolis-Hastings teaching, persistent chains accept whole proposal paths"
+                   + _default("correction"))
+    r.add_argument("--stale-paths", action="store_true",
+                   help="with --correction mh: keep the current states' path terms instead of refreshing them "
+                        "(cheaper, exact only for a fixed energy)")
+    r.add_argument("--anneal-paths", action="store_true",
+                   help="with --correction mh: anneal each proposal path from its start Gaussian to the energy")
     r.add_argument("--energy-lr", default=argparse.SUPPRESS, type=_real("--energy-lr", low=0, low_open=True),
                    help="Adam learning rate of the energy" + _default("energy_lr"))
     r.add_argument("--vae-lr", default=argparse.SUPPRESS, type=_real("--vae-lr", low=0, low_open=True), help="Adam learning rate of the VAE"
@@ -213,6 +221,9 @@ def _parser() -> argparse.ArgumentParser:
                         "x (cycled)")
     s.add_argument("--num-steps", type=_count("--num-steps", 0), default=None,
                    help="Langevin steps (default the recipe's; 0: the VAE's samples)")
+    s.add_argument("--mh-steps", type=_count("--mh-steps", 0), default=0,
+                   help="exact samples: accept tests of independence-sampler chains on whole proposal paths "
+                        "(default 0: none)")
     s.add_argument("--seed", type=_type(as_seed, int, "a non-negative integer"), default=0, help="default 0")
     s.add_argument("--out", type=Path, default=None, help="default: <run>/samples-<seed>.npy")
 
@@ -226,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _recipe_from_args(args: argparse.Namespace, name: str) -> Optional[Recipe]:
     changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items() if hasattr(args, flag)}
+    if "correction" in changes:
+        changes["correction"] = None if changes["correction"] == "none" else changes["correction"]
+    if args.stale_paths:
+        changes["path_refresh"] = False
+    if args.anneal_paths:
+        changes["path_anneal"] = True
     changes.update(dict(args.set))
     if is_data_file(name):
         if not changes:
@@ -246,6 +263,7 @@ def _train(args: argparse.Namespace) -> None:
                  if getattr(args, k) not in (None, False)]
         given += [f"--{k.replace('_', '-')}" for k in _OVERRIDES if hasattr(args, k)]
         given += ["--set"] if args.set else []
+        given += [f for f, on in (("--stale-paths", args.stale_paths), ("--anneal-paths", args.anneal_paths)) if on]
         if given:
             raise ValueError(f"--resume continues a run with its own data, recipe and seed; {', '.join(given)} "
                              "cannot be combined with it (start a new run instead)")
@@ -276,8 +294,8 @@ def _print_summary(metrics: Dict[str, Any]) -> None:
     seconds = metrics.get("train_seconds", float("nan"))
     print(f"trained in {seconds:.1f}s" + (":" if "ebm" in metrics else ""), end="")
     if "ebm" in metrics:
-        keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "mmd", "frechet", "precision",
-                "recall"]
+        keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "estimated_log_likelihood",
+                "mmd", "frechet", "precision", "recall"]
         print(" " + ", ".join(f"{k}={metrics['ebm'][k]:.4g}" for k in keys if k in metrics["ebm"]))
     else:
         print()
@@ -294,7 +312,8 @@ def _sample(args: argparse.Namespace) -> None:
         what = data.x_test[np.arange(args.num_samples) % len(data.x_test)]
     else:
         what = args.num_samples
-    x = backend_of(teacher).to_numpy(teacher.sample(what, num_steps=args.num_steps, rng=args.seed))
+    extra = {"mh_steps": args.mh_steps} if args.mh_steps else {}
+    x = backend_of(teacher).to_numpy(teacher.sample(what, num_steps=args.num_steps, rng=args.seed, **extra))
     from vmt.core.checkpoint import atomic_write
 
     atomic_write(path, lambda f: np.save(f, x))
