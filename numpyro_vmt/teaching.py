@@ -46,7 +46,7 @@ from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, all_finite, fit_
                                  sample_core, uniform_points, update_core)
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
-from vmt.core.batch import context_and_data
+from vmt.core.batch import batch_stream, check_batch_size, context_and_data
 from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
@@ -294,19 +294,33 @@ class VariationalMCMCTeaching:
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
+        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher), or any
+        other iterable of batches — a generator of NumPy/JAX arrays, a
+        ``torch.utils.data.DataLoader`` — of which each batch is one iteration
+        (``batch_size`` is then unused; see [`vmt.core.batch.batch_stream()`][vmt.core.batch.batch_stream]).
         The minibatch indices are drawn from the training key inside the jitted
         iteration, so a saved and restored run continues exactly. Returns the
         history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         ``callback(teacher, info)`` is called after every iteration.
         """
-        data = self._as_batch(data, "data")
+        stream = batch_stream(data)
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
+        if stream is None:
+            data = self._as_batch(data, "data")
+            check_batch_size(batch_size, context_and_data(data)[1].shape[0])
         n = self.config.num_samples or batch_size
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         for _ in bar:
-            new, info, diag = fit_core(self._spec, self.state, data, batch_size)
-            info_h = self._commit(new, info, diag, n)
+            if stream is not None:
+                batch = next(stream, None)
+                if batch is None:
+                    break
+                info = self.step(batch)
+                info_h = jax.device_get(info)
+            else:
+                new, info, diag = fit_core(self._spec, self.state, data, batch_size)
+                info_h = self._commit(new, info, diag, n)
             rows.append(np.array([float(v) for v in info_h], dtype=np.float64))
             if callback is not None:
                 callback(self, info)

@@ -51,7 +51,7 @@ from pyro_vmt.update import (ChainStarts, Undo, adam, energy_loss, max_abs, rais
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
-from vmt.core.batch import context_and_data, with_context
+from vmt.core.batch import batch_stream, check_batch_size, context_and_data, with_context
 from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
@@ -333,18 +333,31 @@ class VariationalMCMCTeaching:
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
-        ``callback(teacher, info)`` is called after every iteration.
+        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher), or any
+        other iterable of batches — a ``torch.utils.data.DataLoader``, a generator of
+        arrays — of which each batch is one iteration (``batch_size`` is then unused;
+        see [`vmt.core.batch.batch_stream()`][vmt.core.batch.batch_stream]). Returns the history: one array per
+        [`TeachingInfo`][vmt.core.api.TeachingInfo] field. ``callback(teacher, info)`` is called
+        after every iteration.
         """
-        data = self._as_batch(data, "data")
+        stream = batch_stream(data)
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
+        if stream is None:
+            data = self._as_batch(data, "data")
+            rows_in_data = context_and_data(data)[1].shape[0]
+            check_batch_size(batch_size, rows_in_data)
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
-        rows_in_data = context_and_data(data)[1].shape[0]
         for _ in bar:
-            rng_state = self.generator.get_state()
-            idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
-            info = self._iterate(_take(data, idx), None, rng_state)
+            if stream is not None:
+                batch = next(stream, None)
+                if batch is None:
+                    break
+                info = self.step(batch)
+            else:  # the minibatch draw is part of the iteration: undone with it on failure
+                rng_state = self.generator.get_state()
+                idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
+                info = self._iterate(_take(data, idx), None, rng_state)
             rows.append(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in info]))
             if callback is not None:
                 callback(self, info)
