@@ -61,6 +61,9 @@ PUBLIC_NAMES = (
     "place",
     "to_numpy",
     "numpy_call",
+    # teach any guide of a PPL model with MCMC (SVI-shaped)
+    "MCMCTeaching",
+    "MCMCTeachingInfo",
 )
 
 Array = Any  # a torch.Tensor or a jax.Array
