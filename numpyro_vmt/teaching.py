@@ -42,15 +42,15 @@ from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
 from numpyro_vmt.rng import RNG, as_rng
-from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, no_chains, optimizers, sample_core,
-                                 uniform_points, update_core)
+from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, all_finite, fit_core, no_chains, optimizers,
+                                 sample_core, uniform_points, update_core)
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import context_and_data
-from vmt.core.checkpoint import config_mismatch
+from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
-from vmt.core.errors import CheckpointError, DivergenceError, divergence_message
+from vmt.core.errors import CheckpointError, DivergenceError, divergence_message, nonfinite_message, parameters_message
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo", "TeachingState"]
 
@@ -275,6 +275,10 @@ class VariationalMCMCTeaching:
         _check_finite("energy parameter gradient", info_h.energy_grad_norm)
         if self.vae_optim is not None:
             _check_finite("VAE parameter gradient", diag_h.vae_grad_norm)
+        if not diag_h.energy_params_finite:
+            raise DivergenceError(parameters_message("energy", self.config.energy_lr))
+        if not diag_h.vae_params_finite:
+            raise DivergenceError(parameters_message("VAE", self.config.vae_lr))
         self.state = new
         return info_h
 
@@ -338,8 +342,8 @@ class VariationalMCMCTeaching:
                         for f in ("energy", "vae", "energy_optim", "vae_optim", "rng", "seed")}
         except KeyError as e:
             raise CheckpointError(f"checkpoint does not match these networks: missing entry {e}") from e
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint does not match these networks: {one_line(e)}") from e
         buffer = None
         if cur.buffer is not None:
             given = state.get("buffer")
@@ -349,8 +353,14 @@ class VariationalMCMCTeaching:
             buffer = jnp.asarray(given, dtype=cur.buffer.dtype)
         iteration = state.get("iteration")
         iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
-        if iteration is None or np.shape(iteration) != ():
+        if (iteration is None or isinstance(iteration, bool) or np.shape(iteration) != ()
+                or not np.issubdtype(np.asarray(iteration).dtype, np.integer) or int(iteration) < 0
+                or int(iteration) > np.iinfo(np.int32).max):
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
+        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim") if not bool(all_finite(restored[f]))]
+        bad += ["buffer"] if buffer is not None and not bool(all_finite(buffer)) else []
+        if bad:
+            raise CheckpointError(f"checkpoint holds non-finite values in {', '.join(bad)}")
         chains = None
         if cur.chains is not None:
             given = jax.tree.leaves(state.get("chains"))
@@ -359,6 +369,8 @@ class VariationalMCMCTeaching:
                     or any(np.shape(a) != (np.shape(given[0])[0],) for a in given[1:])):
                 raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this configuration")
             chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
+            if not bool(all_finite(chains)):
+                raise CheckpointError("checkpoint holds non-finite values in chains")
         self.state = TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32),
                                    chains=chains)
 
@@ -367,8 +379,14 @@ class VariationalMCMCTeaching:
 
         The file is an ``.npz`` archive (no pickle): a JSON header (format, version,
         backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
-        of :class:`TeachingState`. ``metadata`` must be JSON-serialisable.
+        of :class:`TeachingState`. ``metadata`` must be JSON-serialisable. A state
+        holding non-finite values is refused with
+        :class:`~vmt.core.errors.CheckpointError` and nothing is written.
         """
+        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim", "buffer")
+               if not bool(all_finite(getattr(self.state, f)))]
+        if bad:
+            raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad)}; nothing was written")
         write_checkpoint(path, self.state, self.config.to_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -393,4 +411,4 @@ def _raise_if_diverged(diag: Diagnosis, n: int, step_size: float) -> None:
 
 def _check_finite(what: str, value: Any) -> None:
     if not np.isfinite(value).all():
-        raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")
+        raise DivergenceError(nonfinite_message(what, float(value)))

@@ -47,7 +47,7 @@ from pyro_vmt.energy import _FlatSite
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from pyro_vmt.vae import VAE, _LocalParams, forked_rng
+from pyro_vmt.vae import VAE, _LocalParams, reparameterised_elbo, rng_for_pyro
 from vmt.core.batch import check_conditional_config, shape_text, split_pair
 from vmt.core.config import TeachingConfig
 
@@ -261,22 +261,21 @@ class ConditionalVAE(VAE):
     def elbo_loss(self, y: Tensor, x: Tensor, rng: RNG) -> Tensor:
         """Negative ELBO per pair, averaged over the batch (differentiable).
 
-        As :meth:`pyro_vmt.VAE.elbo_loss`: Pyro's ``Trace_ELBO`` on :meth:`model` /
-        :meth:`guide`, ``z`` drawn on a fork of torch's RNG seeded from ``rng``,
+        As :meth:`pyro_vmt.VAE.elbo_loss`: the ELBO of Pyro's ``Trace_ELBO`` on :meth:`model` /
+        :meth:`guide`, ``z`` drawn from ``rng``'s state lent to torch's RNG,
         module-local parameters (the global Pyro parameter store is not touched).
         """
         gen = as_rng(rng, y.device if isinstance(y, Tensor) else None)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        with forked_rng(y.device, seed), _LocalParams():
-            return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, y, x) / n
+        with rng_for_pyro(gen, y.device), _LocalParams():
+            return -reparameterised_elbo(self.model, self.guide, y, x) / n
 
     def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(y, z | x)`` per pair, averaged, for a known ``z`` (CoopNets' generator regression)."""
         y, x, n = self._inputs(y, x, None, "joint_loss")
-        with _LocalParams():
+        with _LocalParams(), pyro.validation_enabled(False):
             trace = poutine.trace(poutine.condition(self.model, data={"z": z})).get_trace(y, x)
             return -trace.log_prob_sum() / n
 
@@ -315,10 +314,10 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
 
-    def _as_batch(self, batch: Any, name: str = "batch") -> Tuple[Tensor, Tensor]:
+    def _as_batch(self, batch: Any, name: str = "batch", finite: bool = True) -> Tuple[Tensor, Tensor]:
         x, y = split_pair(batch, name)
-        x = self._as_array(x, f"{name} x", self.energy.cond_shape)
-        y = self._as_array(y, f"{name} y", self.energy.event_shape)
+        x = self._as_array(x, f"{name} x", self.energy.cond_shape, finite)
+        y = self._as_array(y, f"{name} y", self.energy.event_shape, finite)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y

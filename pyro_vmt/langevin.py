@@ -41,7 +41,8 @@ import torch
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
 
-__all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad"]
+__all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad", "start_flags",
+           "check_start"]
 
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
@@ -109,6 +110,7 @@ def energy_and_grad(potential_fn: PotentialFn, position: Tensor) -> Tuple[Tensor
 
 
 def _check_position(position: Tensor) -> None:
+    """Type and shape checks of a starting position (on the host: no device sync)."""
     if not isinstance(position, Tensor):
         raise TypeError(f"position must be a torch.Tensor, got {type(position).__name__}")
     if not position.is_floating_point():
@@ -118,38 +120,39 @@ def _check_position(position: Tensor) -> None:
             "position must have a leading batch (chain) dimension and an event shape, "
             f"e.g. (num_chains, dim); got shape {tuple(position.shape)}"
         )
-    if _all_finite(_flat_sum(position)):
-        return
-    bad = ~torch.isfinite(_flat_sum(position))
-    if bad.any():
-        raise ValueError(f"initial position is non-finite in {int(bad.sum())} of {position.shape[0]} chains")
 
 
 def _all_finite(*per_chain: Tensor) -> bool:
-    """A fast sufficient test that every per-chain value is finite: their total is.
-
-    A NaN or an infinity anywhere makes the total NaN or infinite; a non-finite
-    total can also come from overflow alone, so callers then run the exact
-    per-chain test.
-    """
+    """Their total is finite (one host sync): a fast sufficient test that every value is; a
+    non-finite total can also be overflow alone, so callers then run the exact test."""
     total = per_chain[0].sum()
     for t in per_chain[1:]:
         total = total + t.sum()
     return math.isfinite(float(total))
 
 
+def start_flags(position: Tensor, energy: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """Device counts of chains with a non-finite start, and with a non-finite energy or gradient there."""
+    bad_x = ~torch.isfinite(_flat_sum(position))
+    bad_e = ~(torch.isfinite(energy) & torch.isfinite(_flat_sum(grad)))
+    return bad_x.sum(), (bad_e & ~bad_x).sum()
+
+
+def check_start(n: int, bad_start: int, bad_energy: int) -> None:
+    """Raise the ``ValueError`` of a non-finite start (both backends' wording)."""
+    if bad_start:
+        raise ValueError(f"initial position is non-finite in {bad_start} of {n} chains")
+    if bad_energy:
+        raise ValueError(f"energy or its gradient is non-finite at the initial position of "
+                         f"{bad_energy} of {n} chains")
+
+
 def init(position: Tensor, potential_fn: PotentialFn) -> LangevinState:
-    """Start chains at ``position`` (shape ``(n, *event_shape)``)."""
+    """Start chains at ``position`` (shape ``(n, *event_shape)``); one host sync checks it is finite."""
     _check_position(position)
     energy, grad = energy_and_grad(potential_fn, position)
-    if _all_finite(energy, grad):
-        return LangevinState(position.detach(), energy, grad)
-    bad = ~(torch.isfinite(energy) & torch.isfinite(_flat_sum(grad)))
-    if bad.any():
-        raise ValueError(
-            f"energy or its gradient is non-finite at the initial position of "
-            f"{int(bad.sum())} of {position.shape[0]} chains"
-        )
+    if not _all_finite(_flat_sum(position), energy, grad):
+        check_start(position.shape[0], *(int(c) for c in start_flags(position, energy, grad)))
     return LangevinState(position.detach(), energy, grad)
 
 
@@ -365,6 +368,15 @@ class Langevin:
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
         gen = as_rng(rng, position.device if isinstance(position, Tensor) else None)
         state = self.init(position)
+        return self._run_from(gen, state, num_steps, noise, uniform)
+
+    def _run_from(self, rng: RNG, state: LangevinState, num_steps: Optional[int] = None,
+                 noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None
+                 ) -> Tuple[LangevinState, LangevinInfo]:
+        """:meth:`run` from a state made by :meth:`init`, without host sync: the diagnostics stay on
+        the device, for the caller to check once (the teacher does, with its losses)."""
+        num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
+        gen = as_rng(rng, state.position.device)
         if gen is None and ((noise is None and self.noise_scale > 0) or (self.adjust and uniform is None)):
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         if noise is not None and self.step_size * self.noise_scale > 0:
