@@ -347,7 +347,7 @@ class VariationalMCMCTeaching:
         Each entry may be the pytree `state_dict()` returns or the list of its
         leaves in flattening order; shapes and dtypes must match this object's.
         """
-        diff = config_mismatch(state.get("config", {}), self.config.to_dict())
+        diff = config_mismatch(state.get("config", {}), self.config.to_dict(), TeachingConfig().to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
         cur = self.state

@@ -396,7 +396,7 @@ class VariationalMCMCTeaching:
         """
         if not isinstance(state, dict):
             raise CheckpointError(f"checkpoint state must be a dict, got {type(state).__name__}")
-        diff = config_mismatch(state.get("config", {}), self.config.to_dict())
+        diff = config_mismatch(state.get("config", {}), self.config.to_dict(), TeachingConfig().to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
         check_modules(state, [("energy", self.energy), ("vae", self.vae)])

@@ -45,3 +45,14 @@ def test_noise_chains():
 def test_bad_options(options, match):
     with pytest.raises(ValueError, match=match):
         TeachingConfig(**options)
+
+
+def test_a_checkpoint_from_before_an_option_existed_reads_it_as_its_default():
+    from vmt.core.checkpoint import config_mismatch
+
+    current, defaults = TeachingConfig().to_dict(), TeachingConfig().to_dict()
+    older = {k: v for k, v in current.items() if k not in ("correction", "path_refresh", "path_anneal")}
+    assert config_mismatch(older, current, defaults) == ""
+    assert "correction: checkpoint None vs this object 'mh'" in config_mismatch(
+        older, TeachingConfig(correction="mh").to_dict(), defaults)
+    assert "path_refresh" in config_mismatch(older, current)  # without defaults a missing option differs

@@ -52,8 +52,13 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], Non
     return path
 
 
-def config_mismatch(saved: dict, current: dict) -> str:
-    """Human-readable list of the options that differ ('' if none)."""
+def config_mismatch(saved: dict, current: dict, defaults: Optional[dict] = None) -> str:
+    """Human-readable list of the options that differ ('' if none).
+
+    An option the checkpoint does not name (it was written before the option
+    existed) counts as its value in ``defaults``, the behaviour of that older version.
+    """
+    saved = {**(defaults or {}), **saved}
     keys = sorted(set(saved) | set(current))
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs this object {current.get(k)!r}"
              for k in keys if saved.get(k) != current.get(k)]
