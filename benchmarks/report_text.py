@@ -72,7 +72,7 @@ convention). JAX: `numpyro_vmt.Langevin(adjust=True).run` (MALA) against BlackJA
 Torch: `pyro_vmt.Langevin.run` against torchebm's `LangevinDynamics.sample` (its
 update `x − η∇U + √(2η)ξ` is ours with `η = δ²/2`; checked in its source). Pyro:
 `LangevinKernel(num_chains=C, adjust=True)` through `pyro_vmt.chains.run_chains`
-(`ours_run_chains`) and through `pyro.infer.MCMC` (`ours_mcmc`) against
+(`ours_run_chains`; `pyro.infer.MCMC` now refuses a batched kernel) against
 `pyro.infer.HMC(num_steps=1)` (MALA with `ε = δ`) under `pyro.infer.MCMC`; Pyro runs
 one chain per process, so HMC carries the C chains as one joint chain of `C × d`
 coordinates (one joint accept/reject; the gradient work per step is the same).

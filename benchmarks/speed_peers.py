@@ -106,7 +106,6 @@ def pyro_fns(kind: str, n: int, num_steps: int) -> Dict[str, Callable[[], Any]]:
     hmc = lambda: HMC(potential_fn=lambda p: energy(p["x"]).sum(), step_size=STEP, num_steps=1,  # noqa: E731
                       adapt_step_size=False)
     return {"ours_run_chains": lambda: run_chains(kernel(), num_steps, 0, initial_params={"x": x0}),
-            "ours_mcmc": lambda: under_mcmc(kernel()),
             "peer": lambda: under_mcmc(hmc())}
 
 

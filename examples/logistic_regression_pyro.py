@@ -75,7 +75,7 @@ def main(argv=None):
     seconds["guide-MALA"], results["guide-MALA"] = time.perf_counter() - t, to_inference_data(*out)
 
     # ULA at MALA's tuned step size, from the same starting points
-    ula = LangevinKernel(model, step_size=mala.step_size, adjust=False, num_chains=chains, rng=args.seed)
+    ula = LangevinKernel(model, step_size=float(mala.step_size.median()), adjust=False, num_chains=chains, rng=args.seed)
     t = time.perf_counter()
     out = run_chains(ula, draws, warmup, initial_params=init, model_args=(x, y))
     seconds["ULA"], results["ULA"] = time.perf_counter() - t, to_inference_data(*out)

@@ -68,7 +68,7 @@ def test_teacher_step_update_and_starting_points():
     t = make()
     state0 = t.state
     new, info = t.update(state0, tuple(jnp.asarray(a) for a in pairs(16)))
-    assert t.state is state0 and all(np.isfinite(v) for v in info)
+    assert t.state is state0 and all(np.isfinite(v) for v in info[:7])  # the MH fields are NaN without a correction
     info = t.step(pairs(16))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(t.state), jax.tree.leaves(new)))
     x = pairs(7, seed=1)[0]

@@ -50,7 +50,7 @@ def test_teacher_step_sample_and_starting_points():
     t = make()
     before = params(t)
     info = t.step(pairs(16))
-    assert all(torch.isfinite(v) for v in info)
+    assert all(torch.isfinite(v) for v in info[:7])  # the MH fields are NaN without a correction
     assert all(not torch.equal(before[k], v) for k, v in params(t).items() if "weight" in k)
     x = pairs(7, seed=1)[0]
     assert t.sample(x).shape == (7, 2)
