@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from numpyro_vmt import distributed
 from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
@@ -69,6 +70,10 @@ class VariationalMCMCTeaching:
     rng : int or jax.random key
         Seed (or key) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
+    mesh : None, int, list of jax devices or jax.sharding.Mesh
+        Data-parallel teaching on several devices: the batch and the chains are split
+        along the mesh axis ``"data"``, the parameters replicated, one jitted iteration
+        (:mod:`numpyro_vmt.distributed`, ``docs/scaling.md``). ``None``: one device.
     **options
         Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
 
@@ -104,7 +109,8 @@ class VariationalMCMCTeaching:
     _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
+        self.mesh = distributed.as_mesh(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "numpyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         e_params, self._energy_static = eqx.partition(energy, eqx.is_inexact_array)
@@ -125,7 +131,7 @@ class VariationalMCMCTeaching:
             v_params = self._vae_static = v_opt = None
         # Everything static the jitted iteration depends on; equal specs share one
         # compilation (equinox's static parts compare and hash by value).
-        self._spec = Spec(config, self._energy_static, self._vae_static)
+        self._spec = Spec(config, self._energy_static, self._vae_static, self.mesh)
         try:
             hash(self._spec)
         except TypeError as e:
@@ -135,8 +141,8 @@ class VariationalMCMCTeaching:
         key, k_buffer = jax.random.split(key)
         buffer = (uniform_points(self._spec, k_buffer, config.buffer_size, self.dtype)
                   if config.init == "persistent" else None)
-        self.state = TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
-                                   key, seed, buffer, jnp.asarray(0, jnp.int32))
+        self.state = distributed.replicate(TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
+                                                         key, seed, buffer, jnp.asarray(0, jnp.int32)), self.mesh)
 
     # ------------------------------------------------------------------ views of the state
     @property
@@ -217,7 +223,7 @@ class VariationalMCMCTeaching:
         return jnp.asarray(batch, dtype=self.dtype)
 
     def _commit(self, new: TeachingState, info: TeachingInfo, diag: Diagnosis, n: int) -> TeachingInfo:
-        info_h, diag_h = jax.device_get((info, diag))
+        info_h, diag_h = distributed.to_host((info, diag))
         _raise_if_diverged(diag_h, n, self.config.step_size)
         _check_finite("energy loss", info_h.loss)
         if self.vae_optim is not None:
@@ -231,8 +237,13 @@ class VariationalMCMCTeaching:
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
         batch = self._as_batch(batch)
+        n = self.config.num_samples or context_and_data(batch)[1].shape[0]
+        if self.mesh is not None:
+            distributed.check_divisible("the batch size", context_and_data(batch)[1].shape[0], self.mesh)
+            distributed.check_divisible("the number of chains (num_samples)", n, self.mesh)
+            batch = distributed.shard(batch, self.mesh)
         new, info, diag = update_core(self._spec, self.state, batch)
-        self._commit(new, info, diag, self.config.num_samples or context_and_data(batch)[1].shape[0])
+        self._commit(new, info, diag, n)
         return info
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
@@ -248,6 +259,10 @@ class VariationalMCMCTeaching:
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         n = self.config.num_samples or batch_size
+        if self.mesh is not None:
+            distributed.check_divisible("batch_size", batch_size, self.mesh)
+            distributed.check_divisible("the number of chains (num_samples)", n, self.mesh)
+            data = distributed.replicate(data, self.mesh)
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
         for _ in bar:
@@ -298,16 +313,20 @@ class VariationalMCMCTeaching:
         iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
         if iteration is None or np.shape(iteration) != ():
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
-        self.state = TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32))
+        self.state = distributed.replicate(
+            TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32)), self.mesh)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).
 
         The file is an ``.npz`` archive (no pickle): a JSON header (format, version,
         backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
-        of :class:`TeachingState`. ``metadata`` must be JSON-serialisable.
+        of :class:`TeachingState`. ``metadata`` must be JSON-serialisable. On a mesh the
+        file holds the one replicated state, so it loads on any number of devices; in a
+        multi-host run only process 0 writes.
         """
-        write_checkpoint(path, self.state, self.config.to_dict(), metadata)
+        if distributed.is_writer():
+            write_checkpoint(path, distributed.to_host(self.state), self.config.to_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.

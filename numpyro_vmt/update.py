@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from numpyro_vmt.distributed import constrain
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import _flat_sum, init, scan_steps
 from vmt.core.api import TeachingInfo
@@ -90,11 +91,12 @@ class ChainStarts(NamedTuple):
 
 
 class Spec(NamedTuple):
-    """The static part of an iteration: options and the networks' non-array parts."""
+    """The static part of an iteration: options, the networks' non-array parts and the device mesh."""
 
     config: TeachingConfig
     energy: Any
     vae: Any
+    mesh: Any = None  # a jax.sharding.Mesh: batch and chains split along "data" (numpyro_vmt.distributed)
 
 
 def optimizers(config: TeachingConfig, with_vae: bool):
@@ -173,10 +175,10 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
     cfg = spec.config
     energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
-    ctx, batch = context_and_data(batch)
+    ctx, batch = constrain(context_and_data(batch), spec.mesh, sharded=True)
     n = cfg.num_samples or batch.shape[0]
     starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx)
-    x0 = starts.position
+    x0 = constrain(starts.position, spec.mesh, sharded=True)
     energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
     lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps)
     x_tilde = jax.lax.stop_gradient(lstate.position)
@@ -210,7 +212,8 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
         vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
-    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1)
+    new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1),
+                    spec.mesh, sharded=False)
     info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
                         sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
     return new, info, diag
