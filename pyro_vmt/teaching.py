@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vmt import distributed
 from pyro_vmt.checkpoint import read_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin
@@ -66,6 +67,11 @@ class VariationalMCMCTeaching:
     rng : int or torch.Generator
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
+    mesh : None, torch.distributed DeviceMesh or ProcessGroup
+        Data-parallel teaching over the ranks of a process group (a ``DeviceMesh``'s
+        ``"data"`` dimension): every rank revises its block of the chains, gradients are
+        averaged (:mod:`pyro_vmt.distributed`, ``docs/scaling.md``). ``rng`` must then be
+        an int seed. ``None``: one process.
     **options
         Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
 
@@ -85,7 +91,8 @@ class VariationalMCMCTeaching:
     _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
+        self.mesh, self._group = mesh, distributed.as_group(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         self.energy = energy
@@ -94,7 +101,8 @@ class VariationalMCMCTeaching:
         if param is None:
             raise ValueError("the energy model has no parameters to train")
         self.device, self.dtype = param.device, param.dtype
-        gen = as_rng(rng, self.device)
+        gen = as_rng(rng, self.device) if self._group is None else distributed.rank_generator(rng, self._group,
+                                                                                               self.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
@@ -102,7 +110,12 @@ class VariationalMCMCTeaching:
         self.energy_optim = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
         self.vae_optim = (torch.optim.Adam(vae.parameters(), lr=config.vae_lr, betas=config.betas)
                           if vae is not None else None)
-        self.buffer = (uniform_points(config, param, energy.event_shape, config.buffer_size, gen)
+        if self._group is not None:  # one set of starting parameters; each rank owns a block of the buffer
+            distributed.broadcast_parameters(self._group, [energy, vae])
+            if config.init == "persistent":
+                distributed.check_divisible("buffer_size", config.buffer_size, self._group)
+        self.buffer = (uniform_points(config, param, energy.event_shape,
+                                      config.buffer_size // distributed.num_shards(self._group), gen)
                        if config.init == "persistent" else None)
         self.iteration = 0
 
@@ -151,9 +164,13 @@ class VariationalMCMCTeaching:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
         ctx, batch = context_and_data(self._as_batch(batch))
         cfg, gen = self.config, self.generator
-        n = cfg.num_samples or batch.shape[0]
-        starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
-        state, sinfo = revise(self._sampler(ctx), starts.position, gen)
+        ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
+        try:
+            starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
+            state, sinfo = revise(self._sampler(ctx), starts.position, gen)
+        except DivergenceError as e:
+            distributed.agree(self._group, e)  # every rank raises
+        distributed.agree(self._group)
         x_tilde = state.position
         loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
         v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
@@ -161,12 +178,17 @@ class VariationalMCMCTeaching:
         # both backward passes, then one check of losses and gradients before any update
         self.energy_optim.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
-        checks = {"energy loss": loss, "energy parameter gradient": gnorm}
         if self.vae_optim is not None:
             self.vae_optim.zero_grad(set_to_none=True)
             v_loss.backward()
-            checks["VAE loss"] = v_loss
+        stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(),
+                 sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()]
+        if self._group is not None:  # gradients and reported means, averaged over the ranks
+            stats = distributed.average(self._group, [self.energy, self.vae], stats)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
+        checks = {"energy loss": stats[0], "energy parameter gradient": gnorm}
+        if self.vae_optim is not None:
+            checks["VAE loss"] = stats[3]
             checks["VAE parameter gradient"] = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.vae.parameters() if p.grad is not None])
         _check_finite(checks)
@@ -179,9 +201,7 @@ class VariationalMCMCTeaching:
         if cfg.init == "persistent":
             self.buffer[starts.slots] = x_tilde
         self.iteration += 1
-        return TeachingInfo(
-            loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(),
-            sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm.detach())
+        return TeachingInfo(*stats, gnorm.detach())
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
             callback: Optional[Callable[["VariationalMCMCTeaching", TeachingInfo], None]] = None
@@ -193,6 +213,7 @@ class VariationalMCMCTeaching:
         """
         data = self._as_batch(data, "data")
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
+        distributed.check_divisible("batch_size", batch_size, self._group)
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
         rows_in_data = context_and_data(data)[1].shape[0]
@@ -210,16 +231,24 @@ class VariationalMCMCTeaching:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        """Everything training depends on: networks, optimisers, RNG, buffer, iteration."""
-        return {
+        """Everything training depends on: networks, optimisers, RNG, buffer, iteration.
+
+        On a mesh this is collective (call it on every rank): it holds every rank's
+        generator (``rank_rngs``) and the whole replay buffer.
+        """
+        rng, buffer = self.generator.get_state(), self.buffer
+        ranks = {}
+        if self._group is not None:
+            ranks["rank_rngs"], buffer = distributed.gather(self._group, rng, buffer)
+        return ranks | {
             "config": self.config.to_dict(),
             "energy": self.energy.state_dict(),
             "vae": None if self.vae is None else self.vae.state_dict(),
             "energy_optim": self.energy_optim.state_dict(),
             "vae_optim": None if self.vae_optim is None else self.vae_optim.state_dict(),
-            "rng": self.generator.get_state(),
+            "rng": rng,
             "rng_device": self.generator.device.type,
-            "buffer": self.buffer,
+            "buffer": buffer,
             "iteration": self.iteration,
         }
 
@@ -239,9 +268,11 @@ class VariationalMCMCTeaching:
             raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
         self._restore_rng(state)
         if self.buffer is not None:
-            if state["buffer"] is None or state["buffer"].shape != self.buffer.shape:
+            buffer = state["buffer"]
+            if buffer is None or buffer.shape[1:] != self.buffer.shape[1:] or \
+                    buffer.shape[0] != self.buffer.shape[0] * distributed.num_shards(self._group):
                 raise CheckpointError("checkpoint's replay buffer does not match this configuration")
-            self.buffer = state["buffer"].to(self.device, self.dtype)
+            self.buffer = distributed.split_batch(self._group, None, buffer, None)[1].to(self.device, self.dtype)
         self.iteration = int(state["iteration"])
 
     def _restore_rng(self, state: Dict[str, Any]) -> None:
@@ -249,20 +280,27 @@ class VariationalMCMCTeaching:
         checkpoint moved between the two keeps its weights but restarts the RNG from a
         seed made of its own (and warns: the resumed run will not repeat the original)."""
         saved = state.get("rng_device", "cpu")
-        if saved == self.generator.device.type:
-            self.generator.set_state(state["rng"].cpu())
+        rng = distributed.rank_rng_state(self._group, state)  # None: written by another number of ranks
+        if saved == self.generator.device.type and rng is not None:
+            self.generator.set_state(rng.cpu())
             return
         seed = (self.generator.initial_seed() * 1_000_003 + int(state["iteration"])) % 2 ** 63
         self.generator.manual_seed(seed)
-        warnings.warn(f"checkpoint's training RNG is a {saved} generator and this run's is a "
-                      f"{self.generator.device.type} one: the RNG is reseeded, so training resumed "
+        why = (f"a {saved} generator and this run's is a {self.generator.device.type} one" if rng is not None else
+               f"the generators of {len(state.get('rank_rngs') or [0])} ranks and this run has "
+               f"{distributed.num_shards(self._group)}")
+        warnings.warn(f"checkpoint's training RNG is {why}: the RNG is reseeded, so training resumed "
                       "here will not repeat the uninterrupted run", RuntimeWarning, stacklevel=3)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
-        """Write a checkpoint atomically (an interrupted save leaves the old file intact)."""
+        """Write a checkpoint atomically (an interrupted save leaves the old file intact).
+
+        On a mesh, call it on every rank: rank 0 writes (see :meth:`state_dict`).
+        """
         payload = {"format": FORMAT, "version": VERSION, "backend": "pyro",
                    "state": self.state_dict(), "metadata": metadata}
-        atomic_write(path, lambda f: torch.save(payload, f))
+        if distributed.is_writer(self._group):
+            atomic_write(path, lambda f: torch.save(payload, f))
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
         """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
