@@ -32,14 +32,14 @@ rows, and only process 0 writes checkpoints (:func:`is_writer`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["DATA_AXIS", "as_mesh", "num_shards", "check_divisible", "shard", "replicate", "constrain", "to_host",
-           "is_writer"]
+           "is_writer", "launch"]
 
 #: The mesh axis the batch and the chains are split along.
 DATA_AXIS = "data"
@@ -131,3 +131,8 @@ def to_host(tree: Any) -> Any:
 def is_writer() -> bool:
     """Whether this process writes checkpoints and outputs (process 0 of a multi-host run)."""
     return jax.process_index() == 0
+
+
+def launch(nproc: int, device: Any = None) -> Tuple[Optional[Mesh], Any]:
+    """``(mesh, device)`` of a ``vmt train --nproc N`` run: a mesh of ``N`` devices of this process."""
+    return as_mesh(int(nproc)), device

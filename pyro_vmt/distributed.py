@@ -47,7 +47,8 @@ import torch.distributed as dist
 from vmt.core.errors import DivergenceError
 
 __all__ = ["DATA_AXIS", "as_group", "num_shards", "rank", "check_divisible", "rank_seed", "rank_generator",
-           "split_batch", "agree", "average", "broadcast_parameters", "gather", "rank_rng_state", "is_writer"]
+           "split_batch", "agree", "average", "broadcast_parameters", "gather", "rank_rng_state", "is_writer",
+           "launch"]
 
 #: The mesh dimension the batch and the chains are split along.
 DATA_AXIS = "data"
@@ -206,3 +207,28 @@ def rank_rng_state(group: Optional[Any], state: dict) -> Optional[Tensor]:
 def is_writer(group: Optional[Any]) -> bool:
     """Whether this process writes checkpoints and outputs: rank 0 of the process group."""
     return group is None or rank(group) == 0
+
+
+def launch(nproc: int, device: torch.device) -> Tuple[Any, torch.device]:
+    """``(mesh, device)`` of one rank of ``vmt train --nproc N`` (started by ``torchrun``).
+
+    Joins the process group torchrun describes in the environment (nccl on GPUs, gloo on
+    CPU), puts this rank on GPU ``LOCAL_RANK`` when ``device`` is a GPU, and returns a
+    ``DeviceMesh`` with one ``"data"`` dimension over the ``N`` ranks.
+    """
+    import os
+
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if "LOCAL_RANK" not in os.environ:
+        raise ValueError(f"--nproc {nproc} with the pyro backend runs under torchrun: use "
+                         f"python -m vmt train --nproc {nproc} ... (which starts it) or torchrun --nproc-per-node "
+                         f"{nproc} -m vmt train --nproc {nproc} ...")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_world_size() != nproc:
+        raise ValueError(f"--nproc {nproc}, but torchrun started {dist.get_world_size()} processes")
+    return init_device_mesh(device.type, (nproc,), mesh_dim_names=(DATA_AXIS,)), device

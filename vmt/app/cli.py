@@ -10,6 +10,8 @@ built-in supervised task instead. Parsing only: every command goes through
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=str, help="hidden widths, e.g. 128,128")
     t.add_argument("--eval-samples", type=int, default=5000)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel teaching on N devices, the batch split over them (docs/scaling.md): "
+                        "numpyro, N devices of this process; pyro, N processes started with torchrun "
+                        "(gloo on CPU, nccl on GPU)")
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a trained run")
     s.add_argument("run", type=Path, help="the --out folder of vmt train")
@@ -106,9 +112,31 @@ def _train(args: argparse.Namespace) -> Path:
     name = args.task or args.data or "grid25"
     backend = args.backend or default_backend()
     out = args.out or Path("runs") / f"{name}-{backend}"
+    nproc = args.nproc
+    if backend == "pyro" and "LOCAL_RANK" in os.environ:  # one rank of torchrun: every rank teaches
+        nproc = int(os.environ["WORLD_SIZE"])
+    elif nproc and backend == "pyro":
+        return _torchrun(args, out)
     metrics = train_run(name, out, _recipe_from_args(args, name), backend, args.seed, args.device, args.threads,
-                        progress=not args.quiet, eval_samples=args.eval_samples)
-    _print_summary(metrics)
+                        progress=not args.quiet, eval_samples=args.eval_samples, nproc=nproc)
+    if metrics:  # the other ranks of a torchrun write nothing
+        _print_summary(metrics)
+    return out
+
+
+def _torchrun(args: argparse.Namespace, out: Path) -> Path:
+    """``vmt train --nproc N`` with the pyro backend: the same command on N ranks, started by torchrun."""
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be a positive number of processes, got {args.nproc}")
+    argv, skip = [], False
+    for a in args.argv:  # the ranks learn N from torchrun (and its parser would take --nproc for its own)
+        if not skip and not a.startswith("--nproc"):
+            argv.append(a)
+        skip = a == "--nproc"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "vmt", *argv]
+    if subprocess.run(cmd).returncode:
+        raise ValueError(f"torchrun exited with an error: {' '.join(cmd)}")
     return out
 
 
@@ -147,6 +175,7 @@ def _evaluate(args: argparse.Namespace) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         {"train": _train, "sample": _sample, "evaluate": _evaluate}[args.command](args)
     except (ValueError, ImportError, FileNotFoundError, FloatingPointError) as e:

@@ -17,7 +17,9 @@ the names every backend exports.
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -54,7 +56,8 @@ def is_task(data) -> bool:
 
 def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Optional[str] = None, seed: int = 0,
               device: Optional[str] = None, threads: int = 1, progress: bool = True,
-              eval_samples: int = 5000, command: Optional[str] = None) -> Dict[str, Any]:
+              eval_samples: int = 5000, command: Optional[str] = None, nproc: Optional[int] = None
+              ) -> Dict[str, Any]:
     """Train on a built-in data set or task and write the whole run folder; returns the metrics.
 
     Parameters
@@ -70,25 +73,37 @@ def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Op
         Default: the first installed.
     device, threads
         As ``select_device`` of the backend takes them.
+    nproc : int, optional
+        Data-parallel teaching on ``nproc`` devices (``docs/scaling.md``): JAX devices of
+        this process, or this process is one of ``nproc`` torchrun ranks; only rank 0
+        writes the run folder (and returns the metrics; the other ranks return ``{}``).
     """
     backend = backend or default_backend()
     module = load_backend(backend)
     dev = module.select_device(device, threads)
+    mesh = None
+    if nproc:
+        mesh, dev = importlib.import_module(f"{module.__name__}.distributed").launch(nproc, dev)
+    writer = int(os.environ.get("RANK", "0")) == 0  # torchrun's other ranks train and save, and write nothing
     recipe = recipe or get_recipe(name)
     data = load_data(name, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher = build_teacher(module, data, recipe, seed, device=dev)
+    teacher = build_teacher(module, data, recipe, seed, device=dev, mesh=mesh)
     kind = "task" if is_task(data) else "data"
-    print(f"vmt train: {'task ' if kind == 'task' else ''}{name} with {backend} on {module.device_name(dev)}, "
-          f"init={recipe.config.init}, {recipe.num_iters} iterations -> {out}")
+    if writer:
+        print(f"vmt train: {'task ' if kind == 'task' else ''}{name} with {backend} on {module.device_name(dev)}, "
+              f"init={recipe.config.init}, {recipe.num_iters} iterations -> {out}"
+              + (f", data-parallel on {nproc} devices" if nproc else ""))
     start = time.perf_counter()
     history = teacher.fit(_train_arrays(data), recipe.num_iters, recipe.batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    teacher.save(out / CHECKPOINT, **{kind: name}, seed=seed)
+    teacher.save(out / CHECKPOINT, **{kind: name}, seed=seed)  # collective on a torch mesh: every rank calls it
+    if not writer:
+        return {}
     run = {"backend": backend, kind: name, "seed": seed, "recipe": recipe.to_dict(),
            "command": command or " ".join(sys.argv), "python": platform.python_version(),
-           "machine": platform.machine(), "device": module.device_name(dev)}
+           "machine": platform.machine(), "device": module.device_name(dev), "nproc": nproc or 1}
     (out / "run.json").write_text(json.dumps(run, indent=2))
     header = {kind: name, "backend": backend, "init": recipe.config.init, "train_seconds": seconds}
     metrics = evaluate_run(teacher, data, recipe, seed, out, eval_samples, header)
