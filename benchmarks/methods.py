@@ -3,7 +3,15 @@
 ==========  ====================================================================
 method      what
 ==========  ====================================================================
-vmt         variational MCMC teaching (``init="vae"``): Langevin from the VAE
+vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): Langevin
+            from the VAE; the 2-D recipes start a quarter of the chains from noise
+            (``noise_fraction=0.25``), which the paper does not
+vmt_paper   the paper's plain algorithm: the recipe with ``noise_fraction=0`` (every
+            chain from the VAE)
+vmt_mh      exact Metropolis–Hastings teaching (``correction="mh"``): persistent
+            chains accept whole proposal paths (VAE + Langevin) with min(1, w'/w);
+            the recipe's ``noise_fraction`` chains propose from a wide Gaussian;
+            sampled exactly (``mh_steps=MH_SAMPLE_STEPS`` accept tests)
 noise       short-run EBM (``init="noise"``, Nijkamp et al. 2019)
 persistent  replay buffer of persistent chains (``init="persistent"``, Du & Mordatch 2019)
 generator   CoopNets (``init="generator"``, Xie et al. 2018): no encoder
@@ -25,8 +33,13 @@ from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
-METHODS = ("vmt", "noise", "persistent", "generator", "vae_only")
-INIT = {"vmt": "vae", "noise": "noise", "persistent": "persistent", "generator": "generator"}
+METHODS = ("vmt", "vmt_paper", "vmt_mh", "noise", "persistent", "generator", "vae_only")
+INIT = {"vmt": "vae", "vmt_paper": "vae", "vmt_mh": "vae", "noise": "noise", "persistent": "persistent",
+        "generator": "generator"}
+#: what each method changes in the recipe besides ``init``
+CHANGES = {"vmt_paper": dict(noise_fraction=0.0), "vmt_mh": dict(correction="mh")}
+#: accept tests of the exact sampler that draws a corrected method's samples
+MH_SAMPLE_STEPS = 30
 
 
 class Trained(NamedTuple):
@@ -38,6 +51,7 @@ class Trained(NamedTuple):
     iterations: int       # iterations done (fewer when training diverged)
     error: str            # "" or why training stopped early
     grad_evals: int       # energy-gradient evaluations spent
+    stats: Dict[str, Any] = {}  # correction="mh": the MH diagnostics, mean over the last tenth
 
 
 def backend_module(backend: str):
@@ -55,17 +69,24 @@ def train(backend: str, method: str, dataset, recipe, seed: int) -> Trained:
     mod = backend_module(backend)
     if method == "vae_only":
         return _train_vae(mod, backend, dataset, recipe, seed)
-    recipe = recipe.replace(init=INIT[method])
+    recipe = recipe.replace(init=INIT[method], **CHANGES.get(method, {}))
     teacher = build_teacher(mod, dataset, recipe, seed=seed)
-    start, error = time.perf_counter(), ""
+    start, error, history = time.perf_counter(), "", None
     try:
-        teacher.fit(dataset.train, recipe.num_iters, recipe.batch_size, progress=False)
+        history = teacher.fit(dataset.train, recipe.num_iters, recipe.batch_size, progress=False)
     except DivergenceError as e:
         error = f"diverged at iteration {teacher.iteration}: {str(e).split('.')[0]}"
     seconds = time.perf_counter() - start
-    chains = recipe.config.num_samples or recipe.batch_size
-    return Trained(method, teacher, seconds, teacher.iteration, error,
-                   teacher.iteration * (recipe.config.num_steps + 1) * chains)
+    chains, cfg = recipe.config.num_samples or recipe.batch_size, recipe.config
+    # a corrected iteration runs a proposal path and (path_refresh) the current state's backward path
+    per_chain = ((cfg.num_steps + 1) * (2 if cfg.path_refresh else 1) + (0 if cfg.path_refresh else 1)
+                 if cfg.correction else cfg.num_steps + 1)
+    stats = {}
+    if cfg.correction and history is not None and len(history["loss"]):
+        tail = slice(-max(1, len(history["loss"]) // 10), None)
+        stats = {k: round(float(np.mean(history[k][tail])), 4)
+                 for k in ("path_acceptance", "weight_ess", "crossing_rate")}
+    return Trained(method, teacher, seconds, teacher.iteration, error, teacher.iteration * per_chain * chains, stats)
 
 
 def _train_vae(mod, backend: str, dataset, recipe, seed: int) -> Trained:
@@ -127,12 +148,25 @@ def sample(trained: Trained, n: int, seed: int, vae_of_vmt: bool = False) -> np.
     if trained.method == "vae_only":
         return to_numpy(trained.model.sample(n, seed)).astype(np.float64)
     steps = 0 if vae_of_vmt else None
-    return to_numpy(trained.model.sample(n, num_steps=steps, rng=seed)).astype(np.float64)
+    mh = MH_SAMPLE_STEPS if trained.model.config.correction and not vae_of_vmt else 0
+    return to_numpy(trained.model.sample(n, num_steps=steps, rng=seed, mh_steps=mh)).astype(np.float64)
 
 
 def energy_fn(trained: Trained):
     """The EBM's energy as a numpy function (``None`` for the VAE alone)."""
     return None if trained.method == "vae_only" else trained.model.energy.numpy_energy
+
+
+def estimated_loglik(trained: Trained, test, num_samples: int = 10_000, seed: int = 0) -> Dict[str, Any]:
+    """The held-out log-likelihood with ``log Z`` estimated from the method's own proposal
+    paths (``vmt.evaluation.metrics.estimated_log_likelihood``; biased high); ``{}`` for the VAE alone."""
+    from vmt.evaluation.metrics import estimated_log_likelihood
+
+    if trained.method == "vae_only":
+        return {}
+    est = estimated_log_likelihood(trained.model, test, num_samples, seed)
+    return {"est_loglik": round(est["log_likelihood"], 4), "est_loglik_se": round(est["standard_error"], 4),
+            "est_log_z": round(est["log_partition"], 4), "est_log_z_se": round(est["log_partition_se"], 4)}
 
 
 def describe(trained: Trained) -> Dict[str, Any]:

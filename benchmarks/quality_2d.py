@@ -50,13 +50,14 @@ def _loglik(energy_fn, dataset, quick: bool) -> Dict[str, Any]:
         except ValueError as e:  # QuadratureError, or non-finite energies on the grid
             return {"loglik": None, "loglik_error": str(e)[:200]}
     out = {"loglik": round(q["log_likelihood"], 4), "loglik_se": round(q["standard_error"], 4),
+           "log_z_quadrature": round(q["log_normalizer"], 4),
            "boundary_mass": q["boundary_mass"], "grid": q["num_points"]}
     if caught:
         out["loglik_warning"] = str(caught[-1].message)[:200]
     return out
 
 
-def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool) -> Dict[str, Any]:
+def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool, trained=None) -> Dict[str, Any]:
     """The metrics of one set of samples (and of its energy, if any)."""
     from vmt.evaluation.metrics import mmd, mode_coverage
 
@@ -70,6 +71,10 @@ def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool) -> Dict[str, 
                    high_quality=round(cov["high_quality_fraction"], 4))
     if energy_fn is not None:
         row.update(_loglik(energy_fn, dataset, quick))
+        if trained is not None:
+            row.update(methods.estimated_loglik(trained, dataset.test, 1000 if quick else 10_000))
+    if trained is not None:
+        row.update(trained.stats)
     return row
 
 
@@ -103,7 +108,7 @@ def run_one(backend: str, name: str, seed: int, quick: bool, keep: Dict, which) 
                 rows.append(dict(base, error=f"sampling diverged: {str(e).split('.')[0]}"))
                 continue
             efn = None if vae_of_vmt else methods.energy_fn(trained)
-            rows.append(dict(base, **evaluate(samples, dataset, efn, quick)))
+            rows.append(dict(base, **evaluate(samples, dataset, efn, quick, None if vae_of_vmt else trained)))
             if seed == keep["seed"]:
                 keep["samples"][(backend, name, label)] = samples[:2000]
                 if efn is not None:
@@ -111,6 +116,7 @@ def run_one(backend: str, name: str, seed: int, quick: bool, keep: Dict, which) 
             r = rows[-1]
             print(f"quality {backend:5s} {name:10s} seed {seed} {label:10s}: modes {r.get('modes', '-')}, "
                   f"hq {r.get('high_quality', '-')}, loglik {r.get('loglik', '-')} (best {-dataset.density.entropy:.3f}),"
+                  f" est {r.get('est_loglik', '-')} ± {r.get('est_loglik_se', '-')}, acc {r.get('path_acceptance', '-')},"
                   f" mmd {r['mmd']:.4f}, {r['seconds']:.1f}s {r['error']}", flush=True)
     return rows
 

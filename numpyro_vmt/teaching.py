@@ -37,13 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from numpyro_vmt import distributed
+from numpyro_vmt import correction, distributed
 from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
 from numpyro_vmt.rng import RNG, as_rng
-from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, optimizers, sample_core, uniform_points,
-                                 update_core)
+from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, no_chains, optimizers, sample_core,
+                                 uniform_points, update_core)
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import context_and_data
@@ -141,8 +141,10 @@ class VariationalMCMCTeaching:
         key, k_buffer = jax.random.split(key)
         buffer = (uniform_points(self._spec, k_buffer, config.buffer_size, self.dtype)
                   if config.init == "persistent" else None)
+        chains = no_chains(self._spec, self.dtype) if config.correction else None
         self.state = distributed.replicate(TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
-                                                         key, seed, buffer, jnp.asarray(0, jnp.int32)), self.mesh)
+                                                         key, seed, buffer, jnp.asarray(0, jnp.int32), chains),
+                                           self.mesh)
 
     # ------------------------------------------------------------------ views of the state
     @property
@@ -172,14 +174,62 @@ class VariationalMCMCTeaching:
         return Langevin(self.energy, cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None) -> Array:
+    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Array:
         """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
 
         ``num_steps=0`` returns the starting points (e.g. the VAE's own samples).
         Without ``rng`` the draw is seeded from the training seed and the iteration
         count, so it is reproducible and leaves training unaffected.
+        ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
+        whole proposal paths (the decoder with its observation noise, or the wide
+        Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each
+        (see :func:`numpyro_vmt.correction.independent_mh`); they are samples of
+        ``exp(−E)/Z`` as far as the chains have mixed.
         """
+        if mh_steps:
+            vae, opts = self._proposal(num_steps)
+            path, _ = correction.independent_mh(self._key(rng, 1), self.energy, vae, as_count("n", n),
+                                                as_count("mh_steps", mh_steps), *opts, 0,
+                                                self.config.wide_proposal(), anneal=self.config.path_anneal)
+            return path.position
         return self._sample(as_count("n", n), num_steps, rng)
+
+    def _proposal(self, num_steps: Optional[int]):
+        cfg = self.config
+        vae = self.vae if cfg.init == "vae" else None
+        num_steps = cfg.num_steps if num_steps is None else check_num_steps(num_steps)
+        noise_scale = cfg.noise_scale if cfg.noise_scale > 0 else 1.0
+        return vae, (cfg.step_size, num_steps, noise_scale, cfg.adjust)
+
+    def _key(self, rng: RNG, salt: int) -> Array:
+        key = as_rng(rng)
+        return jax.random.fold_in(jax.random.fold_in(self.state.seed, self.state.iteration), salt) if key is None else key
+
+    def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
+                      batch_size: int = 2000) -> Tuple[float, float]:
+        r"""Estimate :math:`\log Z = \log\int e^{-E(x)}dx` and its standard error from proposal paths.
+
+        The paths are this teacher's own proposals: the VAE's decoder with its
+        observation noise (``init="vae"``), else the Gaussian over ``init_bounds``
+        (every other ``init``), followed by ``num_steps`` Langevin steps (default: the
+        configured ``K``; ``noise_scale=0`` is replaced by 1, a noise-free run has no
+        density), annealed when ``path_anneal`` is set. See
+        :func:`numpyro_vmt.correction.log_partition`: the log-mean-exp is biased *low*,
+        so likelihoods from it are biased *high*, by an amount the standard error does
+        not capture when the weights' ESS is small.
+        """
+        vae, opts = self._proposal(num_steps)
+        return correction.log_partition(self._key(rng, 2), self.energy, vae, as_count("num_samples", num_samples),
+                                        *opts, 0, self.config.wide_proposal(), batch_size,
+                                        anneal=self.config.path_anneal)
+
+    def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
+                 ) -> Tuple[np.ndarray, float]:
+        """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
+        ``log Ẑ`` (shared by every row; see :meth:`log_partition` for the bias)."""
+        x = self._as_batch(x, "x")
+        log_z, se = self.log_partition(num_samples, rng, num_steps)
+        return -self.energy.numpy_energy(np.asarray(x)) - log_z, se
 
     def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Array] = None) -> Array:
         key = as_rng(rng)
@@ -272,8 +322,11 @@ class VariationalMCMCTeaching:
             if callback is not None:
                 callback(self, info)
             if progress:
+                extra = ({} if not self.config.correction else
+                         dict(acc=f"{float(info_h.path_acceptance):.2f}", ess=f"{float(info_h.weight_ess):.2f}",
+                              cross=f"{float(info_h.crossing_rate):.2f}"))
                 bar.set_postfix(loss=f"{float(info_h.loss):.3g}", e_data=f"{float(info_h.energy_data):.3g}",
-                                e_samples=f"{float(info_h.energy_samples):.3g}", refresh=False)
+                                e_samples=f"{float(info_h.energy_samples):.3g}", **extra, refresh=False)
         table = np.stack(rows) if rows else np.zeros((0, len(TeachingInfo._fields)))
         return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
 
@@ -313,8 +366,17 @@ class VariationalMCMCTeaching:
         iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
         if iteration is None or np.shape(iteration) != ():
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
+        chains = None
+        if cur.chains is not None:
+            given = jax.tree.leaves(state.get("chains"))
+            event = cur.chains.position.shape[1:]
+            if (len(given) != 4 or tuple(np.shape(given[0])[1:]) != event
+                    or any(np.shape(a) != (np.shape(given[0])[0],) for a in given[1:])):
+                raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this configuration")
+            chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
         self.state = distributed.replicate(
-            TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32)), self.mesh)
+            TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32), chains=chains),
+            self.mesh)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).

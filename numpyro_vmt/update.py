@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from numpyro_vmt import correction
 from numpyro_vmt.distributed import constrain
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import _flat_sum, init, scan_steps
@@ -36,7 +37,7 @@ from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
 __all__ = ["TeachingState", "Spec", "ChainStarts", "Diagnosis", "optimizers", "uniform_points", "start_chains", "revise",
-           "update_core", "fit_core", "sample_core"]
+           "update_core", "fit_core", "sample_core", "no_chains"]
 
 Array = jax.Array
 
@@ -60,6 +61,9 @@ class TeachingState(NamedTuple):
     buffer : Array or None
         Replay buffer of ``init="persistent"``.
     iteration : Array (int32)
+    chains : correction.Path or None
+        The persistent chains of ``correction="mh"`` (zero rows until the first
+        iteration sets their number), else ``None``.
     """
 
     energy: Any
@@ -70,6 +74,7 @@ class TeachingState(NamedTuple):
     seed: Array
     buffer: Optional[Array]
     iteration: Array
+    chains: Any = None
 
 
 class Diagnosis(NamedTuple):
@@ -177,11 +182,24 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
     ctx, batch = constrain(context_and_data(batch), spec.mesh, sharded=True)
     n = cfg.num_samples or batch.shape[0]
-    starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx)
-    x0 = constrain(starts.position, spec.mesh, sharded=True)
     energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
-    lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps)
-    x_tilde = jax.lax.stop_gradient(lstate.position)
+    chains, minfo = state.chains, None
+    if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
+        if ctx is not None:
+            raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
+        vae = None if spec.vae is None else eqx.combine(state.vae, spec.vae)
+        chains, minfo = correction.update_chains(k_init, state.chains, energy, vae, n, cfg)
+        x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
+        zero = jnp.zeros((), jnp.int32)
+        diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype))
+        nan = jnp.full((), jnp.nan, x_tilde.dtype)
+        langevin_acc, langevin_gnorm = nan, nan
+    else:
+        starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx)
+        x0 = constrain(starts.position, spec.mesh, sharded=True)  # each device revises its block of chains
+        lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps)
+        x_tilde = jax.lax.stop_gradient(lstate.position)
+        langevin_acc, langevin_gnorm = sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()
 
     def energy_loss(params):
         model = with_context(eqx.combine(params, spec.energy), ctx)
@@ -212,11 +230,18 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
         vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
-    new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1),
-                    spec.mesh, sharded=False)
-    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss,
-                        sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean(), gnorm)
+    new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1,
+                                  chains), spec.mesh, sharded=False)
+    nan = jnp.full((), jnp.nan, loss.dtype)
+    mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
+    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss, langevin_acc, langevin_gnorm, gnorm, *mh)
     return new, info, diag
+
+
+def no_chains(spec: Spec, dtype) -> correction.Path:
+    """Zero persistent chains: the first iteration of ``correction="mh"`` sets their number."""
+    empty = jnp.zeros((0,), dtype)
+    return correction.Path(jnp.zeros((0,) + spec.energy.event_shape, dtype), empty, empty, empty)
 
 
 @partial(jax.jit, static_argnums=(0, 3))

@@ -6,6 +6,7 @@ The same public names, with the same signatures, as :mod:`numpyro_vmt`.
 from pyro_vmt import nets
 from pyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
 from pyro_vmt.energy import EnergyModel
+from pyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
 from pyro_vmt.kernel import LangevinKernel
 from pyro_vmt.langevin import Langevin, LangevinInfo, LangevinState, init, step
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching

@@ -29,23 +29,23 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vmt import distributed
+from pyro_vmt import correction, distributed
 from pyro_vmt.checkpoint import read_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin
-from pyro_vmt.update import energy_loss, revise, start_chains, uniform_points, vae_loss
+from pyro_vmt.update import ChainStarts, energy_loss, revise, start_chains, uniform_points, vae_loss
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import context_and_data, with_context
 from vmt.core.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
-from vmt.core.checks import as_count
+from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
 from vmt.core.errors import CheckpointError, DivergenceError
 
@@ -94,6 +94,9 @@ class VariationalMCMCTeaching:
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
         self.mesh, self._group = mesh, distributed.as_group(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
+        if self._group is not None and config.correction:
+            raise NotImplementedError("correction='mh' with mesh= is not implemented: the persistent chains are not "
+                                      "split over the ranks yet")
         self.config = config
         self.energy = energy
         self.vae = vae
@@ -117,6 +120,7 @@ class VariationalMCMCTeaching:
         self.buffer = (uniform_points(config, param, energy.event_shape,
                                       config.buffer_size // distributed.num_shards(self._group), gen)
                        if config.init == "persistent" else None)
+        self.chains: Optional[correction.Path] = None  # correction="mh": set by the first iteration
         self.iteration = 0
 
     # ------------------------------------------------------------------ sampling
@@ -125,14 +129,58 @@ class VariationalMCMCTeaching:
         return self.sampler if ctx is None else Langevin(
             with_context(self.energy, ctx), cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
 
-    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None) -> Tensor:
+    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Tensor:
         """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
 
         ``num_steps=0`` returns the starting points (e.g. the VAE's own samples).
         Without ``rng`` the draw is seeded from the training RNG's seed and the
         iteration count, so it is reproducible and leaves training unaffected.
+        ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
+        whole proposal paths, ``mh_steps`` accept tests each (see
+        :func:`pyro_vmt.correction.independent_mh`).
         """
+        if mh_steps:
+            vae, opts = self._proposal(num_steps)
+            path, _ = correction.independent_mh(self._generator(rng, 1), self.energy, vae, as_count("n", n),
+                                                as_count("mh_steps", mh_steps), *opts, 0,
+                                                self.config.wide_proposal(), anneal=self.config.path_anneal)
+            return path.position
         return self._sample(as_count("n", n), num_steps, rng)
+
+    def _proposal(self, num_steps: Optional[int]):
+        cfg = self.config
+        vae = self.vae if cfg.init == "vae" else None
+        num_steps = cfg.num_steps if num_steps is None else check_num_steps(num_steps)
+        noise_scale = cfg.noise_scale if cfg.noise_scale > 0 else 1.0
+        return vae, (cfg.step_size, num_steps, noise_scale, cfg.adjust)
+
+    def _generator(self, rng: RNG, salt: int) -> torch.Generator:
+        gen = as_rng(rng, self.device)
+        if gen is None:
+            seed = (self.generator.initial_seed() * 1_000_003 + self.iteration * 7 + salt) % 2 ** 63
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        return gen
+
+    def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
+                      batch_size: int = 2000) -> Tuple[float, float]:
+        r"""Estimate :math:`\log Z` and its standard error from this teacher's proposal paths.
+
+        See :meth:`numpyro_vmt.VariationalMCMCTeaching.log_partition`: the decoder with
+        its observation noise (``init="vae"``) or the Gaussian over ``init_bounds``,
+        then the Langevin run; biased *low*, so likelihoods from it are biased *high*.
+        """
+        vae, opts = self._proposal(num_steps)
+        return correction.log_partition(self._generator(rng, 2), self.energy, vae,
+                                        as_count("num_samples", num_samples), *opts, 0,
+                                        self.config.wide_proposal(), batch_size, anneal=self.config.path_anneal)
+
+    def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
+                 ) -> Tuple[np.ndarray, float]:
+        """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
+        ``log Ẑ`` (see :meth:`log_partition` for the bias)."""
+        x = self._as_batch(x, "x")
+        log_z, se = self.log_partition(num_samples, rng, num_steps)
+        return -self.energy.numpy_energy(x.detach().cpu().numpy()) - log_z, se
 
     def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Tensor] = None) -> Tensor:
         gen = as_rng(rng, self.device)
@@ -165,13 +213,24 @@ class VariationalMCMCTeaching:
         ctx, batch = context_and_data(self._as_batch(batch))
         cfg, gen = self.config, self.generator
         ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
-        try:
-            starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
-            state, sinfo = revise(self._sampler(ctx), starts.position, gen)
-        except DivergenceError as e:
-            distributed.agree(self._group, e)  # every rank raises
-        distributed.agree(self._group)
-        x_tilde = state.position
+        chains, minfo = self.chains, None
+        if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
+            if ctx is not None:
+                raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
+            chains, minfo = correction.update_chains(gen, self.chains, self.energy,
+                                                     self.vae if cfg.init == "vae" else None, n, cfg)
+            x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
+            nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
+            langevin = (nan, nan)
+        else:
+            try:
+                starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
+                state, sinfo = revise(self._sampler(ctx), starts.position, gen)
+            except DivergenceError as e:
+                distributed.agree(self._group, e)  # every rank raises
+            distributed.agree(self._group)
+            x_tilde = state.position
+            langevin = (sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean())
         loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
         v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
 
@@ -181,8 +240,7 @@ class VariationalMCMCTeaching:
         if self.vae_optim is not None:
             self.vae_optim.zero_grad(set_to_none=True)
             v_loss.backward()
-        stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(),
-                 sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()]
+        stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin]
         if self._group is not None:  # gradients and reported means, averaged over the ranks
             stats = distributed.average(self._group, [self.energy, self.vae], stats)
         gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
@@ -200,8 +258,11 @@ class VariationalMCMCTeaching:
                 optim.step()
         if cfg.init == "persistent":
             self.buffer[starts.slots] = x_tilde
+        self.chains = chains
         self.iteration += 1
-        return TeachingInfo(*stats, gnorm.detach())
+        nan = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
+        mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
+        return TeachingInfo(*stats, gnorm.detach(), *mh)
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
             callback: Optional[Callable[["VariationalMCMCTeaching", TeachingInfo], None]] = None
@@ -224,8 +285,11 @@ class VariationalMCMCTeaching:
             if callback is not None:
                 callback(self, info)
             if progress:
+                extra = ({} if not self.config.correction else
+                         dict(acc=f"{float(info.path_acceptance):.2f}", ess=f"{float(info.weight_ess):.2f}",
+                              cross=f"{float(info.crossing_rate):.2f}"))
                 bar.set_postfix(loss=f"{float(info.loss):.3g}", e_data=f"{float(info.energy_data):.3g}",
-                                e_samples=f"{float(info.energy_samples):.3g}", refresh=False)
+                                e_samples=f"{float(info.energy_samples):.3g}", **extra, refresh=False)
         table = torch.stack(rows).cpu().numpy() if rows else np.zeros((0, len(TeachingInfo._fields)))
         return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
 
@@ -250,6 +314,7 @@ class VariationalMCMCTeaching:
             "rng_device": self.generator.device.type,
             "buffer": buffer,
             "iteration": self.iteration,
+            "chains": None if self.chains is None else self.chains._asdict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -273,6 +338,17 @@ class VariationalMCMCTeaching:
                     buffer.shape[0] != self.buffer.shape[0] * distributed.num_shards(self._group):
                 raise CheckpointError("checkpoint's replay buffer does not match this configuration")
             self.buffer = distributed.split_batch(self._group, None, buffer, None)[1].to(self.device, self.dtype)
+        if self.config.correction:
+            chains = state.get("chains")
+            if chains is not None:
+                try:
+                    chains = correction.Path(**{k: v.to(self.device, self.dtype) for k, v in chains.items()})
+                except (TypeError, AttributeError) as e:
+                    raise CheckpointError(f"checkpoint's persistent chains do not match: {e}") from e
+                if chains.position.shape[1:] != self.energy.event_shape:
+                    raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this "
+                                          "configuration")
+            self.chains = chains
         self.iteration = int(state["iteration"])
 
     def _restore_rng(self, state: Dict[str, Any]) -> None:

@@ -23,6 +23,9 @@ ONLY_PYRO = {"EnergyModel": {"forward"}, "ConditionalEnergyModel": {"forward"}}
 # numpyro.infer.mcmc.MCMCKernel); the Pyro one also batches chains in one process.
 ONLY_PYRO["LangevinKernel"] = {"setup", "cleanup", "sample", "end_warmup", "logging", "diagnostics"}
 ONLY_NUMPYRO["LangevinKernel"] = {"init", "sample", "postprocess_fn", "get_diagnostics_str"}
+# MCMCTeaching follows each PPL's SVI: Pyro's stateful step, NumPyro's init/update/get_params.
+ONLY_PYRO["MCMCTeaching"] = {"step", "evaluate_loss"}
+ONLY_NUMPYRO["MCMCTeaching"] = {"init", "update", "get_params", "evaluate_loss"}
 ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"}}
 NETS_JAX_KEYWORD = {"rng"}
 

@@ -48,6 +48,20 @@ def test_digits_run(tmp_path):
     assert (tmp_path / "digits.png").exists()
 
 
+def test_corrected_run_reports_the_estimated_likelihood(tmp_path):
+    assert main(["train", "--backend", "pyro", "--data", "grid25", "--out", str(tmp_path), "--iters", "3",
+                 "--batch-size", "16", "--num-steps", "2", "--eval-samples", "100", "--correction", "mh",
+                 "--stale-paths", "--quiet"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    recipe = json.loads((tmp_path / "run.json").read_text())["recipe"]["config"]
+    assert recipe["correction"] == "mh" and recipe["path_refresh"] is False
+    est = m["ebm"]["estimate"]
+    assert np.isfinite(m["ebm"]["estimated_log_likelihood"]) and est["log_partition_se"] >= 0
+    assert np.isfinite(m["ebm"]["heldout_log_likelihood"])  # quadrature beside it in 2-D
+    assert main(["sample", str(tmp_path), "-n", "6", "--mh-steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (6, 2)
+
+
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--backend", "pyro", "--out", str(tmp_path), "--step-size", "-1", "--quiet"]) == 2
     assert "step_size must be a positive" in capsys.readouterr().err

@@ -20,6 +20,8 @@ CASES = {  # example -> tiny-budget arguments (besides --out)
     "logistic_regression_pyro.py": ["--quick"],
     "logistic_regression_numpyro.py": ["--quick"],
     "restore_digits_pyro.py": ["--quick"],
+    "guide_teaching_pyro.py": ["--quick"],
+    "guide_teaching_numpyro.py": ["--quick"],
 }
 NO_OUT = {"logistic_regression_pyro.py", "logistic_regression_numpyro.py"}
 

@@ -104,8 +104,10 @@ def test_step_returns_diagnostics_and_updates_everything():
     before = params(t)
     info = t.step(jnp.asarray(data(16)))
     assert set(info._fields) == {"loss", "energy_data", "energy_samples", "vae_loss",
-                                 "acceptance_rate", "grad_norm", "energy_grad_norm"}
-    assert all(np.isfinite(v) for v in info)
+                                 "acceptance_rate", "grad_norm", "energy_grad_norm",
+                                 "path_acceptance", "weight_ess", "crossing_rate"}
+    assert all(np.isfinite(v) for v in info[:7])
+    assert all(np.isnan(float(v)) for v in info[7:])  # no correction: the MH diagnostics are NaN
     assert float(info.loss) == pytest.approx(float(info.energy_data - info.energy_samples), abs=1e-5)
     after = params(t)
     weights = [k for k in before if before[k].ndim == 2]  # the energy's last bias gets no gradient

@@ -109,8 +109,10 @@ def test_step_returns_diagnostics_and_updates_everything():
     before = params(t)
     info = t.step(torch.as_tensor(data(16)))
     assert set(info._fields) == {"loss", "energy_data", "energy_samples", "vae_loss",
-                                 "acceptance_rate", "grad_norm", "energy_grad_norm"}
-    assert all(torch.isfinite(v) for v in info)
+                                 "acceptance_rate", "grad_norm", "energy_grad_norm",
+                                 "path_acceptance", "weight_ess", "crossing_rate"}
+    assert all(torch.isfinite(v) for v in info[:7])
+    assert all(np.isnan(float(v)) for v in info[7:])  # no correction: the MH diagnostics are NaN
     assert float(info.loss) == pytest.approx(float(info.energy_data - info.energy_samples), abs=1e-5)
     after = params(t)
     assert all(not torch.equal(before[k], after[k]) for k in before if "weight" in k)

@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--num-steps", type=int)
     t.add_argument("--noise-scale", type=float)
     t.add_argument("--adjust", action="store_true", help="Metropolis-adjusted steps (MALA)")
+    t.add_argument("--correction", choices=["none", "mh"], default=None,
+                   help="mh: exact Metropolis-Hastings teaching, persistent chains accept whole "
+                        "proposal paths (default: the recipe's)")
+    t.add_argument("--stale-paths", action="store_true",
+                   help="with --correction mh: keep the current states' path terms instead of "
+                        "refreshing them (cheaper, exact only for a fixed energy)")
+    t.add_argument("--anneal-paths", action="store_true",
+                   help="with --correction mh: anneal each proposal path from its start Gaussian to the energy")
     t.add_argument("--energy-lr", type=float)
     t.add_argument("--vae-lr", type=float)
     t.add_argument("--energy-reg", type=float)
@@ -86,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--num-samples", type=int, default=1000,
                    help="for a --task run: one y for each of the first n test inputs x (cycled)")
     s.add_argument("--num-steps", type=int, default=None, help="Langevin steps (0: the VAE's samples)")
+    s.add_argument("--mh-steps", type=int, default=0,
+                   help="exact samples: accept tests of independence-sampler chains on whole proposal paths")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="default: <run>/samples-<seed>.npy")
 
@@ -101,6 +111,12 @@ def _recipe_from_args(args: argparse.Namespace, name: str):
                if getattr(args, flag) is not None}
     if args.adjust:
         changes["adjust"] = True
+    if args.correction is not None:
+        changes["correction"] = None if args.correction == "none" else args.correction
+    if args.stale_paths:
+        changes["path_refresh"] = False
+    if args.anneal_paths:
+        changes["path_anneal"] = True
     if args.hidden:
         changes["hidden"] = tuple(int(h) for h in args.hidden.split(","))
     return recipe.replace(**changes)
@@ -143,8 +159,8 @@ def _torchrun(args: argparse.Namespace, out: Path) -> Path:
 def _print_summary(metrics: Dict[str, Any]) -> None:
     print(f"trained in {metrics['train_seconds']:.1f}s" + (":" if "ebm" in metrics else ""), end="")
     if "ebm" in metrics:
-        keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "mmd", "frechet", "precision",
-                "recall"]
+        keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "estimated_log_likelihood",
+                "mmd", "frechet", "precision", "recall"]
         print(" " + ", ".join(f"{k}={metrics['ebm'][k]:.4g}" for k in keys if k in metrics["ebm"]))
     else:
         print()
@@ -158,7 +174,8 @@ def _sample(args: argparse.Namespace) -> Path:
         what = data.x_test[np.arange(args.num_samples) % len(data.x_test)]
     else:
         what = args.num_samples
-    x = backend_of(teacher).to_numpy(teacher.sample(what, num_steps=args.num_steps, rng=args.seed))
+    extra = {"mh_steps": args.mh_steps} if args.mh_steps else {}
+    x = backend_of(teacher).to_numpy(teacher.sample(what, num_steps=args.num_steps, rng=args.seed, **extra))
     path = args.out or args.run / f"samples-{args.seed}.npy"
     np.save(path, x)
     print(f"wrote {x.shape[0]} samples to {path}")

@@ -33,7 +33,7 @@ from vmt.core.api import backend_of, default_backend, load_backend
 from vmt.data import Dataset, load_dataset
 from vmt.data.tasks import TASKS, load_task
 from vmt.evaluation import plots
-from vmt.evaluation.metrics import digit_scores, heldout_log_likelihood, mmd, mode_coverage
+from vmt.evaluation.metrics import digit_scores, estimated_log_likelihood, heldout_log_likelihood, mmd, mode_coverage
 
 __all__ = ["CHECKPOINT", "load_data", "train_run", "load_run", "evaluate_run", "evaluate"]
 
@@ -149,14 +149,23 @@ def evaluate_run(teacher, data, recipe: Recipe, seed: int, out: Path, eval_sampl
     return metrics
 
 
+#: Accept tests of the exact sampler that draws a corrected teacher's evaluation samples.
+EVAL_MH_STEPS = 30
+
+
 def evaluate(teacher, dataset: Dataset, num_samples: int = 5000, seed: int = 0) -> Dict[str, Any]:
-    """Sample metrics of the EBM (and of its VAE alone), and for 2-D data the EBM's
-    exact held-out log-likelihood by quadrature."""
+    """Sample metrics of the EBM (and of its VAE alone), the EBM's held-out log-likelihood
+    with ``log Z`` estimated from proposal paths (any data set), and for 2-D data its
+    exact held-out log-likelihood by quadrature beside it. A teacher trained with
+    ``correction="mh"`` is sampled exactly (``mh_steps=EVAL_MH_STEPS``)."""
     to_numpy = backend_of(teacher).to_numpy
-    samples = to_numpy(teacher.sample(num_samples, rng=seed))
+    extra = {"mh_steps": EVAL_MH_STEPS} if getattr(teacher.config, "correction", None) else {}
+    samples = to_numpy(teacher.sample(num_samples, rng=seed, **extra))
     out: Dict[str, Any] = {"ebm": _sample_metrics(samples, dataset)}
     if teacher.config.init in ("vae", "generator"):
         out["vae"] = _sample_metrics(to_numpy(teacher.sample(num_samples, num_steps=0, rng=seed)), dataset)
+    est = estimated_log_likelihood(teacher, dataset.test, seed=seed)
+    out["ebm"].update(estimated_log_likelihood=est["log_likelihood"], estimate=est)
     if dataset.density is not None:
         ll = heldout_log_likelihood(teacher.energy.numpy_energy, dataset.test, dataset.density.bounds)
         out["ebm"].update(heldout_log_likelihood=ll["log_likelihood"], quadrature=ll)

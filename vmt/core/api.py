@@ -61,6 +61,9 @@ PUBLIC_NAMES = (
     "place",
     "to_numpy",
     "numpy_call",
+    # teach any guide of a PPL model with MCMC (SVI-shaped)
+    "MCMCTeaching",
+    "MCMCTeachingInfo",
 )
 
 Array = Any  # a torch.Tensor or a jax.Array
@@ -94,6 +97,13 @@ class TeachingInfo(NamedTuple):
     acceptance_rate : mean Metropolis acceptance over steps and chains (1 if unadjusted).
     grad_norm : mean ``‖∇ₓE‖`` over chains at the end of the revision.
     energy_grad_norm : global norm of the energy's parameter gradient (before clipping).
+    path_acceptance : ``correction="mh"``: mean ``min(1, w'/w)`` of the path proposals
+        (NaN without a correction).
+    weight_ess : ``correction="mh"``: effective sample size of the proposals' weights
+        over their number, in ``[1/n, 1]`` (NaN without).
+    crossing_rate : ``correction="mh"``: fraction of chains whose accepted path ends
+        farther than ``3δσ√(Kd)`` from the old state, a move no local revision makes
+        (NaN without).
     """
 
     loss: Any
@@ -103,6 +113,9 @@ class TeachingInfo(NamedTuple):
     acceptance_rate: Any
     grad_norm: Any
     energy_grad_norm: Any
+    path_acceptance: Any = float("nan")
+    weight_ess: Any = float("nan")
+    crossing_rate: Any = float("nan")
 
 
 def available_backends() -> list:

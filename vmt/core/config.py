@@ -15,10 +15,13 @@ from typing import Any, Optional, Tuple
 from vmt.core.batch import is_conditional
 from vmt.core.checks import as_count, as_pair, as_real, check_noise_scale, check_num_steps, check_step_size
 
-__all__ = ["INITS", "TeachingConfig", "resolve_teacher_parts"]
+__all__ = ["INITS", "CORRECTIONS", "TeachingConfig", "resolve_teacher_parts"]
 
 #: The ways a Langevin revision can be initialised (see :class:`TeachingConfig`).
 INITS = ("vae", "noise", "persistent", "generator")
+
+#: Corrections of the negative samples (see :class:`TeachingConfig`): ``None`` is the paper's plain algorithm.
+CORRECTIONS = (None, "mh")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,28 @@ class TeachingConfig:
         times it over this many iterations, constant afterwards (``None``: constant).
     lr_final_ratio : float
         The final fraction of the learning rates under ``lr_decay_steps``.
+    correction : {None, "mh"}
+        ``None``: the paper's algorithm, the revised proposals are the negative
+        samples. ``"mh"``: exact Metropolis–Hastings teaching — persistent chains (one
+        per negative sample) accept a whole fresh proposal path (decoder draw with the
+        VAE's observation noise, then the Langevin run) with probability
+        ``min(1, w'/w)``, ``w`` the path's extended-space importance weight (see
+        ``correction.py`` of either backend), and the chain states are the negative
+        samples and the VAE's data. Needs ``init="vae"`` (the VAE proposes) or
+        ``"noise"`` (every chain proposes from a Gaussian over ``init_bounds``) and
+        ``noise_scale > 0``. The ``noise_fraction`` chains propose from that Gaussian
+        (a uniform start would not have full support).
+    path_refresh : bool
+        With ``correction="mh"``: before each accept test, redraw the current state's
+        auxiliary path (the Langevin backward run to ``x_0`` and ``z ~ r(z | x_0)``, a
+        Gibbs step) and weigh it under the current parameters — exact while the
+        parameters move, at ``K`` more gradient evaluations per iteration. ``False``
+        keeps the stale path term and re-evaluates only ``E(x_K)``.
+    path_anneal : bool
+        With ``correction="mh"``: anneal each proposal path from its start Gaussian
+        (``N(g(z), σ²)`` of the decoder, or the wide one) to ``E`` with inverse
+        temperatures ``k/K`` (annealed importance sampling, Neal 2001) instead of
+        running every step on ``E``; the encoder then reads the path's end point.
     """
 
     init: str = "vae"
@@ -92,6 +117,9 @@ class TeachingConfig:
     noise_fraction: float = 0.0
     lr_decay_steps: Optional[int] = None
     lr_final_ratio: float = 0.1
+    correction: Optional[str] = None
+    path_refresh: bool = True
+    path_anneal: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -119,6 +147,17 @@ class TeachingConfig:
         low, high = clean["init_bounds"]
         if not low < high:
             raise ValueError(f"init_bounds must satisfy low < high, got {self.init_bounds!r}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if self.correction is not None:
+            if self.init not in ("vae", "noise"):
+                raise ValueError(f"correction={self.correction!r} needs init='vae' or 'noise', got {self.init!r}")
+            if clean["noise_scale"] <= 0:
+                raise ValueError(f"correction={self.correction!r} needs noise_scale > 0: "
+                                 "a noise-free revision has no density")
+        for name in ("path_refresh", "path_anneal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         # Plain Python numbers and tuples, so configs compare and serialise alike
         # whatever scalar types (NumPy, torch, JAX) they were given.
         for name, value in clean.items():
@@ -139,6 +178,12 @@ class TeachingConfig:
     def num_noise_chains(self, n: int) -> int:
         """How many of ``n`` training chains start from noise under ``noise_fraction``."""
         return int(round(self.noise_fraction * n)) if self.init in ("vae", "generator") else 0
+
+    def wide_proposal(self) -> Tuple[float, float]:
+        """``(loc, scale)`` of the Gaussian that noise chains propose from under ``correction``:
+        the centre and half-width of ``init_bounds``."""
+        low, high = self.init_bounds
+        return (0.5 * (low + high), 0.5 * (high - low))
 
     def replace(self, **changes: Any) -> "TeachingConfig":
         """A copy with ``changes`` applied (and validated)."""

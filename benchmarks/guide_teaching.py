@@ -1,0 +1,253 @@
+"""Guide quality of MCMCTeaching vs SVI against ground truth, and the amortised warm start.
+
+For each target (eight schools non-centred, an ill-conditioned Gaussian, a Bayesian
+logistic regression on synthetic data, Haario's banana) and each seed, the same
+mean-field ``AutoNormal`` guide is fitted by ``MCMCTeaching`` (NumPyro backend) and
+by ``SVI(Trace_ELBO)`` at the same number of gradient evaluations of the model, and
+its draws are compared with the ground truth: analytic moments for the Gaussian and
+the banana, a long NUTS run (4 chains x 1000 draws after 500 warmup, seed 12345) otherwise.
+
+Per target and method, over seeds (mean ± sd):
+
+- ``mean_err``: ``max_j |m_j − m*_j| / sd*_j`` (and its mean over coordinates);
+- ``sd_ratio``: ``sd_j / sd*_j`` — its min, median and max over coordinates, and the
+  fraction of coordinates inside [0.8, 1.2];
+- ``ess_per_grad``: min-over-coordinates bulk ESS per gradient evaluation (warmup
+  included) of MALA (``LangevinKernel``, 4 vectorised chains) started from the taught
+  guide, from the SVI guide, and of NUTS from ``init_to_median``.
+
+    python benchmarks/guide_teaching.py            # full (minutes)
+    python benchmarks/guide_teaching.py --quick    # seconds-to-minutes, CI
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (before jax: it fixes the thread counts)
+
+TARGETS = ("eight_schools", "ill_gaussian", "logistic", "banana")
+
+
+def build_targets():
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    y8 = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    s8 = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def eight_schools():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+        with numpyro.plate("schools", 8):
+            theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(mu + tau * theta_tilde, s8), obs=y8)
+
+    # ill-conditioned Gaussian: D = 10, eigenvalues of the covariance log-spaced 1e-2..1, random rotation
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    cov = q @ np.diag(np.logspace(-2, 0, 10)) @ q.T
+    mean = rng.normal(size=10)
+    chol = jnp.asarray(np.linalg.cholesky(cov), dtype=jnp.float32)
+
+    def ill_gaussian():
+        numpyro.sample("x", dist.MultivariateNormal(jnp.asarray(mean, jnp.float32), scale_tril=chol))
+
+    x = rng.multivariate_normal(np.zeros(5), 0.3 * np.eye(5) + 0.7, size=200)
+    p = 1 / (1 + np.exp(-(x @ np.array([1.0, -1.0, 0.5, 0.0, 0.25]) - 0.5)))
+    xl, yl = jnp.asarray(x, jnp.float32), jnp.asarray((rng.uniform(size=200) < p).astype(np.float32))
+
+    def logistic():
+        beta = numpyro.sample("beta", dist.Normal(jnp.zeros(5), 2.0).to_event(1))
+        b0 = numpyro.sample("b0", dist.Normal(0.0, 2.0))
+        with numpyro.plate("data", 200):
+            numpyro.sample("y", dist.Bernoulli(logits=xl @ beta + b0), obs=yl)
+
+    def banana():  # Haario et al.'s banana, curvature b = 0.03, scale 10
+        x1 = numpyro.sample("x1", dist.Normal(0.0, 10.0))
+        numpyro.sample("x2", dist.Normal(0.03 * (x1 ** 2 - 100.0), 1.0))
+
+    truth = {
+        "ill_gaussian": (mean, np.sqrt(np.diag(cov))),
+        # x1 ~ N(0, 10²); x2 | x1 ~ N(b(x1² − 100), 1): E x2 = 0, Var x2 = 1 + b²·2·10⁴
+        "banana": (np.zeros(2), np.array([10.0, np.sqrt(1 + 0.03 ** 2 * 2 * 10 ** 4)])),
+    }
+    return {"eight_schools": eight_schools, "ill_gaussian": ill_gaussian, "logistic": logistic,
+            "banana": banana}, truth
+
+
+def flat_draws(samples):
+    """``{site: (S, ...)}`` -> ``(S, D)`` in sorted site order (constrained space)."""
+    return np.concatenate([np.asarray(samples[k]).reshape(len(samples[k]), -1) for k in sorted(samples)], 1)
+
+
+def nuts_reference(model, num_samples, seed=12345):
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    mcmc = MCMC(NUTS(model), num_warmup=num_samples // 2, num_samples=num_samples, num_chains=4,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(seed))
+    x = flat_draws(mcmc.get_samples())
+    return x.mean(0), x.std(0)
+
+
+def guide_moments(model, guide, params, seed, n=4000):
+    import jax
+    from numpyro.infer import Predictive
+
+    sites = [k for k in sorted(guide.prototype_trace) if guide.prototype_trace[k]["type"] == "sample"
+             and not guide.prototype_trace[k]["is_observed"]]
+    s = Predictive(model, guide=guide, params=params, num_samples=n, return_sites=sites)(jax.random.key(seed))
+    x = flat_draws({k: s[k] for k in sites})
+    return x.mean(0), x.std(0)
+
+
+def score(m, s, truth):
+    m0, s0 = truth
+    err = np.abs(m - m0) / s0
+    ratio = s / s0
+    return {"mean_err_max": float(err.max()), "mean_err_mean": float(err.mean()),
+            "sd_ratio_min": float(ratio.min()), "sd_ratio_median": float(np.median(ratio)),
+            "sd_ratio_max": float(ratio.max()), "sd_in_band": float(np.mean((ratio > 0.8) & (ratio < 1.2)))}
+
+
+def min_ess(samples_by_chain):
+    """Min over coordinates of ArviZ's bulk ESS; ``{site: (chains, draws, ...)}``."""
+    import arviz as az
+
+    ess = az.ess(az.from_dict(posterior={k: np.asarray(v) for k, v in samples_by_chain.items()}), method="bulk")
+    return float(min(float(np.min(ess[k].values)) for k in ess.data_vars))
+
+
+def main():
+    p = common.parser(__doc__.splitlines()[0], "guide_teaching.json")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--targets", nargs="+", choices=TARGETS, default=None,
+                   help="a subset of the targets (default: all; --quick: the first two)")
+    p.add_argument("--fast-compile", action="store_true",
+                   help="compile without XLA's expensive optimisations (compilation dominates small models)")
+    args = p.parse_args()
+    if args.targets and args.out == common.RESULTS / "guide_teaching.json":
+        args.out = common.RESULTS / f"guide_teaching_{'+'.join(args.targets)}.json"
+    quick = args.quick
+    args.quick = args.quick or args.fast_compile  # common.setup's fast-compilation flags
+    common.setup(args)
+    args.quick = quick
+    if hasattr(os, "sched_setaffinity"):  # a quality benchmark: no need to hold one shared core
+        os.sched_setaffinity(0, range(os.cpu_count()))
+        args.pinned_cpu = None
+    import jax
+    import optax
+    from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+    from numpyro.infer.initialization import init_to_median
+
+    from numpyro_vmt import LangevinKernel, MCMCTeaching, initial_params_from_guide
+
+    quick = args.quick
+    iters, K, n, n_svi = (30, 5, 8, 8) if quick else (400, 10, 16, 8)
+    ref_draws, warm, draws, chains = (200, 50, 100, 4) if quick else (1000, 200, 800, 4)
+    lr = 0.05
+    models, truth = build_targets()
+    targets = args.targets or (TARGETS[:2] if quick else TARGETS)
+    meta = common.meta(args)
+    meta["fast_compile"] = bool(args.fast_compile)
+    rows, refs = [], {}
+    for name in targets:
+        model = models[name]
+        t0 = time.process_time()
+        refs[name] = truth[name] if name in truth else nuts_reference(model, ref_draws)
+        ref_seconds = time.process_time() - t0
+        evals = iters * (K + 1) * n
+        guide_t = AutoNormal(model)
+        teaching = MCMCTeaching(model, guide_t, optax.adam(optax.exponential_decay(lr, iters, 0.1), b2=0.9),
+                                num_steps=K, num_particles=n)
+        guide_s = AutoNormal(model)
+        svi_steps = evals // n_svi
+        svi = SVI(model, guide_s, optax.adam(optax.exponential_decay(lr, svi_steps, 0.1)),
+                  Trace_ELBO(num_particles=n_svi))
+        svi_update = jax.jit(svi.update)
+        kernel_kw = dict(num_warmup=warm, num_samples=draws, num_chains=chains, chain_method="vectorized",
+                         progress_bar=False)
+        mala = MCMC(LangevinKernel(model, step_size=0.1), **kernel_kw)
+        nuts = MCMC(NUTS(model, init_strategy=init_to_median), **kernel_kw)
+        for seed in range(args.seeds):
+            row = {"target": name, "seed": seed, "grad_evals": evals, "iters": iters, "num_steps": K,
+                   "num_particles": n, "svi_particles": n_svi, "reference_cpu_s": ref_seconds}
+            t = time.process_time()
+            result = teaching.run(seed, iters)
+            row["taught_cpu_s"] = time.process_time() - t
+            t = time.process_time()
+            state = svi.init(jax.random.key(seed))
+            for _ in range(svi_steps):
+                state, _ = svi_update(state)
+            svi_params = svi.get_params(state)
+            row["svi_cpu_s"] = time.process_time() - t
+            for label, guide, params in (("taught", guide_t, result.params), ("svi", guide_s, svi_params)):
+                row[label] = score(*guide_moments(model, guide, params, seed), refs[name])
+                init = initial_params_from_guide(guide, model, chains, seed, params=params)
+                mala.run(jax.random.key(100 + seed), init_params=init)
+                ess = min_ess(mala.get_samples(group_by_chain=True))
+                row[label]["mala_ess_per_grad"] = ess / (chains * (warm + draws))
+            nuts.warmup(jax.random.key(200 + seed), collect_warmup=True, extra_fields=("num_steps",))
+            warm_grads = int(np.sum(nuts.get_extra_fields()["num_steps"]))
+            nuts.run(nuts.post_warmup_state.rng_key, extra_fields=("num_steps",))
+            grads = warm_grads + int(np.sum(nuts.get_extra_fields()["num_steps"]))
+            row["nuts_ess_per_grad"] = min_ess(nuts.get_samples(group_by_chain=True)) / grads
+            rows.append(row)
+            print(name, seed, {k: row[k] for k in ("taught", "svi", "nuts_ess_per_grad")}, flush=True)
+        # written after every target, so a long run keeps what it has finished
+        summary = summarise(rows, [t for t in targets if t in refs])
+        common.finish({"meta": meta, "rows": rows, "summary": summary,
+                       "references": {k: {"mean": np.asarray(v[0]).tolist(), "sd": np.asarray(v[1]).tolist(),
+                                          "kind": "analytic" if k in truth else f"NUTS 4x{ref_draws}"}
+                                      for k, v in refs.items()}}, args.out)
+    print_table(summary)
+
+
+METRICS = ("mean_err_max", "mean_err_mean", "sd_ratio_min", "sd_ratio_median", "sd_ratio_max", "sd_in_band",
+           "mala_ess_per_grad")
+
+
+def _ms(values):
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(rows, targets):
+    out = {}
+    for name in targets:
+        rs = [r for r in rows if r["target"] == name]
+        out[name] = {label: {m: _ms([r[label][m] for r in rs]) for m in METRICS} for label in ("taught", "svi")}
+        out[name]["nuts_ess_per_grad"] = _ms([r["nuts_ess_per_grad"] for r in rs])
+        out[name]["grad_evals"] = rs[0]["grad_evals"]
+    return out
+
+
+def print_table(summary):
+    def f(d):
+        return f"{d['mean']:.3g} ± {d['sd']:.2g}"
+
+    print("\n| target | guide | max mean err | sd ratio min / median / max | in [0.8, 1.2] | MALA ESS/grad |")
+    print("|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        for label in ("taught", "svi"):
+            d = s[label]
+            print(f"| {name} | {label} | {f(d['mean_err_max'])} | {f(d['sd_ratio_min'])} / "
+                  f"{f(d['sd_ratio_median'])} / {f(d['sd_ratio_max'])} | {f(d['sd_in_band'])} | "
+                  f"{f(d['mala_ess_per_grad'])} |")
+        print(f"| {name} | NUTS (init_to_median) | | | | {f(s['nuts_ess_per_grad'])} |")
+
+
+if __name__ == "__main__":
+    main()

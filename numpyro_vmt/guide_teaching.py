@@ -1,0 +1,319 @@
+r"""Teach a NumPyro guide with MCMC: the VMT loop for Bayesian posteriors, shaped like ``SVI``.
+
+:class:`MCMCTeaching` fits any guide of a NumPyro model to the model's posterior the
+way variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
+https://arxiv.org/abs/2012.14936) trains its VAE, and as amortised MCMC (Li, Turner
+& Liu, "Approximate inference with amortised MCMC", 2017,
+https://arxiv.org/abs/1702.08343) proposed. One :meth:`MCMCTeaching.update`:
+
+1. draws ``n`` particles :math:`\theta_0^{(i)} \sim q_\phi` from the guide (vmapped over keys);
+2. revises them with ``K`` Langevin / MALA steps of :mod:`numpyro_vmt.langevin` (one
+   ``lax.scan``) on the model's potential in unconstrained space,
+   :math:`U(u) = -\log p(T^{-1}(u), \mathcal D) - \log|\det \partial T^{-1}/\partial u|`
+   (``numpyro.infer.util.potential_energy``, as HMC and
+   :class:`~numpyro_vmt.kernel.LangevinKernel` use), batched over particles:
+   :math:`\theta_K^{(i)}`, gradients stopped;
+3. takes one optimiser step on
+
+   .. math::
+
+       L(\phi) = -\frac1n\sum_i \log q_\phi\big(\theta_K^{(i)}\big)
+                 \;+\; w\,\big(-\mathrm{ELBO}(\phi)\big),
+
+   the paper's update plus an optional ELBO term of weight :math:`w` =
+   ``elbo_weight`` (default 0, the pure teaching update).
+
+A guide whose family contains the posterior has it as a fixed point; MALA
+(``adjust=True``, the default) keeps that exact, ULA shifts it by its discretisation
+bias. During the first ``adapt_iterations`` updates MALA's step size follows dual
+averaging (``numpyro.infer.hmc_util.dual_averaging``, as in the kernel) toward
+``target_accept_prob``; it is then fixed at the averaged value.
+
+The state is one value, :class:`MCMCTeachingState` (the ``SVIState`` of the guide's
+parameters, the step size and its tuner, the diagnostics of the last update), and
+:meth:`MCMCTeaching.update` is a pure function of it, so it can be jitted.
+Subsampling plates and local latent variables work: each update draws the
+subsample indices once (from the guide's plates, then the model's) and holds them
+for the draws, the revision and the update. The guide's density at the revised
+values is read by substituting them: an ``AutoContinuous`` guide
+(``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``, flows) at its packed
+latent, any other guide (``AutoNormal``, hand-written) at the model's site names.
+``AutoDelta`` has no density and is refused.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoContinuous, AutoDelta
+from numpyro.infer.hmc_util import dual_averaging
+from numpyro.infer.svi import SVIRunResult, SVIState
+from numpyro.infer.util import log_density, potential_energy
+
+from numpyro_vmt.langevin import init, scan_steps
+from numpyro_vmt.rng import RNG, as_rng
+from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
+from vmt.core.errors import DivergenceError, divergence_message
+
+__all__ = ["MCMCTeaching", "MCMCTeachingInfo", "MCMCTeachingState"]
+
+
+class MCMCTeachingInfo(NamedTuple):
+    """Diagnostics of one :meth:`MCMCTeaching.update` (0-d arrays).
+
+    Attributes
+    ----------
+    loss : the minimised objective ``−mean log q(θ_K) + elbo_weight · (−ELBO)``.
+    log_q : ``mean_i log q_φ(θ_K⁽ⁱ⁾)`` before the update.
+    elbo_loss : ``−ELBO`` estimate (NaN when ``elbo_weight = 0``).
+    acceptance_rate : mean MALA acceptance over steps and particles (1 for ULA).
+    step_size : ``δ`` used by this revision.
+    grad_norm : mean ``‖∇U‖`` over particles at the end of the revision.
+    num_divergent : particles with a non-finite proposal during the revision.
+    """
+
+    loss: Any
+    log_q: Any
+    elbo_loss: Any
+    acceptance_rate: Any
+    step_size: Any
+    grad_norm: Any
+    num_divergent: Any
+
+
+class MCMCTeachingState(NamedTuple):
+    """Training state: ``svi_state`` (guide/model params, optimiser, key), the step size
+    ``δ``, the dual-averaging state, the iteration count and the last :class:`MCMCTeachingInfo`."""
+
+    svi_state: SVIState
+    step_size: Any
+    adapt_state: Any
+    iteration: Any
+    info: MCMCTeachingInfo
+
+
+def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
+    return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
+            as_count("adapt_iterations", adapt_iterations, minimum=0),
+            as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
+
+
+class MCMCTeaching:
+    """SVI-shaped object that teaches ``guide`` with ``K``-step Langevin/MALA revisions.
+
+    Drops into a NumPyro SVI script in place of ``SVI(model, guide, optim, Trace_ELBO())``:
+    ``state = teaching.init(key, *args)``, ``state, loss = teaching.update(state, *args)``,
+    or ``teaching.run(key, num_steps, *args)`` returning numpyro's ``SVIRunResult``;
+    ``teaching.get_params(state)`` are the params ``Predictive(model, guide=guide, params=...)``
+    and :func:`~numpyro_vmt.warmstart.initial_params_from_guide` take.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A NumPyro model and a guide over its continuous latent sites.
+    optim : numpyro.optim optimiser or optax ``GradientTransformation``
+        As for ``SVI``.
+    num_steps : int
+        ``K``, Langevin/MALA steps per revision.
+    step_size : float
+        ``δ`` (drift ``δ²/2 ∇U``, noise ``δσξ``); the starting value when adapted.
+    adjust : bool
+        ``True`` (default): MALA, whose revision leaves the posterior invariant.
+    noise_scale : float
+        ``σ``; 1 is Langevin dynamics.
+    num_particles : int
+        ``n``, guide draws revised per update.
+    elbo_weight : float
+        ``w ≥ 0``, weight of the mixed-in ``−ELBO`` (default 0, the paper's update).
+    adapt_iterations : int
+        Updates during which MALA's ``δ`` is tuned by dual averaging (0: fixed).
+    target_accept_prob : float
+        Target of the tuning, 0.574 (Roberts & Rosenthal 1998).
+
+    Examples
+    --------
+    >>> import jax, numpyro, numpyro.distributions as dist, optax
+    >>> from numpyro.infer.autoguide import AutoNormal
+    >>> def model():
+    ...     numpyro.sample("x", dist.Normal(jax.numpy.zeros(2), 1.0).to_event(1))
+    >>> teaching = MCMCTeaching(model, AutoNormal(model), optax.adam(0.05), num_steps=5)
+    >>> result = teaching.run(0, 20)
+    >>> result.losses.shape
+    (20,)
+    """
+
+    def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
+                 step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
+                 num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: int = 100,
+                 target_accept_prob: float = 0.574):
+        if isinstance(guide, AutoDelta):
+            raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
+        num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
+            num_particles, elbo_weight, adapt_iterations, target_accept_prob)
+        self.model, self.guide = model, guide
+        self.num_steps = check_num_steps(num_steps)
+        self.step_size = check_step_size(step_size)
+        self.adjust = bool(adjust)
+        self.noise_scale = check_noise_scale(noise_scale, adjust)
+        self.num_particles, self.elbo_weight = num_particles, float(elbo_weight)
+        self.adapt_iterations = adapt_iterations if self.adjust else 0
+        self.target_accept_prob = float(target_accept_prob)
+        self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
+        self._latent, self._jitted = None, None
+
+    # ------------------------------------------------------------------ SVI protocol
+    def init(self, rng: RNG, *args: Any, **kwargs: Any) -> MCMCTeachingState:
+        """The initial state (params of the guide and the model, as ``SVI.init``)."""
+        key = as_rng(rng)
+        if key is None:
+            raise ValueError("rng is required: pass a jax.random key or an int seed")
+        svi_state = self._svi.init(key, *args, **kwargs)
+        params = self.get_params(MCMCTeachingState(svi_state, None, None, None, None))
+        self._latent = self._latent_sites(jax.random.PRNGKey(0), params, args, kwargs)
+        dtype = jnp.result_type(float)
+        da_init, _ = dual_averaging()
+        step = jnp.asarray(self.step_size, dtype)
+        nan = jnp.full((), jnp.nan, dtype)
+        info = MCMCTeachingInfo(nan, nan, nan, nan, step, nan, jnp.zeros((), jnp.int32))
+        return MCMCTeachingState(svi_state, step, da_init(jnp.log(10.0 * step)), jnp.zeros((), jnp.int32), info)
+
+    def get_params(self, state: MCMCTeachingState) -> dict:
+        """Constrained values of the ``param`` sites of the guide and the model."""
+        return self._svi.get_params(state.svi_state)
+
+    def update(self, state: MCMCTeachingState, *args: Any, **kwargs: Any):
+        """One draw–revise–update iteration: ``(new state, loss)``. Pure; jit-able."""
+        return self._iterate(state, True, args, kwargs)
+
+    def evaluate_loss(self, state: MCMCTeachingState, *args: Any, **kwargs: Any):
+        """The loss of :meth:`update` (a fresh draw and revision) without updating."""
+        return self._iterate(state, False, args, kwargs)[1]
+
+    def run(self, rng: RNG, num_steps: int, *args: Any, **kwargs: Any) -> SVIRunResult:
+        """``init`` and ``num_steps`` jitted updates; ``SVIRunResult(params, state, losses)``.
+
+        Raises :class:`~vmt.core.errors.DivergenceError` if an update leaves particles at
+        non-finite values (possible with ``adjust=False``); the state returned by the
+        updates before it is intact.
+        """
+        num_steps = check_num_steps(num_steps)
+        state = self.init(rng, *args, **kwargs)
+        if self._jitted is None:  # one compilation per object, reused by later runs
+            self._jitted = jax.jit(lambda s, a, k: self.update(s, *a, **k))
+        update = self._jitted
+        losses = []
+        for t in range(num_steps):
+            new, loss = update(state, args, kwargs)
+            if not bool(jnp.isfinite(loss)):
+                raise DivergenceError(divergence_message(t, int(new.info.num_divergent), self.num_particles,
+                                                         float(state.step_size)))
+            state = new
+            losses.append(loss)
+        return SVIRunResult(self.get_params(state), state, jnp.stack(losses))
+
+    # ------------------------------------------------------------------ the loop
+    def _iterate(self, state: MCMCTeachingState, update: bool, args: tuple, kwargs: dict):
+        if self._latent is None:
+            raise RuntimeError("call init(rng, *args) (or run) before update / evaluate_loss")
+        n = self.num_particles
+        svi_state = state.svi_state
+        rng_key, k_sub, k_draw, k_rev, k_elbo = jax.random.split(svi_state.rng_key, 5)
+        params = self.get_params(state)
+        sub = self._subsample(k_sub, params, args, kwargs)
+        guide = handlers.substitute(self.guide, data=sub)
+        model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
+
+        def draw(k):
+            tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), k)).get_trace(*args, **kwargs)
+            return {name: biject_to(support).inv(tr[name]["value"]) for name, support in self._latent.items()}
+
+        u0 = jax.vmap(draw)(jax.random.split(k_draw, n))
+        _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], u0))
+        x0 = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
+        one = partial(potential_energy, model, args, kwargs)
+        potential = jax.vmap(lambda r: one(unravel(r)))
+        final, rev = scan_steps(k_rev, init(x0, potential), potential, state.step_size,
+                                self.noise_scale, self.adjust, self.num_steps)
+        x_k = jax.lax.stop_gradient(final.position)
+        finite = jnp.isfinite(final.energy) & jnp.isfinite(x_k).all(1)
+        u_k = jax.vmap(unravel)(x_k)
+        accept = rev.acceptance_rate.mean()
+
+        def loss_fn(unconstrained):
+            p = self._svi.constrain_fn(unconstrained)
+            log_q = jax.vmap(lambda u: self._log_q(guide, p, u, args, kwargs))(u_k).mean()
+            elbo = jnp.full((), jnp.nan, log_q.dtype)
+            loss = -log_q
+            if self.elbo_weight > 0:
+                elbo = Trace_ELBO(num_particles=n).loss(k_elbo, p, self.model, self.guide, *args, **kwargs)
+                loss = loss + self.elbo_weight * elbo
+            # a particle left non-finite (ULA) makes the loss NaN: reported, never dropped
+            loss = jnp.where(finite.all(), loss, jnp.nan)
+            return loss, (log_q, elbo)
+
+        optim = self._svi.optim
+        if update:
+            (loss, (log_q, elbo)), optim_state = optim.eval_and_update(loss_fn, svi_state.optim_state)
+            ok = jnp.isfinite(loss)
+            optim_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), optim_state, svi_state.optim_state)
+        else:
+            loss, (log_q, elbo) = loss_fn(optim.get_params(svi_state.optim_state))
+            optim_state = svi_state.optim_state
+        info = MCMCTeachingInfo(loss, log_q, elbo, accept, state.step_size,
+                                jnp.linalg.norm(final.grad, axis=1).mean(),
+                                rev.is_divergent.any(0).sum().astype(jnp.int32))
+        if not update:
+            return state, loss
+        step, da, i = state.step_size, state.adapt_state, state.iteration
+        if self.adapt_iterations:
+            _, da_update = dual_averaging()
+            warm = i < self.adapt_iterations
+            da_new = da_update(self.target_accept_prob - accept, da)
+            da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
+            tuned = jnp.where(i + 1 == self.adapt_iterations, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
+            step = jnp.where(warm, tuned, step).astype(step.dtype)
+        new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info)
+        return new, loss
+
+    # ------------------------------------------------------------------ helpers
+    def _latent_sites(self, key, params, args, kwargs) -> dict:
+        """``{name: support}`` of the model's continuous latent sites (checked against the guide)."""
+        k_guide, k_model = jax.random.split(key)
+        guide_trace = handlers.trace(handlers.seed(handlers.substitute(self.guide, data=params), k_guide)
+                                     ).get_trace(*args, **kwargs)
+        model_trace = handlers.trace(handlers.seed(handlers.substitute(self.model, data=params), k_model)
+                                     ).get_trace(*args, **kwargs)
+        latent = {k: s for k, s in model_trace.items() if s["type"] == "sample" and not s["is_observed"]}
+        discrete = [k for k, s in latent.items() if s["fn"].is_discrete]
+        if discrete:
+            raise NotImplementedError(f"MCMCTeaching needs continuous latent sites; {discrete} are discrete")
+        missing = sorted(set(latent) - set(guide_trace))
+        if missing:
+            raise ValueError(f"the guide does not sample the model's latent sites {missing}")
+        return {k: s["fn"].support for k, s in latent.items()}
+
+    def _subsample(self, key, params, args, kwargs) -> dict:
+        """This update's subsample indices ``{plate: indices}``: the guide's, then the model's."""
+        k_guide, k_model = jax.random.split(key)
+        guide_trace = handlers.trace(handlers.seed(handlers.substitute(self.guide, data=params), k_guide)
+                                     ).get_trace(*args, **kwargs)
+        sub = {k: s["value"] for k, s in guide_trace.items() if s["type"] == "plate"}
+        model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
+        model_trace = handlers.trace(handlers.seed(model, k_model)).get_trace(*args, **kwargs)
+        sub.update({k: s["value"] for k, s in model_trace.items() if s["type"] == "plate"})
+        return sub
+
+    def _log_q(self, guide, params, u, args, kwargs):
+        """``log q_φ`` of one particle ``u`` (unconstrained values of the model's latent sites)."""
+        if isinstance(self.guide, AutoContinuous):
+            values = {f"_{self.guide.prefix}_latent": ravel_pytree({k: u[k] for k in self.guide._init_locs})[0]}
+        else:
+            values = {k: biject_to(self._latent[k])(v) for k, v in u.items()}
+        return log_density(guide, args, kwargs, {**params, **values})[0]
