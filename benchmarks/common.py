@@ -8,7 +8,13 @@ records the machine, its load and the versions next to its numbers.
 
 Two clocks are kept: the process CPU time (``time.process_time``, all threads of
 this process; insensitive to the time slices other jobs take on a busy machine) and
-wall time. The CPU-time ratio is the headline; both are in the JSON.
+wall time, both with quartiles. The report's headline is the wall-time ratio for JAX
+(XLA runs work on its own thread pool, which process CPU time of a pinned process
+can miss) and the CPU-time ratio for torch; the other clock stands beside it.
+
+Every result file is written by :func:`finish`, which stamps it with the git commit
+and whether the tree was clean (:func:`git_state`); ``make_report.py`` marks results
+from any other commit than HEAD as stale.
 
 Import this module first in every benchmark: :func:`setup` fixes the thread counts,
 which for JAX must happen before ``jax`` is imported.
@@ -90,10 +96,45 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-def _git() -> Dict[str, Any]:
+NOT_CODE = (":(exclude)benchmarks/results", ":(exclude)docs")
+
+
+def same_code(commit: str) -> bool:
+    """Whether HEAD's tree equals ``commit``'s outside results and docs (so its results still hold)."""
+    try:
+        r = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", ".", *NOT_CODE], cwd=ROOT,
+                           capture_output=True, text=True)
+        return r.returncode == 0
+    except OSError:
+        return False
+
+
+def provenance(meta: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``{"current": bool, "text": str}``: whether a result came from this code (HEAD, clean tree).
+
+    Current: recorded at HEAD, or at a commit whose code (outside ``benchmarks/results``
+    and ``docs``) equals HEAD's, from a clean tree. Stale otherwise: another commit, an
+    uncommitted tree, or no commit recorded.
+    """
+    git = dict((meta or {}).get("git") or {})
+    commit, head = git.get("commit"), git_state()["commit"]
+    if not commit:
+        return {"current": False, "text": "**stale**: no commit recorded"}
+    short = commit[:10]
+    if git.get("dirty"):
+        return {"current": False, "text": f"**stale**: commit `{short}` with uncommitted changes"}
+    if commit != head and not same_code(commit):
+        return {"current": False, "text": f"**stale**: commit `{short}`, code differs from HEAD `{(head or '?')[:10]}`"}
+    return {"current": True, "text": f"commit `{short}`" + (" (HEAD)" if commit == head else " (same code as HEAD)")}
+
+
+def git_state() -> Dict[str, Any]:
+    """``{"commit": HEAD's sha or None, "dirty": whether tracked or untracked files differ}``."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        # results and the pages made from them do not count: a benchmark run rewrites them
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *NOT_CODE], cwd=ROOT,
+                               capture_output=True, text=True).stdout
         return {"commit": head or None, "dirty": bool(dirty.strip())}
     except OSError:
         return {"commit": None, "dirty": None}
@@ -113,12 +154,17 @@ def meta(args: argparse.Namespace) -> Dict[str, Any]:
             "threads": int(args.threads), "pinned_cpu": getattr(args, "pinned_cpu", None),
             "repeats": int(args.repeats),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-            "versions": {name: _version(name) for name in PACKAGES}, "git": _git()}
+            "versions": {name: _version(name) for name in PACKAGES}, "git": git_state()}
 
 
 def finish(payload: Dict[str, Any], out: Path, meta: Optional[Dict[str, Any]] = None) -> Path:
-    """Add the end time and load to ``meta`` (default ``payload["meta"]``) and write ``payload`` to ``out``."""
-    meta = payload["meta"] if meta is None else meta
+    """Add the end time and load to ``meta`` (default ``payload["meta"]``) and write ``payload`` to ``out``.
+
+    The one writer of result files: ``meta["git"]`` (the commit and whether the tree
+    was clean) is recorded here if the benchmark did not record it at its start.
+    """
+    meta = payload.setdefault("meta", {}) if meta is None else meta
+    meta.setdefault("git", git_state())
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     meta["load_average_end"] = machine()["load_average"]
     out = Path(out)
@@ -186,11 +232,12 @@ def _quantile(values: Sequence[float], q: float) -> float:
 
 
 def ratio(times: Mapping[str, Mapping[str, List[float]]], num: str, den: str) -> Dict[str, float]:
-    """``num / den``: the median of the per-repeat ratios (CPU and wall) and its quartiles (CPU)."""
+    """``num / den``: the median of the per-repeat ratios and their quartiles, CPU and wall time."""
     r_cpu = [a / b for a, b in zip(times[num]["cpu"], times[den]["cpu"])]
     r_wall = [a / b for a, b in zip(times[num]["wall"], times[den]["wall"])]
     return {"ratio": round(statistics.median(r_cpu), 4), "q25": round(_quantile(r_cpu, 0.25), 4),
             "q75": round(_quantile(r_cpu, 0.75), 4), "ratio_wall": round(statistics.median(r_wall), 4),
+            "q25_wall": round(_quantile(r_wall, 0.25), 4), "q75_wall": round(_quantile(r_wall, 0.75), 4),
             "ms_" + num: round(1e3 * statistics.median(times[num]["cpu"]), 4),
             "ms_" + den: round(1e3 * statistics.median(times[den]["cpu"]), 4)}
 
@@ -215,9 +262,22 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def fmt_ratio(r: Mapping[str, float]) -> str:
-    """``1.03 [1.01, 1.05]``: the median CPU-time ratio and its quartiles."""
-    return f"{r['ratio']:.3f} [{r['q25']:.2f}, {r['q75']:.2f}]"
+def fmt_ratio(r: Mapping[str, float], clock: str = "cpu") -> str:
+    """``1.03 [1.01, 1.05]``: the median ratio of ``clock`` ("cpu" or "wall") and its quartiles."""
+    if clock == "cpu":
+        return f"{r['ratio']:.3f} [{r['q25']:.2f}, {r['q75']:.2f}]"
+    if "q25_wall" not in r:  # result files older than the wall-time quartiles
+        return f"{r['ratio_wall']:.3f}"
+    return f"{r['ratio_wall']:.3f} [{r['q25_wall']:.2f}, {r['q75_wall']:.2f}]"
+
+
+def headline_clock(backend: str) -> str:
+    """The clock a row's headline ratio uses: wall time for JAX, CPU time for torch."""
+    return "wall" if backend in ("jax", "numpyro", "blackjax") else "cpu"
+
+
+def headline(r: Mapping[str, float], backend: str) -> float:
+    return r["ratio_wall"] if headline_clock(backend) == "wall" else r["ratio"]
 
 
 # ---------------------------------------------------------------------- energies and points

@@ -161,8 +161,12 @@ def main():
         except ImportError as e:
             results[name] = {"skipped": f"not installed: {e}"}
         print(name, json.dumps(results[name], indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common  # the one writer of result files: it stamps the commit
+
+    common.finish(results, args.out)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,14 @@
     python benchmarks/make_report.py --run --quick # the quick versions (seconds)
 
 Reads ``speed.json``, ``gpu_smoke.json`` (if a GPU run was copied there), every ``quality_2d*.json`` (rows merged: e.g. one file per
-backend) and every ``quality_digits*.json`` from ``--results``. The prose of the page
-lives here, next to the tables it explains; the numbers come only from the JSON.
+backend) and every ``quality_digits*.json`` from ``--results``; ``kernels_ess.json`` goes
+into the table of ``docs/kernels.md``. The prose of the page lives here, next to the
+tables it explains; the numbers come only from the JSON.
+
+Every result file carries the commit it was made at (``meta.git``, written by
+``common.finish``). A result from other code than HEAD's, or from an uncommitted
+tree, is marked **stale** next to its table and in the list at the top of the page;
+``--strict`` refuses to write the page instead.
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ def _copy(src: str, docs: Path, name: str) -> str:
 
 
 def _machine(meta: Dict[str, Any], timing: bool = True) -> str:
+    stamp = common.provenance(meta)["text"]
     m, v = meta["machine"], meta["versions"]
     versions = ", ".join(f"{k} {v[k]}" for k in ("torch", "pyro-ppl", "jax", "numpyro", "blackjax", "torchebm") if v.get(k))
     how = f"{meta['threads']} thread(s); {meta['repeats']} interleaved repeats; " if timing else ""
-    return (f"`{meta['command']}` on {m['platform']} ({m['cpu_count']} CPUs), python {m['python']}, {versions}; "
+    return (f"{stamp}; `{meta['command']}` on {m['platform']} ({m['cpu_count']} CPUs), python {m['python']}, {versions}; "
             f"load average {m['load_average'][0]} at the start and {meta.get('load_average_end', ['?'])[0]} at the "
             f"end; {how}{meta['started']} to {meta.get('finished', '?')}.")
 
@@ -54,28 +61,36 @@ def _ok(value: float, target: float) -> str:
     return "yes" if value <= target else "**no**"
 
 
+def _clocks(r: Dict[str, Any], backend: str):
+    """The headline ratio (wall time for JAX, CPU time for torch) and the other clock's, labelled."""
+    head = common.headline_clock(backend)
+    other = "cpu" if head == "wall" else "wall"
+    return (f"{common.fmt_ratio(r, head)} ({head})", f"{common.fmt_ratio(r, other)} ({other})")
+
+
 # ---------------------------------------------------------------------- speed
 def speed_section(speed: Dict[str, Any], docs: Path) -> List[str]:
     out = ["## Speed", "", report_text.SPEED_INTRO, "", "Run: " + _machine(speed["meta"]), ""]
     if "floor" in speed:
-        rows = [(r["backend"], r["energy"], r["batch"], r["num_steps"], common.fmt_ratio(r), r["ratio_per_eval"],
-                 r["ratio_wall"], r["ms_floor"], _ok(r["ratio"], 1.10)) for r in speed["floor"]]
+        rows = [(r["backend"], r["energy"], r["batch"], r["num_steps"], *_clocks(r, r["backend"]),
+                 r["ratio_per_eval"], r["ms_floor"], _ok(common.headline(r, r["backend"]), 1.10)) for r in speed["floor"]]
         out += ["### 1. Sampler against the floor", "", report_text.FLOOR, "",
-                md_table(["backend", "energy", "chains", "K", "ours / floor (CPU) [quartiles]", "per gradient eval",
-                          "wall-time ratio", "floor ms (CPU)", "≤ 1.10"], rows), "", report_text.FLOOR_AFTER, ""]
+                md_table(["backend", "energy", "chains", "K", "ours / floor [quartiles]", "other clock",
+                          "per gradient eval (CPU)", "floor ms (CPU)", "≤ 1.10"], rows), "", report_text.FLOOR_AFTER, ""]
     if "peers" in speed:
-        rows = [(r["peer"], r["variant"], r["energy"], r["chains"], r["num_steps"], common.fmt_ratio(r),
-                 r["speedup"], r["ratio_wall"], _ok(r["ratio"], 1.0)) if "skipped" not in r
+        rows = [(r["peer"], r["variant"], r["energy"], r["chains"], r["num_steps"], *_clocks(r, r["backend"]),
+                 r["speedup"], _ok(common.headline(r, r["backend"]), 1.0)) if "skipped" not in r
                 else (r["peer"], "skipped: " + r["skipped"], "", "", "", "", "", "", "") for r in speed["peers"]]
         out += ["### 2. Against the peers", "", report_text.PEERS, "",
-                md_table(["peer", "ours", "energy", "chains", "K", "ours / peer (CPU) [quartiles]", "speed-up",
-                          "wall-time ratio", "≤ 1.0"], rows), "", report_text.PEERS_AFTER, ""]
+                md_table(["peer", "ours", "energy", "chains", "K", "ours / peer [quartiles]", "other clock",
+                          "speed-up (CPU)", "≤ 1.0"], rows), "", report_text.PEERS_AFTER, ""]
     if "train" in speed:
-        rows = [(r["backend"], r["data"], r["num_steps"], r["batch"], f"{r['num']} / {r['den']}", common.fmt_ratio(r),
-                 r["ratio_wall"], r["target"], _ok(r["ratio"], r["target"]) if r["target"] else "")
-                for r in speed["train"]]
+        rows = [(r["backend"], r["data"], r["num_steps"], r["batch"], f"{r['num']} / {r['den']}",
+                 *_clocks(r, r["backend"]), r["target"],
+                 _ok(common.headline(r, r["backend"]), r["target"]) if r["target"] else "") for r in speed["train"]]
         out += ["### 3. Training step against a hand-written one", "", report_text.TRAIN, "",
-                md_table(["backend", "data", "K", "batch", "ratio", "CPU [quartiles]", "wall", "target", "met"], rows),
+                md_table(["backend", "data", "K", "batch", "ratio", "headline [quartiles]", "other clock", "target",
+                          "met"], rows),
                 "", report_text.TRAIN_AFTER, ""]
     if "scaling" in speed:
         link = _copy(speed["scaling"]["plot"], docs, "speed_scaling.png")
@@ -195,18 +210,63 @@ def gpu_section(gpu: Dict[str, Any]) -> List[str]:
         return []
     device = gpu.get("pyro", {}).get("device") or gpu.get("numpyro", {}).get("device")
     versions = ", ".join(f"{k} {v}" for k, v in gpu.get("versions", {}).items())
-    run = f"Run: python {gpu['python']}" + (f", {versions}" if versions else "") + (
+    run = common.provenance(gpu.get("meta"))["text"] + f"; run: python {gpu['python']}" + (f", {versions}" if versions else "") + (
         f", {gpu['started']}" if "started" in gpu else "") + f"; {gpu['iters']} timed iterations after two warm-ups."
     return ["## GPU", "", report_text.GPU_INTRO.format(device=device, cpus=gpu.get("cpu_count", "?")), "", run, "",
             md_table(["backend", "workload", "GPU ms", "CPU ms", "CPU / GPU"], rows), "",
             report_text.GPU_AFTER, ""]
 
 
-def write(results: Path, docs: Path) -> Path:
+def provenance_section(results: Path) -> List[str]:
+    """One line per result file: the commit it came from, current or **stale**."""
+    lines = ["## Where the numbers come from", "", report_text.PROVENANCE, ""]
+    for path in sorted(results.glob("*.json")):
+        data = _load(path)
+        lines.append(f"- `{path.name}`: {common.provenance(data.get('meta') if isinstance(data, dict) else None)['text']}")
+    return lines + [""]
+
+
+def stale_files(results: Path) -> List[str]:
+    return [p.name for p in sorted(results.glob("*.json"))
+            if not common.provenance((_load(p) or {}).get("meta"))["current"]]
+
+
+KERNELS_START, KERNELS_END = "<!-- kernels-ess:start -->", "<!-- kernels-ess:end -->"
+
+
+def kernels_table(kernels: Dict[str, Any], docs: Path) -> Path:
+    """The ESS/s table of ``docs/kernels.md`` (between its markers) from ``kernels_ess.json``."""
+    names = {"pyro": "Pyro", "numpyro": "NumPyro"}
+    rows = [(names[r["backend"]], r["method"], f"{r['chains']}×{r['draws']}", float(r["seconds"]),
+             round(r["min_ess"]), float(r["ess_per_s"]), float(r["ess_per_s_with_svi"]),
+             "—" if r["method"] == "NUTS" else round(r["max_mean_gap"], 3),
+             round(r["first_run_seconds"], 1) if "first_run_seconds" in r else "—") for r in kernels["rows"]]
+    block = "\n".join([KERNELS_START, "Run: " + _machine(kernels["meta"], timing=False), "",
+                       md_table(["backend", "method", "chains × draws", "seconds", "min ESS", "ESS/s",
+                                 "ESS/s incl. SVI", "max \\|mean − NUTS\\|", "first run s"], rows), KERNELS_END])
+    page = docs / "kernels.md"
+    text = page.read_text()
+    if KERNELS_START not in text:
+        raise SystemExit(f"{page} has no {KERNELS_START} … {KERNELS_END} block for the table")
+    head, rest = text.split(KERNELS_START, 1)
+    page.write_text(head + block + rest.split(KERNELS_END, 1)[1])
+    print(f"wrote the ESS table of {page}")
+    return page
+
+
+def write(results: Path, docs: Path, strict: bool = False) -> Path:
+    stale = stale_files(results)
+    if strict and stale:
+        raise SystemExit(f"stale results (not from HEAD's code, or from an uncommitted tree): {', '.join(stale)}; "
+                         "rerun them, or drop --strict to publish them marked")
     speed = _load(results / "speed.json")
     q2d = [_load(p) for p in sorted(results.glob("quality_2d*.json"))]
     qdig = [_load(p) for p in sorted(results.glob("quality_digits*.json"))]
+    kernels = _load(results / "kernels_ess.json")
+    if kernels:
+        kernels_table(kernels, docs)
     lines = ["# Benchmarks", "", report_text.INTRO, ""]
+    lines += provenance_section(results)
     lines += report_text.summary(speed, q2d, qdig) + [""]
     if speed:
         lines += speed_section(speed, docs)
@@ -229,13 +289,14 @@ def main(argv=None) -> Path:
     p.add_argument("--docs", type=Path, default=common.ROOT / "docs")
     p.add_argument("--run", action="store_true", help="run the benchmarks first")
     p.add_argument("--quick", action="store_true", help="with --run: the quick versions")
+    p.add_argument("--strict", action="store_true", help="refuse to write when a result is stale")
     args = p.parse_args(argv)
     if args.run:
-        for script in ("speed.py", "quality_2d.py", "quality_digits.py"):
+        for script in ("speed.py", "quality_2d.py", "quality_digits.py", "kernels_ess.py"):
             out = args.results / script.replace(".py", ".json")
             cmd = [sys.executable, str(Path(__file__).with_name(script)), "--out", str(out)]
             subprocess.run(cmd + (["--quick"] if args.quick else []), check=True)
-    return write(args.results, args.docs)
+    return write(args.results, args.docs, args.strict)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,25 @@ python benchmarks/make_report.py --run    # run the benchmarks first (long; --qu
 and each benchmark runs on its own (`python benchmarks/speed.py`,
 `benchmarks/quality_2d.py`, `benchmarks/quality_digits.py`, each with `--quick`;
 `tests/core/test_benchmarks.py` runs the quick versions in CI so they cannot rot).
-Each result file records the command, the machine and its load, and the versions."""
+Each result file records the command, the machine and its load, the versions, and
+the git commit it was made at (with whether the tree was clean)."""
+
+PROVENANCE = """A result is *current* when it was made at HEAD, or at a commit whose code (everything
+but `benchmarks/results/` and `docs/`) equals HEAD's, from a clean tree; anything else
+is marked **stale** here and next to its table (`make_report.py --strict` refuses to
+publish it). The prose of this page quotes no number that is not in a table."""
 
 SPEED_INTRO = """\
 **How speed is measured.** The machines are shared (two cores, other jobs running),
 so no absolute time is compared across runs. Every number is a *ratio* of two
 implementations timed side by side in one process, interleaved (A B, B A, ...) over
 several repeats, each repeat long enough (≥ 0.2 s) to average over steps; the table
-gives the median of the per-repeat ratios and its quartiles. The clock is the
-process CPU time (all threads of the process), which does not count the time slices
-other jobs take; the wall-time ratio is given beside it and agrees within noise.
-Torch and XLA run with one intra-op thread. Lower is better; 1.0 is parity."""
+gives the median of the per-repeat ratios and its quartiles. The headline clock is
+the process CPU time for torch (it does not count the time slices other jobs take)
+and wall time for JAX (XLA runs work on its own thread pool, whose time the process
+CPU clock of a pinned process can miss: a sampler cannot use less CPU than the bare
+gradient loop it contains); the other clock stands beside it. Torch and XLA run with
+one intra-op thread. Lower is better; 1.0 is parity."""
 
 FLOOR = """\
 The floor is K back-to-back gradient evaluations of the energy written the leanest
@@ -98,25 +106,20 @@ iteration of the grid25 recipe, beyond the hand-written loop: the extra gradient
 evaluation of `Langevin.run` (K + 1 instead of K); `VAE.elbo_loss`, which runs Pyro's
 `Trace_ELBO` on the `PyroModule`'s `model`/`guide` with module-local parameters (the
 `pyro_method` wrappers and the effect handler answering every `pyro.param` site; the
-`hand_pyro_elbo` row prices Pyro's ELBO alone at about 6 %) inside a fork of torch's
+`hand_pyro_elbo` row prices Pyro's ELBO alone) inside a fork of torch's
 RNG; the finiteness checks of both losses and both parameter gradients, and the
 learning-rate schedule. Two fixes profiling pointed to are in: `elbo_loss` seeds only
-the generator its draws use (`torch.manual_seed` seeded every device's, ≈ 0.6 ms an
-iteration), and the four finiteness checks are one fused check after both backward
-passes (one host sync instead of four); together about 3 % (1.247 → 1.209, same
-machine, back to back).
+the generator its draws use (`torch.manual_seed` seeded every device's), and the four
+finiteness checks are one fused check after both backward passes (one host sync
+instead of four).
 
-**JAX, grid25 (target missed).** `update` is the hand-written loop plus the initial
-gradient evaluation (K + 1, 2.5 % at K = 40), NumPyro's `Trace_ELBO` instead of a
-hand-written ELBO, and per-step diagnostics; dropping the per-step diagnostics
-altogether (an experiment, not shipped) moved `update` only from 1.10 to 1.08 and
-`step` from 1.14 to 1.13. `step` adds 3–4 %: it validates the batch on the host and
-waits for the diagnostics of every iteration before it commits the new state (the
-price of "a diverging iteration changes nothing"), so it cannot overlap the next
-iteration's dispatch with this one's compute as an unchecked loop does. With the
-digits networks, where the gradient evaluations dominate, both are within 1 %. An
-earlier full run of this page measured 0.88 for grid25; it did not reproduce at that
-commit or since (1.13–1.15 in four runs), so it is not reported."""
+**JAX.** `update` is the hand-written loop plus the initial gradient evaluation
+(K + 1 evaluations instead of K), NumPyro's `Trace_ELBO` instead of a hand-written
+ELBO, and per-step diagnostics. `step` adds to `update` that it validates the batch on
+the host and waits for the diagnostics of every iteration before it commits the new
+state (the price of "a diverging iteration changes nothing"), so it cannot overlap the
+next iteration's dispatch with this one's compute as an unchecked loop does. Where the
+gradient evaluations dominate (the digits networks) these fixed costs matter least."""
 
 SCALING = """\
 Time per iteration of `teacher.step` as one option moves away from the base
@@ -180,9 +183,14 @@ def summary(speed: Optional[Dict[str, Any]], q2d: List[Dict[str, Any]], qdig: Li
     """The table of targets: met or not, with the worst case."""
     if not speed:
         return []
-    lines = ["## Targets at a glance", "", "| target | result | met |", "|---|---|---|"]
+    import common
 
-    def worst(rows, key="ratio"):
+    lines = ["## Targets at a glance", "", "| target | result | met |", "|---|---|---|"]
+    for r in speed.get("floor", []) + speed.get("peers", []) + speed.get("train", []):
+        if "backend" in r and "ratio" in r:  # the headline: wall time for JAX, CPU time for torch
+            r["headline"], r["clock"] = common.headline(r, r["backend"]), common.headline_clock(r["backend"])
+
+    def worst(rows, key="headline"):
         return max(rows, key=lambda r: r[key]) if rows else None
 
     floor = speed.get("floor", [])
@@ -193,20 +201,21 @@ def summary(speed: Optional[Dict[str, Any]], q2d: List[Dict[str, Any]], qdig: Li
         w, big = worst(rows), [r for r in rows if r["num_steps"] >= 100]
         wp = worst(rows, "ratio_per_eval")
         wb = worst(big) if big else w
-        lines.append(f"| sampler / floor ≤ 1.10, {backend} | worst {w['ratio']:.3f} ({w['energy']}, {w['batch']} "
-                     f"chains, K={w['num_steps']}); worst at K ≥ 100: {wb['ratio']:.3f}; worst per gradient "
-                     f"evaluation: {wp['ratio_per_eval']:.3f} | {'yes' if w['ratio'] <= 1.10 else 'no (K+1 evaluations at small K)' if wp['ratio_per_eval'] <= 1.10 else 'no'} |")
+        lines.append(f"| sampler / floor ≤ 1.10, {backend} | worst {w['headline']:.3f} ({w['clock']}; {w['energy']}, "
+                     f"{w['batch']} chains, K={w['num_steps']}); worst at K ≥ 100: {wb['headline']:.3f}; worst per "
+                     f"gradient evaluation (CPU): {wp['ratio_per_eval']:.3f} | {'yes' if w['headline'] <= 1.10 else 'no (K+1 evaluations at small K)' if wp['ratio_per_eval'] <= 1.10 else 'no'} |")
     peers = [r for r in speed.get("peers", []) if "skipped" not in r]
     for name in dict.fromkeys(r["peer"] for r in peers):
         rows = [r for r in peers if r["peer"] == name]
         w = worst(rows)
-        lines.append(f"| no slower than {name} | worst {w['ratio']:.3f} [{w['q25']:.2f}, {w['q75']:.2f}] "
-                     f"({w['variant']}, {w['energy']}, {w['chains']} chains); best {min(r['ratio'] for r in rows):.3f} "
-                     f"| {'yes' if w['ratio'] <= 1.0 else 'within noise' if w['q25'] <= 1.0 else 'no'} |")
+        q25 = w["q25_wall"] if w["clock"] == "wall" and "q25_wall" in w else w["q25"]
+        lines.append(f"| no slower than {name} | worst {common.fmt_ratio(w, w['clock'])} ({w['clock']}; "
+                     f"{w['variant']}, {w['energy']}, {w['chains']} chains); best {min(r['headline'] for r in rows):.3f} "
+                     f"| {'yes' if w['headline'] <= 1.0 else 'within noise' if q25 <= 1.0 else 'no'} |")
     for r in speed.get("train", []):
         if r.get("target") and r["den"] == "hand":
             lines.append(f"| {r['backend']} {r['num']} / hand-written ≤ {r['target']}, {r['data']} | "
-                         f"{r['ratio']:.3f} [{r['q25']:.2f}, {r['q75']:.2f}] | {'yes' if r['ratio'] <= r['target'] else 'no'} |")
+                         f"{common.fmt_ratio(r, r['clock'])} ({r['clock']}) | {'yes' if r['headline'] <= r['target'] else 'no'} |")
     for r in speed.get("memory", []):
         if "within_10pc" in r:
             ratio = (f"ratio {r['working_ratio']:.3f}" if r["working_ratio"] is not None
@@ -269,7 +278,7 @@ GPU_AFTER = """\
 one `lax.scan`, the ELBO, both optimiser updates) into one XLA program, so the GPU
 runs it as a handful of kernels: a few milliseconds per iteration whatever the
 network. The Torch backend dispatches every operation from Python: a grid25
-iteration is about 1,300 kernel launches, each a few microseconds of GPU work, so
+iteration is one kernel launch per operation, each a few microseconds of GPU work, so
 for the small default networks it is bound by launch latency and the GPU is no
 faster than one CPU core; it pays off for larger batches and convolutional energies
 (digits, the sampler with thousands of chains). Capturing the Langevin loop in a

@@ -96,16 +96,20 @@ def main(argv=None):
     print(table.round(3).to_string(), "\n")
     nuts_mean = az.summary(results["NUTS"], kind="stats")["mean"].to_numpy()
     print(f"{'method':<11} {'draws':>11} {'seconds':>8} {'min ESS':>8} {'ESS/s':>7} {'+SVI':>6} {'|mean - NUTS|':>14}")
+    rows = []  # what benchmarks/kernels_ess.py records
     for name in ("guide-MALA", "NUTS", "ULA"):
         ess = min_ess(results[name])
         gap = np.abs(az.summary(results[name], kind="stats")["mean"].to_numpy() - nuts_mean).max()
         n = nuts_draws if name == "NUTS" else draws
         with_svi = ess / (seconds[name] + (0 if name == "NUTS" else t_svi))
+        rows.append(dict(method=name, chains=chains, draws=n, seconds=seconds[name], min_ess=ess,
+                         ess_per_s=ess / seconds[name], ess_per_s_with_svi=with_svi, max_mean_gap=gap,
+                         svi_seconds=t_svi))
         print(f"{name:<11} {f'{chains}x{n}':>11} {seconds[name]:8.1f} {ess:8.0f} {ess / seconds[name]:7.1f} "
               f"{with_svi:6.1f} {gap:14.3f}")
     print("\nseconds: warmup + draws; '+SVI' counts the SVI fit too. min ESS: smallest bulk ESS over"
           " parameters. ULA's ESS counts draws of a biased chain.")
-    return results
+    return results, rows
 
 
 if __name__ == "__main__":

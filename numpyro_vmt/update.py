@@ -36,8 +36,8 @@ from vmt.core.api import TeachingInfo
 from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
-__all__ = ["TeachingState", "Spec", "ChainStarts", "Diagnosis", "optimizers", "uniform_points", "start_chains", "revise",
-           "update_core", "fit_core", "sample_core", "no_chains"]
+__all__ = ["TeachingState", "Spec", "ChainStarts", "Draws", "Diagnosis", "optimizers", "uniform_points", "start_chains",
+           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains"]
 
 Array = jax.Array
 
@@ -95,6 +95,21 @@ class ChainStarts(NamedTuple):
     slots: Optional[Array]      # the replay-buffer rows they came from (init "persistent")
 
 
+class Draws(NamedTuple):
+    """Random draws of one iteration given instead of drawn from the training key.
+
+    The hook of the cross-backend conformance test of a whole iteration
+    (``tests/conformance/test_iteration.py``): the same draws in both backends give
+    the same numbers. A field left ``None`` is drawn as usual.
+    """
+
+    latents: Optional[Array] = None  # z ~ N(0, I), (n, latent_dim): init "vae" / "generator"
+    uniform: Optional[Array] = None  # u ~ U(0, 1), (n, *event_shape): noise starts, buffer resets
+    slots: Optional[Array] = None    # replay-buffer rows, (n,): init "persistent"
+    reset: Optional[Array] = None    # U(0, 1), (n,): a buffer chain restarts where < reinit_prob
+    noise: Optional[Array] = None    # ξ, (K, n, *event_shape): the Langevin noise
+
+
 class Spec(NamedTuple):
     """The static part of an iteration: options, the networks' non-array parts and the device mesh."""
 
@@ -117,41 +132,45 @@ def optimizers(config: TeachingConfig, with_vae: bool):
     return energy_optim, (optax.adam(lr(config.vae_lr), b1=b1, b2=b2) if with_vae else None)
 
 
-def uniform_points(spec: Spec, key: Array, n: int, dtype) -> Array:
+def uniform_points(spec: Spec, key: Array, n: int, dtype, u: Optional[Array] = None) -> Array:
+    """``n`` points uniform on ``init_bounds`` (from the standard uniforms ``u`` if given)."""
     low, high = spec.config.init_bounds
-    u = jax.random.uniform(key, (n,) + spec.energy.event_shape, dtype=dtype)
-    return low + (high - low) * u
+    if u is None:
+        u = jax.random.uniform(key, (n,) + spec.energy.event_shape, dtype=dtype)
+    return low + (high - low) * u[:n]
 
 
 def start_chains(spec: Spec, state: TeachingState, n: int, key: Array, training: bool,
-                 ctx: Optional[Array] = None) -> ChainStarts:
+                 ctx: Optional[Array] = None, draws: Optional[Draws] = None) -> ChainStarts:
     """Starting points ``x⁽⁰⁾`` of ``n`` chains, with the latents or buffer slots they came from."""
     cfg = spec.config
+    d = Draws() if draws is None else draws
     dtype = jax.tree.leaves(state.energy)[0].dtype
     if cfg.init in ("vae", "generator"):
         vae = eqx.combine(state.vae, spec.vae)
         m = cfg.num_noise_chains(n) if training else 0
         k_z, k_u = jax.random.split(key) if m else (key, None)
-        z = vae.sample_latent(n - m, k_z)
+        z = vae.sample_latent(n - m, k_z) if d.latents is None else d.latents
         x0 = jax.lax.stop_gradient(with_context(vae.decode, None if ctx is None else ctx[:n - m])(z))
-        return ChainStarts(jnp.concatenate([x0, uniform_points(spec, k_u, m, x0.dtype)]) if m else x0, z, None)
+        return ChainStarts(jnp.concatenate([x0, uniform_points(spec, k_u, m, x0.dtype, d.uniform)]) if m else x0,
+                           z, None)
     if cfg.init == "noise":
-        return ChainStarts(uniform_points(spec, key, n, dtype), None, None)
+        return ChainStarts(uniform_points(spec, key, n, dtype, d.uniform), None, None)
     k_idx, k_reset, k_noise = jax.random.split(key, 3)
-    idx = jax.random.randint(k_idx, (n,), 0, state.buffer.shape[0])
+    idx = jax.random.randint(k_idx, (n,), 0, state.buffer.shape[0]) if d.slots is None else d.slots
     x0 = state.buffer[idx]
     if training:
-        reset = jax.random.uniform(k_reset, (n,), dtype=dtype) < cfg.reinit_prob
-        mask = reset.reshape((-1,) + (1,) * len(spec.energy.event_shape))
-        x0 = jnp.where(mask, uniform_points(spec, k_noise, n, dtype), x0)
+        u = jax.random.uniform(k_reset, (n,), dtype=dtype) if d.reset is None else d.reset
+        mask = (u < cfg.reinit_prob).reshape((-1,) + (1,) * len(spec.energy.event_shape))
+        x0 = jnp.where(mask, uniform_points(spec, k_noise, n, dtype, d.uniform), x0)
     return ChainStarts(x0, None, idx)
 
 
-def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: int):
-    """The Langevin revision, and the counts the host checks before using it."""
+def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: int, noise: Optional[Array] = None):
+    """The Langevin revision (with the noise ``ξ`` if given), and the counts the host checks before using it."""
     cfg = spec.config
     start = init(x0, energy)
-    state, info = scan_steps(key, start, energy, cfg.step_size, cfg.noise_scale, cfg.adjust, num_steps)
+    state, info = scan_steps(key, start, energy, cfg.step_size, cfg.noise_scale, cfg.adjust, num_steps, noise)
     bad_any = info.is_divergent.any(1)
     diag = Diagnosis(
         (~jnp.isfinite(_flat_sum(x0))).sum(),
@@ -161,6 +180,25 @@ def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: in
         jnp.zeros((), x0.dtype),
     )
     return state, info, diag
+
+
+def energy_loss(config: TeachingConfig, energy: EnergyModel, batch: Array, x_tilde: Array):
+    """``(loss, (E(data), E(x̃)))``: the maximum-likelihood loss ``mean E(data) − mean E(x̃)`` (+ penalty)."""
+    e_data, e_samp = energy(batch), energy(x_tilde)
+    loss = e_data.mean() - e_samp.mean()
+    if config.energy_reg:
+        loss = loss + config.energy_reg * ((e_data ** 2).mean() + (e_samp ** 2).mean())
+    return loss, (e_data, e_samp)
+
+
+def vae_loss(config: TeachingConfig, vae, x_tilde: Array, starts: ChainStarts, key: Array,
+             ctx: Optional[Array] = None) -> Array:
+    """The VAE's loss on the revised samples: the negative ELBO (``"vae"``), or the generator's
+    ``−log p(x̃, z)`` on the chains it started (``"generator"``)."""
+    if config.init == "vae":
+        return with_context(vae.elbo_loss, ctx)(x_tilde, key)
+    k = starts.latents.shape[0]  # only the chains the generator started (see noise_fraction)
+    return with_context(vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], starts.latents)
 
 
 @partial(jax.jit, static_argnums=(0, 3, 4))
@@ -175,8 +213,8 @@ def sample_core(spec: Spec, state: TeachingState, key: Array, n: int, num_steps:
 
 
 @partial(jax.jit, static_argnums=0)
-def update_core(spec: Spec, state: TeachingState, batch: Array):
-    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)``."""
+def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[Draws] = None):
+    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)`` (``draws``: see :class:`Draws`)."""
     cfg = spec.config
     energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
@@ -195,46 +233,37 @@ def update_core(spec: Spec, state: TeachingState, batch: Array):
         nan = jnp.full((), jnp.nan, x_tilde.dtype)
         langevin_acc, langevin_gnorm = nan, nan
     else:
-        starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx)
+        starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx, draws=draws)
         x0 = constrain(starts.position, spec.mesh, sharded=True)  # each device revises its block of chains
-        lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps)
+        lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps, None if draws is None else draws.noise)
         x_tilde = jax.lax.stop_gradient(lstate.position)
         langevin_acc, langevin_gnorm = sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()
 
-    def energy_loss(params):
-        model = with_context(eqx.combine(params, spec.energy), ctx)
-        e_data, e_samp = model(batch), model(x_tilde)
-        loss = e_data.mean() - e_samp.mean()
-        if cfg.energy_reg:
-            loss = loss + cfg.energy_reg * ((e_data ** 2).mean() + (e_samp ** 2).mean())
-        return loss, (e_data, e_samp)
+    def energy_loss_of(params):
+        return energy_loss(cfg, with_context(eqx.combine(params, spec.energy), ctx), batch, x_tilde)
 
-    (loss, (e_data, e_samp)), e_grad = jax.value_and_grad(energy_loss, has_aux=True)(state.energy)
+    (loss, (e_data, e_samp)), e_grad = jax.value_and_grad(energy_loss_of, has_aux=True)(state.energy)
     gnorm = optax.tree.norm(e_grad)
     updates, e_opt = energy_optim.update(e_grad, state.energy_optim, state.energy)
     new_energy = optax.apply_updates(state.energy, updates)
 
     if vae_optim is not None:
-        def vae_loss_fn(params):
-            vae = eqx.combine(params, spec.vae)
-            if cfg.init == "vae":
-                return with_context(vae.elbo_loss, ctx)(x_tilde, k_vae)
-            k = starts.latents.shape[0]  # only the chains the generator started (see noise_fraction)
-            return with_context(vae.joint_loss, None if ctx is None else ctx[:k])(x_tilde[:k], starts.latents)
+        def vae_loss_of(params):
+            return vae_loss(cfg, eqx.combine(params, spec.vae), x_tilde, starts, k_vae, ctx)
 
-        vae_loss, v_grad = jax.value_and_grad(vae_loss_fn)(state.vae)
+        v_loss, v_grad = jax.value_and_grad(vae_loss_of)(state.vae)
         diag = diag._replace(vae_grad_norm=optax.tree.norm(v_grad))
         updates, v_opt = vae_optim.update(v_grad, state.vae_optim, state.vae)
         new_vae = optax.apply_updates(state.vae, updates)
     else:
-        vae_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
+        v_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
     new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1,
                                   chains), spec.mesh, sharded=False)
     nan = jnp.full((), jnp.nan, loss.dtype)
     mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
-    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), vae_loss, langevin_acc, langevin_gnorm, gnorm, *mh)
+    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), v_loss, langevin_acc, langevin_gnorm, gnorm, *mh)
     return new, info, diag
 
 

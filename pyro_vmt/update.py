@@ -27,7 +27,7 @@ from vmt.core.batch import with_context
 from vmt.core.config import TeachingConfig
 from vmt.core.errors import DivergenceError, divergence_message
 
-__all__ = ["ChainStarts", "uniform_points", "start_chains", "revise", "energy_loss", "vae_loss"]
+__all__ = ["ChainStarts", "Draws", "uniform_points", "start_chains", "revise", "energy_loss", "vae_loss"]
 
 Tensor = torch.Tensor
 
@@ -40,40 +40,60 @@ class ChainStarts(NamedTuple):
     slots: Optional[Tensor]      # the replay-buffer rows they came from (init "persistent")
 
 
+class Draws(NamedTuple):
+    """Random draws of one iteration given instead of drawn from the training RNG.
+
+    The hook of the cross-backend conformance test of a whole iteration
+    (``tests/conformance/test_iteration.py``): the same draws in both backends give
+    the same numbers. A field left ``None`` is drawn as usual.
+    """
+
+    latents: Optional[Tensor] = None  # z ~ N(0, I), (n, latent_dim): init "vae" / "generator"
+    uniform: Optional[Tensor] = None  # u ~ U(0, 1), (n, *event_shape): noise starts, buffer resets
+    slots: Optional[Tensor] = None    # replay-buffer rows, (n,): init "persistent"
+    reset: Optional[Tensor] = None    # U(0, 1), (n,): a buffer chain restarts where < reinit_prob
+    noise: Optional[Tensor] = None    # ξ, (K, n, *event_shape): the Langevin noise
+
+
 def uniform_points(config: TeachingConfig, like: Tensor, event_shape: tuple, n: int,
-                   gen: torch.Generator) -> Tensor:
-    """``n`` points uniform on ``config.init_bounds``, with ``like``'s device and dtype."""
+                   gen: torch.Generator, u: Optional[Tensor] = None) -> Tensor:
+    """``n`` points uniform on ``config.init_bounds``, with ``like``'s device and dtype
+    (from the standard uniforms ``u`` if given)."""
     low, high = config.init_bounds
-    u = torch.rand((n,) + tuple(event_shape), generator=gen, device=like.device, dtype=like.dtype)
-    return low + (high - low) * u
+    if u is None:
+        u = torch.rand((n,) + tuple(event_shape), generator=gen, device=like.device, dtype=like.dtype)
+    return low + (high - low) * u[:n]
 
 
 def start_chains(config: TeachingConfig, energy, vae, buffer: Optional[Tensor], n: int, gen: torch.Generator,
-                 training: bool, ctx: Optional[Tensor] = None) -> ChainStarts:
+                 training: bool, ctx: Optional[Tensor] = None, draws: Optional[Draws] = None) -> ChainStarts:
     """Starting points ``x⁽⁰⁾`` of ``n`` chains, with the latents or buffer slots they came from."""
     like = next(energy.parameters())
     event = energy.event_shape
+    d = Draws() if draws is None else draws
     if config.init in ("vae", "generator"):
         m = config.num_noise_chains(n) if training else 0
-        z = vae.sample_latent(n - m, gen)
+        z = vae.sample_latent(n - m, gen) if d.latents is None else d.latents
         with torch.no_grad():
             x0 = with_context(vae.decode, None if ctx is None else ctx[:n - m])(z)
-        return ChainStarts(torch.cat([x0, uniform_points(config, like, event, m, gen)]) if m else x0, z, None)
+        return ChainStarts(torch.cat([x0, uniform_points(config, like, event, m, gen, d.uniform)]) if m else x0,
+                           z, None)
     if config.init == "noise":
-        return ChainStarts(uniform_points(config, like, event, n, gen), None, None)
-    idx = torch.randint(buffer.shape[0], (n,), generator=gen, device=like.device)
+        return ChainStarts(uniform_points(config, like, event, n, gen, d.uniform), None, None)
+    idx = torch.randint(buffer.shape[0], (n,), generator=gen, device=like.device) if d.slots is None else d.slots
     x0 = buffer[idx]
     if training:
-        reset = torch.rand(n, generator=gen, device=like.device) < config.reinit_prob
-        mask = reset.reshape((-1,) + (1,) * len(event))
-        x0 = torch.where(mask, uniform_points(config, like, event, n, gen), x0)
+        u = torch.rand(n, generator=gen, device=like.device) if d.reset is None else d.reset
+        mask = (u < config.reinit_prob).reshape((-1,) + (1,) * len(event))
+        x0 = torch.where(mask, uniform_points(config, like, event, n, gen, d.uniform), x0)
     return ChainStarts(x0, None, idx)
 
 
-def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None
-           ) -> Tuple[LangevinState, LangevinInfo]:
-    """The Langevin revision; :class:`~vmt.core.errors.DivergenceError` if any chain diverged."""
-    state, info = sampler.run(gen, x0, num_steps)
+def revise(sampler: Langevin, x0: Tensor, gen: torch.Generator, num_steps: Optional[int] = None,
+           noise: Optional[Tensor] = None) -> Tuple[LangevinState, LangevinInfo]:
+    """The Langevin revision (with the noise ``ξ`` if given); :class:`~vmt.core.errors.DivergenceError`
+    if any chain diverged."""
+    state, info = sampler.run(gen, x0, num_steps, noise=noise)
     bad = info.is_divergent.any(0)
     if bad.any():
         first = int(info.is_divergent.any(1).nonzero()[0, 0])

@@ -18,6 +18,7 @@ import numpyro_vmt as nv  # noqa: E402
 import pyro_vmt as pv  # noqa: E402
 from numpyro_vmt import nets as jnets  # noqa: E402
 from pyro_vmt import nets as tnets  # noqa: E402
+from twins import copy_linears, twin_mlp  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -26,22 +27,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 def x64():
     with jax.enable_x64(True):
         yield
-
-
-def copy_linears(eqx_module, torch_linears, get):
-    """``eqx_module`` with the weights and biases of ``torch_linears`` at the layers ``get`` returns."""
-    layers = get(eqx_module)
-    weights = [jnp.asarray(t.weight.detach().numpy()) for t in torch_linears]
-    biases = [jnp.asarray(t.bias.detach().numpy()).reshape(l.bias.shape) for t, l in zip(torch_linears, layers)]
-    eqx_module = eqx.tree_at(lambda m: [l.weight for l in get(m)], eqx_module, weights)
-    return eqx.tree_at(lambda m: [l.bias for l in get(m)], eqx_module, biases)
-
-
-def twin_mlp(in_features, out_features, hidden, seed):
-    torch.manual_seed(seed)
-    t = tnets.MLP(in_features, out_features, hidden).double()
-    j = jnets.MLP(in_features, out_features, hidden, rng=seed)
-    return t, copy_linears(j, list(t.layers), lambda m: m.layers)
 
 
 def twin_energies(ref_scale=2.0):

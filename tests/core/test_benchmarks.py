@@ -30,6 +30,7 @@ def run_quick(script: str, out: Path, *extra: str) -> dict:
     assert meta["quick"] and "--quick" in meta["command"]
     assert {"platform", "cpu_count", "load_average", "python"} <= set(meta["machine"])
     assert {"torch", "jax", "pyro-ppl", "numpyro", "blackjax", "torchebm"} <= set(meta["versions"])
+    assert set(meta["git"]) == {"commit", "dirty"} and len(meta["git"]["commit"]) == 40
     return data
 
 
@@ -74,15 +75,59 @@ def test_quality_digits_quick(results):
     assert all(Path(p).exists() for p in data["figures"].values())
 
 
+def test_kernels_ess_quick(results):
+    data = run_quick("kernels_ess.py", results / "kernels_ess.json")
+    assert {(r["backend"], r["method"]) for r in data["rows"]} == {
+        (b, m) for b in ("pyro", "numpyro") for m in ("guide-MALA", "NUTS", "ULA")}
+    for row in data["rows"]:
+        assert {"seconds", "min_ess", "ess_per_s", "ess_per_s_with_svi", "max_mean_gap"} <= set(row)
+        assert row["seconds"] > 0 and row["min_ess"] > 0
+
+
+def _report(results, docs, *extra):
+    return subprocess.run([sys.executable, str(BENCH / "make_report.py"), "--results", str(results),
+                           "--docs", str(docs), *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_results_from_other_code_are_marked_stale(tmp_path):
+    """A result from another commit (or an uncommitted tree, or none recorded) is marked
+    on the page; ``--strict`` refuses to write it; the same commit's clean result is not."""
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    head = common.git_state()["commit"]
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    results.mkdir(), docs.mkdir()
+    gpu = {"python": "3", "iters": 1, "chains": 1, "steps": 1}  # the smallest file the report reads
+    for name, git in [("gpu_smoke.json", {"commit": "0" * 40, "dirty": False}),
+                      ("a.json", {"commit": head, "dirty": True}), ("b.json", None),
+                      ("c.json", {"commit": head, "dirty": False})]:
+        (results / name).write_text(json.dumps(dict(gpu, meta={"git": git} if git else {})))
+    result = _report(results, docs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (docs / "benchmarks.md").read_text()
+    assert "- `gpu_smoke.json`: **stale**: commit `0000000000`, code differs from HEAD" in page
+    assert "- `a.json`: **stale**: commit" in page and "with uncommitted changes" in page
+    assert "- `b.json`: **stale**: no commit recorded" in page
+    assert f"- `c.json`: commit `{head[:10]}` (HEAD)" in page
+    strict = _report(results, docs, "--strict")
+    assert strict.returncode != 0 and "stale results" in strict.stderr
+    assert all(n in strict.stderr for n in ("gpu_smoke.json", "a.json", "b.json")) and "c.json" not in strict.stderr
+
+
 def test_report_is_built_from_the_results(results, tmp_path):
     if not all((results / f).exists() for f in ("speed.json", "quality_2d.json", "quality_digits.json")):
         pytest.skip("needs the quick results of the tests above (run the whole file)")
     docs = tmp_path / "docs"
     docs.mkdir()
-    result = subprocess.run([sys.executable, str(BENCH / "make_report.py"), "--results", str(results),
-                             "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    (docs / "kernels.md").write_text((ROOT / "docs" / "kernels.md").read_text())
+    result = _report(results, docs)
     assert result.returncode == 0, result.stderr[-3000:]
     page = (docs / "benchmarks.md").read_text()
+    if (results / "kernels_ess.json").exists():  # the ESS table of docs/kernels.md is generated too
+        kernels = (docs / "kernels.md").read_text()
+        assert "| Pyro | guide-MALA |" in kernels and "Not generated yet" not in kernels
+    assert "## Where the numbers come from" in page
     for heading in ("## Targets at a glance", "### 1. Sampler against the floor", "### 2. Against the peers",
                     "### 3. Training step", "### 4. Scaling and memory", "## Sample quality: 2-D densities",
                     "## Sample quality: 8×8 digits"):

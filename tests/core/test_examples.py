@@ -17,13 +17,13 @@ CASES = {  # example -> tiny-budget arguments (besides --out)
     "digits.py": ["--iters", "3"],
     "regression1d.py": ["--iters", "5"],
     "conditional_digits.py": ["--iters", "3"],
-    "logistic_regression_pyro.py": ["--quick"],
-    "logistic_regression_numpyro.py": ["--quick"],
     "restore_digits_pyro.py": ["--quick"],
     "guide_teaching_pyro.py": ["--quick"],
     "guide_teaching_numpyro.py": ["--quick"],
 }
-NO_OUT = {"logistic_regression_pyro.py", "logistic_regression_numpyro.py"}
+NO_OUT = set()
+# The two logistic-regression examples run (with --quick) inside benchmarks/kernels_ess.py,
+# which tests/core/test_benchmarks.py runs: the same code, run once.
 
 
 @pytest.mark.parametrize("script", sorted(CASES))

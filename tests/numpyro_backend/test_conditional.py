@@ -1,7 +1,8 @@
-"""Conditional EBM, conditional VAE and conditional teacher (JAX): shapes, the NumPyro
-model and a plain SVI script, the pure ``update``, exact resume, bad input, and one
-statistical check — a trained conditional EBM's samples at a fixed x against the
-known two-branch conditional density."""
+"""Conditional EBM, VAE and teacher, JAX idioms (the shared behaviour is in
+``tests/backends``): a plain NumPyro SVI script, the library's ELBO as SVI's
+objective, the pure ``update``, MCMC on y given x, and one statistical check — a
+trained conditional EBM's samples at a fixed x against the known two-branch
+conditional density."""
 
 import numpy as np
 import pytest
@@ -13,14 +14,12 @@ optax = pytest.importorskip("optax")
 
 import jax.numpy as jnp  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
-from numpyro.infer.util import log_density  # noqa: E402
 
-from numpyro_vmt import (VAE, ConditionalEnergyModel, ConditionalVAE,  # noqa: E402
-                         ConditionalVariationalMCMCTeaching, EnergyModel, VariationalMCMCTeaching)
+from numpyro_vmt import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching  # noqa: E402
 from numpyro_vmt.conditional import conditional_networks  # noqa: E402
-from numpyro_vmt.nets import MLP  # noqa: E402
 from vmt.app.recipes import build_teacher, get_recipe  # noqa: E402
 from vmt.data.tasks import load_task  # noqa: E402
+from toy import pairs  # noqa: E402
 
 def make(init="vae", seed=0, **options):
     e_net, enc, dec = conditional_networks((2,), (3,), 2, hidden=(16,), rng=seed)
@@ -30,37 +29,8 @@ def make(init="vae", seed=0, **options):
     return ConditionalVariationalMCMCTeaching(energy, vae, init=init, rng=seed, **opts)
 
 
-def pairs(n=64, seed=0):
-    g = np.random.default_rng(seed)
-    x = g.standard_normal((n, 3)).astype(np.float32)
-    return x, (x[:, :2] + 0.1 * g.standard_normal((n, 2))).astype(np.float32)
-
-
 def leaves(t):
     return [np.asarray(a) for a in jax.tree.leaves(t.state)]
-
-
-def test_energy_is_net_on_concatenation_plus_reference_and_a_numpyro_model():
-    net = MLP(5, 1, (8,), rng=0)
-    energy = ConditionalEnergyModel(net, (2,), (3,), ref_scale=2.0)
-    x, y = (jnp.asarray(a) for a in pairs(6))
-    expected = net(jnp.concatenate([y, x], 1))[:, 0] + (y ** 2).sum(1) / 8.0
-    np.testing.assert_allclose(energy(y, x), expected, rtol=1e-5)
-    np.testing.assert_allclose(energy.potential(x)(y), expected, rtol=1e-5)
-    np.testing.assert_allclose(energy.numpy_energy(np.asarray(y), np.asarray(x)), expected, rtol=1e-5)
-    log_joint, _ = log_density(energy.model, (x, y), {}, {})
-    np.testing.assert_allclose(log_joint, -expected.sum(), rtol=1e-5)
-    single, _ = log_density(energy.model, (x[0], y[0]), {}, {})
-    np.testing.assert_allclose(single, -expected[0], rtol=1e-5)
-    pair_energy = ConditionalEnergyModel(_PairNet(), (2,), (3,), concat=False)
-    np.testing.assert_allclose(pair_energy(y, x), y.sum(1) * x.sum(1), rtol=1e-6)
-
-
-class _PairNet(eqx.Module):
-    w: jax.Array = eqx.field(default_factory=lambda: jnp.ones(()))
-
-    def __call__(self, y, x):
-        return self.w * y.sum(1) * x.sum(1)
 
 
 def test_plain_numpyro_svi_step_moves_encoder_and_decoder_weights():
@@ -94,16 +64,6 @@ def test_library_elbo_is_svis_objective_and_differentiable():
     assert all(np.abs(g).sum() > 0 for g in jax.tree.leaves(grads))
 
 
-def test_vae_samples_one_y_per_x_and_repeats_a_single_x():
-    _, enc, dec = conditional_networks((2,), (3,), 2, hidden=(8,))
-    cvae = ConditionalVAE(enc, dec, 2, (2,), (3,))
-    x = jnp.asarray(pairs(5)[0])
-    assert cvae.sample(x, 0).shape == (5, 2)
-    tr = numpyro.handlers.trace(numpyro.handlers.seed(cvae.model, 0)).get_trace(x=x[0], num_samples=7)
-    assert tr["y"]["value"].shape == (7, 2)
-    np.testing.assert_allclose(cvae.sample(x, 1), cvae.decode(cvae.sample_latent(5, 1), x))
-
-
 def test_teacher_step_update_and_starting_points():
     t = make()
     state0 = t.state
@@ -115,55 +75,6 @@ def test_teacher_step_update_and_starting_points():
     assert t.sample(x).shape == (7, 2)
     np.testing.assert_allclose(t.sample(x, num_steps=0, rng=5),
                                t.vae.sample(jnp.asarray(x), jax.random.split(jax.random.PRNGKey(5))[0]), rtol=1e-5)
-
-
-def test_save_load_resumes_bit_for_bit(tmp_path, init="vae"):
-    # "noise" and "generator" share this code path; each costs a compilation here and
-    # is resumed in the torch tests.
-    data = pairs()
-    straight = make(init)
-    h_straight = straight.fit(data, num_iters=6, batch_size=16, progress=False)
-    first = make(init)
-    first.fit(data, num_iters=3, batch_size=16, progress=False)
-    first.save(tmp_path / "ck.npz", note="half-way")
-    resumed = make(init, seed=123)
-    assert resumed.load(tmp_path / "ck.npz") == {"note": "half-way"}
-    h_resumed = resumed.fit(data, num_iters=3, batch_size=16, progress=False)
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(straight), leaves(resumed)))
-    np.testing.assert_array_equal(h_straight["loss"][3:], h_resumed["loss"])
-    np.testing.assert_array_equal(straight.sample(data[0][:5]), resumed.sample(data[0][:5]))
-
-
-BAD = [
-    (lambda t: t.step((np.zeros((4, 3), np.float32), np.zeros((5, 2), np.float32))), "batch: x has 4 rows but y has 5"),
-    (lambda t: t.step((np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32))),
-     r"batch y must have shape \(n, 2\), got \(4, 3\)"),
-    (lambda t: t.step((np.full((4, 3), np.nan, np.float32), np.zeros((4, 2), np.float32))),
-     r"batch x has non-finite values in 4 rows \(first: row 0\)"),
-    (lambda t: t.step(np.zeros((4, 5), np.float32)), r"batch must be a pair \(x, y\)"),
-    (lambda t: t.sample(np.zeros((4, 2), np.float32)), r"x must have shape \(n, 3\), got \(4, 2\)"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_input_raises_and_changes_nothing(case):
-    fn, match = BAD[case]
-    t = make()
-    before = leaves(t)
-    with pytest.raises(ValueError, match=match):
-        fn(t)
-    assert all(np.array_equal(a, b) for a, b in zip(before, leaves(t))) and t.iteration == 0
-
-
-def test_bad_configurations_and_models_are_refused():
-    with pytest.raises(ValueError, match="supports init in"):
-        make("persistent")
-    e_net, enc, dec = conditional_networks((2,), (3,), 2, hidden=(8,))
-    with pytest.raises(ValueError, match="needs a numpyro_vmt.VAE, got ConditionalVAE"):
-        VariationalMCMCTeaching(EnergyModel(MLP(2, 1, rng=0), (2,)), ConditionalVAE(enc, dec, 2, (2,), (3,)))
-    with pytest.raises(ValueError, match="needs a numpyro_vmt.ConditionalVAE, got VAE"):
-        ConditionalVariationalMCMCTeaching(ConditionalEnergyModel(e_net, (2,), (3,)),
-                                           VAE(MLP(2, 4, rng=0), MLP(2, 2, rng=1), 2, (2,)))
 
 
 def test_trained_conditional_ebm_samples_match_the_two_branch_truth():
