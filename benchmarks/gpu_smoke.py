@@ -11,6 +11,13 @@ one thread, as ``vmt`` runs it), and reports
   digits recipe (conv energy, batch 100, K = 20) — ``teacher.step``;
 - a Langevin run of the grid25 energy, ``--chains`` chains for ``--steps`` steps.
 
+The Torch training iteration is timed twice, eager (``compile=False``) and with its
+Langevin loop compiled (``compile=True``: ``torch.compile``, CUDA graphs on CUDA), each
+with its first (compiling) iteration's time and its counts per iteration: host syncs
+(patched ``.item()``/``bool()``/...), and on CUDA ``torch.profiler``'s kernel launches,
+CUDA-graph launches, device-to-host copies and synchronisations. ``--cpu-only`` runs the
+Torch CPU leg alone, on a machine without a GPU.
+
 Nothing in either backend pins the CPU: the Torch teacher works on the device of the
 energy's parameters (``build_teacher(..., device=)``), the JAX one on JAX's default
 device (``jax.default_device``). Writes timings and the devices used as JSON.
@@ -21,6 +28,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -44,8 +52,42 @@ def _ratio(row):
     return row
 
 
+def torch_counts(teacher, batch, iters):
+    """Per iteration: host syncs (patched ``.item()``/``bool``/...: any device, an upper bound) and,
+    on CUDA, ``torch.profiler``'s kernel launches, CUDA-graph launches, device-to-host copies
+    and stream/device synchronisations."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyro_vmt.syncs import count_host_syncs
+
+    with count_host_syncs() as syncs:
+        for _ in range(iters):
+            teacher.step(batch)
+    out = {"host_syncs_per_iteration": sum(syncs.values()) / iters}
+    if teacher.device.type != "cuda":
+        return out
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            teacher.step(batch)
+        torch.cuda.synchronize()
+    names = Counter(e.name for e in prof.events())
+
+    def count(*prefixes):
+        return sum(v for k, v in names.items() if k.startswith(prefixes)) / iters
+
+    out.update(kernel_launches_per_iteration=count("cudaLaunchKernel", "cuLaunchKernel"),
+               graph_launches_per_iteration=count("cudaGraphLaunch"),
+               dtoh_copies_per_iteration=count("Memcpy DtoH"),
+               stream_syncs_per_iteration=count("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                "cudaEventSynchronize") - 1 / iters)  # less the final one
+    return out
+
+
 def torch_on(device, iters, chains, steps):
-    """The Torch workloads on ``device`` (``"cuda"``, ``"cpu"``): their times in ms."""
+    """The Torch workloads on ``device`` (``"cuda"``, ``"cpu"``): their times in ms, eager and with
+    the Langevin loop compiled (``compile=True``; CUDA graphs on CUDA), and their counts."""
     import torch
 
     import pyro_vmt
@@ -55,16 +97,25 @@ def torch_on(device, iters, chains, steps):
     for name in ("grid25", "digits"):
         data = load_dataset(name)
         recipe = get_recipe(name)
-        teacher = build_teacher(pyro_vmt, data, recipe, seed=0, device=dev)
+        eager = build_teacher(pyro_vmt, data, recipe, seed=0, device=dev)
         batch = torch.as_tensor(data.train[:recipe.batch_size], device=dev)
+        for label, compile in [("", False), ("compiled_", True)]:
+            teacher = type(eager)(eager.energy, eager.vae, eager.config, rng=0, compile=compile)
 
-        def train():
-            info = teacher.step(batch)
-            sync()
-            return info
+            def train():
+                info = teacher.step(batch)
+                sync()
+                return info
 
-        out[f"{name}_iteration_ms"], info = _time(train, iters)
-        out[f"{name}_loss_finite"] = bool(torch.isfinite(info.loss))
+            start = time.perf_counter()
+            train()
+            out[f"{name}_{label}first_iteration_s"] = time.perf_counter() - start  # compiles when compiled
+            out[f"{name}_{label}iteration_ms"], info = _time(train, iters)
+            out[f"{name}_{label}loss_finite"] = bool(torch.isfinite(info.loss))
+            if compile:
+                out[f"{name}_compile_s"] = teacher.compile_seconds
+                out[f"{name}_compile_fallback"] = teacher._compiled.failed
+            out.update({f"{name}_{label}{k}": v for k, v in torch_counts(teacher, batch, min(iters, 5)).items()})
         if name == "grid25":
             sampler = pyro_vmt.Langevin(teacher.energy, 0.05, steps)
             x0 = torch.randn(chains, 2, device=dev)
@@ -77,6 +128,14 @@ def torch_on(device, iters, chains, steps):
             out["sampler_ms"], state = _time(run, 3)
             out["on_device"] = state.position.device.type == dev.type
     return out
+
+
+def torch_cpu(iters, chains, steps):
+    """The Torch workloads on this machine's CPU only (one thread), eager and compiled: ``--cpu-only``."""
+    import torch
+
+    torch.set_num_threads(1)
+    return {"cpu_threads": 1, "cpu": torch_on("cpu", iters, chains, steps)}
 
 
 def torch_smoke(iters, chains, steps):
@@ -151,11 +210,14 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--chains", type=int, default=4096)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--cpu-only", action="store_true",
+                   help="only the Torch CPU leg, eager and compiled (for a machine without a GPU)")
     args = p.parse_args()
     results = {"machine": platform.node(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": _versions(),
                "iters": args.iters, "chains": args.chains, "steps": args.steps}
-    for name, fn in [("pyro", torch_smoke), ("numpyro", jax_smoke)]:
+    legs = [("pyro_cpu", torch_cpu)] if args.cpu_only else [("pyro", torch_smoke), ("numpyro", jax_smoke)]
+    for name, fn in legs:
         try:
             results[name] = fn(args.iters, args.chains, args.steps)
         except ImportError as e:

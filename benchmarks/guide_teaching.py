@@ -16,8 +16,9 @@ Per target and method, over seeds (mean ± sd):
   included) of MALA (``LangevinKernel``, 4 vectorised chains) started from the taught
   guide, from the SVI guide, and of NUTS from ``init_to_median``.
 
-    python benchmarks/guide_teaching.py            # full (minutes)
-    python benchmarks/guide_teaching.py --quick    # seconds-to-minutes, CI
+    python benchmarks/guide_teaching.py                   # all targets, 3 seeds
+    python benchmarks/guide_teaching.py --targets logistic banana --fast-compile
+    python benchmarks/guide_teaching.py --quick           # tiny budget, two targets (CI)
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): La
 vmt_paper   the paper's plain algorithm: the recipe with ``noise_fraction=0`` (every
             chain from the VAE)
 vmt_mh      exact Metropolis–Hastings teaching (``correction="mh"``): persistent
-            chains accept whole proposal paths (VAE + Langevin) with min(1, w'/w);
-            the recipe's ``noise_fraction`` chains propose from a wide Gaussian;
-            sampled exactly (``mh_steps=MH_SAMPLE_STEPS`` accept tests)
+            chains accept whole annealed proposal paths (VAE + Langevin,
+            ``path_anneal``) with min(1, w'/w), every chain from the VAE
+            (``noise_fraction=0``); sampled exactly (``mh_steps=MH_SAMPLE_STEPS``)
 noise       short-run EBM (``init="noise"``, Nijkamp et al. 2019)
 persistent  replay buffer of persistent chains (``init="persistent"``, Du & Mordatch 2019)
 generator   CoopNets (``init="generator"``, Xie et al. 2018): no encoder
@@ -37,7 +37,9 @@ METHODS = ("vmt", "vmt_paper", "vmt_mh", "noise", "persistent", "generator", "va
 INIT = {"vmt": "vae", "vmt_paper": "vae", "vmt_mh": "vae", "noise": "noise", "persistent": "persistent",
         "generator": "generator"}
 #: what each method changes in the recipe besides ``init``
-CHANGES = {"vmt_paper": dict(noise_fraction=0.0), "vmt_mh": dict(correction="mh")}
+CHANGES = {"vmt_paper": dict(noise_fraction=0.0),
+           # the best of the grid25 pilots (docs/benchmarks.md): annealed paths, refreshed, no noise chains
+           "vmt_mh": dict(correction="mh", path_anneal=True, noise_fraction=0.0)}
 #: accept tests of the exact sampler that draws a corrected method's samples
 MH_SAMPLE_STEPS = 30
 

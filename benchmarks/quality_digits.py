@@ -63,7 +63,8 @@ def main(argv=None) -> Path:
                                "backends": backends, "methods": which, "num_samples": n,
                                "classifier_test_accuracy": round(accuracy, 4), "rows": [], "figures": {}}
     figures = args.out.with_name(args.out.stem + "_figures")
-    payload["figures"]["data"] = str(plot_digits(dataset.test[:64], figures / "data.png", title="held-out data"))
+    plot_digits(dataset.test[:64], figures / "data.png", title="held-out data")
+    payload["figures"]["data"] = str(figures / "data.png")
     for backend in backends:
         for seed in seeds:
             for method in which:
@@ -79,8 +80,8 @@ def main(argv=None) -> Path:
                     payload["rows"].append(row)
                     if samples is not None and seed == seeds[0]:
                         name = f"{backend}_{label.replace(' ', '_').replace('(', '').replace(')', '')}"
-                        payload["figures"][f"{backend}/{label}"] = str(plot_digits(
-                            samples[:64].clip(-1, 1), figures / f"{name}.png", title=f"{label} ({backend})"))
+                        plot_digits(samples[:64].clip(-1, 1), figures / f"{name}.png", title=f"{label} ({backend})")
+                        payload["figures"][f"{backend}/{label}"] = str(figures / f"{name}.png")
                     print(f"digits {backend:5s} seed {seed} {label:10s}: frechet {row.get('frechet', '-')}, "
                           f"precision {row.get('precision', '-')}, recall {row.get('recall', '-')}, "
                           f"{row['seconds']:.1f}s {row['error']}", flush=True)

@@ -281,5 +281,14 @@ network. The Torch backend dispatches every operation from Python: a grid25
 iteration is one kernel launch per operation, each a few microseconds of GPU work, so
 for the small default networks it is bound by launch latency and the GPU is no
 faster than one CPU core; it pays off for larger batches and convolutional energies
-(digits, the sampler with thousands of chains). Capturing the Langevin loop in a
-CUDA graph is the known remedy and is not done yet."""
+(digits, the sampler with thousands of chains). Those rows were
+measured before issue 12's changes.
+
+**Since then (not yet measured on a GPU).** The Torch iteration makes one host sync
+(counted on the CPU by `pyro_vmt.syncs.count_host_syncs`, bounded by
+`tests/conformance/test_torch_hot_path.py`), and `compile="auto"` runs its K-step
+Langevin loop under `torch.compile` with CUDA graphs on CUDA. `gpu_smoke.py` now times
+the Torch iteration eager and compiled and reports kernel launches, CUDA-graph launches,
+device-to-host copies and synchronisations per iteration from `torch.profiler`; the
+Torch GPU numbers after the change, and so the targets of issue 12 (Torch GPU ≤ 2×
+JAX GPU, ≤ 0.5× its CPU on grid25), are **not measured yet**: no session since had a GPU."""

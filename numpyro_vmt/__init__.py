@@ -1,10 +1,11 @@
 """JAX + NumPyro backend of pyro-vmt.
 
-The same public names, with the same signatures, as :mod:`pyro_vmt`.
+The same public names, with the same signatures, as `pyro_vmt`.
 """
 
 from numpyro_vmt import nets
 from numpyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
+from numpyro_vmt.distribution import EnergyDistribution
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
 from numpyro_vmt.kernel import LangevinKernel

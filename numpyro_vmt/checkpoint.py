@@ -14,37 +14,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmt.core.checkpoint import FORMAT, VERSION, atomic_write
+from vmt.core.checkpoint import FORMAT, VERSION, atomic_write, check_header, one_line, sniff_backend
 from vmt.core.errors import CheckpointError
 
 __all__ = ["read_checkpoint", "read_state", "restore_leaves", "write_checkpoint"]
 
 
 def read_checkpoint(path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Read and check a checkpoint file written by :meth:`numpyro_vmt.VariationalMCMCTeaching.save`.
+    """Read and check a checkpoint file written by [`numpyro_vmt.VariationalMCMCTeaching.save()`][numpyro_vmt.teaching.VariationalMCMCTeaching.save].
 
-    Returns the JSON header and the arrays by name.
+    Returns the JSON header and the arrays by name. Raises
+    [`CheckpointError`][vmt.core.errors.CheckpointError] (one line naming the cause) for a file of
+    the other backend, another format version, or a truncated or altered file (zip's
+    CRC-32 of every array is checked as it is read).
     """
+    backend = sniff_backend(path)
+    if backend == "pyro":
+        raise CheckpointError(f"{str(path)!r} was written by the 'pyro' backend, not 'numpyro'")
+    if backend is None:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile) or "header" not in z.files:
-                # torch.save also writes a zip archive, with a pickle inside
-                torch_file = isinstance(z, np.lib.npyio.NpzFile) and any(f.endswith("data.pkl") for f in z.files)
-                header = {"format": FORMAT, "backend": "pyro"} if torch_file else None
-            else:
-                header = json.loads(str(z["header"][()]))
-                arrays = {k: z[k] for k in z.files if k != "header"}
+            header = json.loads(str(z["header"][()]))
+            arrays = {k: z[k] for k in z.files if k != "header"}
     except FileNotFoundError:
         raise
-    except AttributeError:  # np.load gave a plain array (a .npy file): no context manager
-        header = None
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
-    if header.get("backend") != "numpyro":
-        raise CheckpointError(f"{str(path)!r} was written by the {header.get('backend')!r} backend, not 'numpyro'")
-    return header, arrays
+    except Exception as e:  # a damaged archive (e.g. a CRC mismatch) or header
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {one_line(e)}") from e
+    return check_header(path, header, "numpyro"), arrays
 
 
 def write_checkpoint(path, state: Any, config: Dict[str, Any], metadata: Dict[str, Any]) -> None:

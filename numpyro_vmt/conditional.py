@@ -7,28 +7,28 @@ image-to-image translation; the conditional cooperative scheme is Xie et al.,
 "Cooperative training of fast thinking initializer and slow thinking solver for
 conditional learning", arXiv:1902.02812). A conditional EBM
 
-.. math::
+$$
+p_\theta(y \mid x) = \frac{\exp(-E_\theta(y \mid x))}{Z_\theta(x)}, \qquad
+E_\theta(y \mid x) = U_\theta(y, x) + \frac{\lVert y \rVert^2}{2 s^2},
+$$
 
-    p_\theta(y \mid x) = \frac{\exp(-E_\theta(y \mid x))}{Z_\theta(x)}, \qquad
-    E_\theta(y \mid x) = U_\theta(y, x) + \frac{\lVert y \rVert^2}{2 s^2},
+and a conditional VAE $z \sim \mathcal N(0, I)$,
+$y \mid z, x \sim \mathcal N(g_\alpha(z, x), \sigma^2 I)$,
+$q_\phi(z \mid y, x) = \mathcal N(\mu_\phi(y, x), \operatorname{diag} s_\phi(y, x)^2)$
+are trained on pairs $(x_j, y_j)$ exactly as the unconditional algorithm:
 
-and a conditional VAE :math:`z \sim \mathcal N(0, I)`,
-:math:`y \mid z, x \sim \mathcal N(g_\alpha(z, x), \sigma^2 I)`,
-:math:`q_\phi(z \mid y, x) = \mathcal N(\mu_\phi(y, x), \operatorname{diag} s_\phi(y, x)^2)`
-are trained on pairs :math:`(x_j, y_j)` exactly as the unconditional algorithm:
-
-1. :math:`z_j \sim \mathcal N(0, I)`, :math:`y^{(0)}_j = g_\alpha(z_j, x_j)`;
-2. :math:`K` Langevin steps on :math:`y` with :math:`x_j` fixed,
-   :math:`y^{(k+1)} = y^{(k)} - \tfrac{\delta^2}{2}\nabla_y E_\theta(y^{(k)} \mid x_j) + \delta\sigma\xi_k`;
-3. energy step on :math:`\frac1m\sum_j E_\theta(y_j \mid x_j) - E_\theta(\tilde y_j \mid x_j)`, the
+1. $z_j \sim \mathcal N(0, I)$, $y^{(0)}_j = g_\alpha(z_j, x_j)$;
+2. $K$ Langevin steps on $y$ with $x_j$ fixed,
+   $y^{(k+1)} = y^{(k)} - \tfrac{\delta^2}{2}\nabla_y E_\theta(y^{(k)} \mid x_j) + \delta\sigma\xi_k$;
+3. energy step on $\frac1m\sum_j E_\theta(y_j \mid x_j) - E_\theta(\tilde y_j \mid x_j)$, the
    gradient of the conditional log-likelihood
-   :math:`\nabla_\theta \log p_\theta(y \mid x) = -\nabla_\theta E_\theta(y \mid x)
-   + \mathbb E_{p_\theta(y' \mid x)}[\nabla_\theta E_\theta(y' \mid x)]` with one negative sample per pair;
-4. one SVI step of the conditional VAE on the ELBO with :math:`(x_j, \tilde y_j)` observed.
+   $\nabla_\theta \log p_\theta(y \mid x) = -\nabla_\theta E_\theta(y \mid x)
+   + \mathbb E_{p_\theta(y' \mid x)}[\nabla_\theta E_\theta(y' \mid x)]$ with one negative sample per pair;
+4. one SVI step of the conditional VAE on the ELBO with $(x_j, \tilde y_j)$ observed.
 
-:class:`ConditionalVariationalMCMCTeaching` is :class:`~numpyro_vmt.VariationalMCMCTeaching`
+[`ConditionalVariationalMCMCTeaching`][numpyro_vmt.conditional.ConditionalVariationalMCMCTeaching] is [`VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching]
 with the conditioning input passed through its jitted core (see
-:func:`vmt.core.batch.with_context`); ``update(state, (x, y))`` is its pure iteration.
+[`vmt.core.batch.with_context()`][vmt.core.batch.with_context]); ``update(state, (x, y))`` is its pure iteration.
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def _energies(model, y, x):
 class ConditionalEnergyModel(eqx.Module):
     r"""Wrap ``net`` into ``E(y | x)``, one scalar per pair.
 
-    .. math:: E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
+    $$
+    E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
+    $$
 
     Parameters
     ----------
@@ -148,7 +150,7 @@ class ConditionalEnergyModel(eqx.Module):
         return out
 
     def potential(self, x: Array) -> Callable[[Array], Array]:
-        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for :class:`~numpyro_vmt.Langevin`)."""
+        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for [`Langevin`][numpyro_vmt.langevin.Langevin])."""
         return lambda y: self(y, x)
 
     def numpy_energy(self, y, x, batch_size: int = 65536):
@@ -188,17 +190,17 @@ class ConditionalEnergyModel(eqx.Module):
 class ConditionalVAE(VAE):
     r"""Conditional Gaussian VAE with ``model(y, x)``/``guide(y, x)`` for NumPyro's SVI.
 
-    .. math::
+    $$
+    z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
+    \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
+    $$
 
-        z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
-        \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
-
-    the ELBO :math:`\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))`.
-    A :class:`~numpyro_vmt.VAE` whose encoder reads ``[flatten(y), flatten(x)]`` and
+    the ELBO $\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))$.
+    A [`VAE`][numpyro_vmt.vae.VAE] whose encoder reads ``[flatten(y), flatten(x)]`` and
     whose decoder reads ``[z, flatten(x)]``; parameters are handled exactly as there
     (``eqx_module`` sites ``"encoder$params"``/``"decoder$params"``, so a user's plain
     ``numpyro.infer.SVI(cvae.model, cvae.guide, ...)`` trains them; the library's
-    :meth:`elbo_loss` substitutes the module's own arrays).
+    `elbo_loss()` substitutes the module's own arrays).
 
     Parameters
     ----------
@@ -210,7 +212,7 @@ class ConditionalVAE(VAE):
     event_shape, cond_shape : sequence of int
         Shapes of one ``y`` and one ``x``.
     obs_scale, kl_weight, name
-        As for :class:`~numpyro_vmt.VAE`.
+        As for [`VAE`][numpyro_vmt.vae.VAE].
     """
 
     cond_shape: Tuple[int, ...] = eqx.field(static=True)
@@ -282,8 +284,8 @@ class ConditionalVAE(VAE):
     def elbo_loss(self, y: Array, x: Array, rng: RNG) -> Array:
         """Negative ELBO per pair, averaged over the batch (differentiable).
 
-        As :meth:`numpyro_vmt.VAE.elbo_loss`: NumPyro's ``Trace_ELBO`` on :meth:`model`
-        / :meth:`guide` with this module's arrays substituted for the parameter sites,
+        As [`numpyro_vmt.VAE.elbo_loss()`][numpyro_vmt.vae.VAE.elbo_loss]: NumPyro's ``Trace_ELBO`` on `model()`
+        / `guide()` with this module's arrays substituted for the parameter sites,
         the reparameterised ``z`` drawn from ``rng``.
         """
         key = _require_key(rng)
@@ -298,10 +300,10 @@ class ConditionalVAE(VAE):
 
 
 class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
-    """Train a :class:`ConditionalEnergyModel` with a :class:`ConditionalVAE` on pairs ``(x, y)``.
+    """Train a [`ConditionalEnergyModel`][numpyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][numpyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
 
     The same algorithm, options, diagnostics, jitted core and checkpoints as
-    :class:`~numpyro_vmt.VariationalMCMCTeaching` (whose code runs it); batches are
+    [`VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching] (whose code runs it); batches are
     pairs ``(x, y)`` of arrays with one row per example, and every pair gets one
     Langevin chain on ``y`` with its own ``x`` fixed. ``init`` may be ``"vae"``
     (variational MCMC teaching), ``"noise"`` or ``"generator"``; ``num_samples`` must
@@ -359,7 +361,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
-        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
+        Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         """
         return super().fit(data, num_iters, batch_size, progress, callback)
 

@@ -3,50 +3,50 @@ r"""Exact Metropolis–Hastings correction of VMT's proposal paths, and ``log Z`
 A *proposal path* is the VMT revision made into a distribution with a density on an
 extended space:
 
-.. math::
-
-    z \sim \mathcal N(0, I), \quad x_0 \sim \mathcal N\big(g(z), \operatorname{diag}\sigma^2\big),
-    \quad x_{k+1} \sim L(\cdot \mid x_k), \; k = 0, \dots, K-1,
+$$
+z \sim \mathcal N(0, I), \quad x_0 \sim \mathcal N\big(g(z), \operatorname{diag}\sigma^2\big),
+\quad x_{k+1} \sim L(\cdot \mid x_k), \; k = 0, \dots, K-1,
+$$
 
 with ``g`` the VAE's decoder, ``σ`` its observation scale and ``L`` a Langevin
 transition of step size ``δ`` and noise scale ``s = δ·noise_scale`` (ULA:
-:math:`L(x' \mid x) = \mathcal N(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, s^2 I)`, or MALA).
-With the encoder :math:`r(z \mid x_0)` and the reversed transitions as auxiliary
+$L(x' \mid x) = \mathcal N(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, s^2 I)$, or MALA).
+With the encoder $r(z \mid x_0)$ and the reversed transitions as auxiliary
 backward kernels, the extended target
-:math:`\tilde\pi = e^{-E(x_K)}\, \prod_k L(x_k \mid x_{k+1})\, r(z \mid x_0) / Z`
-has the path's end point distributed as :math:`p_\theta(x) = e^{-E(x)}/Z`, and the
+$\tilde\pi = e^{-E(x_K)}\, \prod_k L(x_k \mid x_{k+1})\, r(z \mid x_0) / Z$
+has the path's end point distributed as $p_\theta(x) = e^{-E(x)}/Z$, and the
 importance weight of a path is
 
-.. math::
+$$
+\log w = -E(x_K) + \sum_{k=0}^{K-1}\big[\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)\big]
++ \log r(z \mid x_0) - \log p(z) - \log \mathcal N\big(x_0;\, g(z), \sigma^2\big),
+$$
 
-    \log w = -E(x_K) + \sum_{k=0}^{K-1}\big[\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)\big]
-             + \log r(z \mid x_0) - \log p(z) - \log \mathcal N\big(x_0;\, g(z), \sigma^2\big),
-
-so :math:`\mathbb E_q[w] = Z` exactly (the construction of annealed importance
+so $\mathbb E_q[w] = Z$ exactly (the construction of annealed importance
 sampling, Neal 2001, "Annealed importance sampling", Statistics and Computing 11, and
 of non-equilibrium candidate Monte Carlo, Nilmeier et al. 2011, PNAS 108; the encoder
 supplies the intractable marginal of the VAE as an auxiliary density). For a MALA
-transition, reversible with respect to :math:`e^{-E}`, the sum telescopes to
-:math:`E(x_K) - E(x_0)`, so the weight is that of the starting point.
+transition, reversible with respect to $e^{-E}$, the sum telescopes to
+$E(x_K) - E(x_0)$, so the weight is that of the starting point.
 
 Chains whose proposal starts from a broad Gaussian ``N(loc, scale²)`` instead of the
 decoder (VMT's noise-initialised chains, or every chain of an EBM without a VAE) use
-:math:`-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2)` as their start term; a
+$-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2)$ as their start term; a
 Gaussian rather than a uniform because an independence sampler needs a proposal
 with full support.
 
 Two uses (Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936, made exact):
 
-- :func:`accept`: persistent chains accept a whole fresh path with probability
-  :math:`\min(1, w'/w)`, a Metropolis–Hastings step on the extended space whose
-  chain states are exact samples of the EBM once mixed. :func:`refresh` redraws the
+- [`accept()`][numpyro_vmt.correction.accept]: persistent chains accept a whole fresh path with probability
+  $\min(1, w'/w)$, a Metropolis–Hastings step on the extended space whose
+  chain states are exact samples of the EBM once mixed. [`refresh()`][numpyro_vmt.correction.refresh] redraws the
   current state's auxiliary path (a Gibbs step: the backward kernels from ``x_K``
   down to ``x_0``, then ``z ~ r(z | x_0)``) and recomputes its weight under the
-  current parameters; :func:`restale` instead keeps the old path term and only
+  current parameters; [`restale()`][numpyro_vmt.correction.restale] instead keeps the old path term and only
   re-evaluates ``E(x_K)`` (cheaper, exact only while the parameters stand still).
-- :func:`log_partition`: ``log Z`` as the log-mean-exp of the weights, with a
+- [`log_partition()`][numpyro_vmt.correction.log_partition]: ``log Z`` as the log-mean-exp of the weights, with a
   delta-method standard error. By Jensen's inequality the estimate is biased *low*
-  (:math:`\mathbb E\log\hat Z \le \log Z`), so a log-likelihood ``−E(x) − log Ẑ``
+  ($\mathbb E\log\hat Z \le \log Z$), so a log-likelihood ``−E(x) − log Ẑ``
   computed from it is biased *high* (optimistic); the bias shrinks as the weights'
   effective sample size grows.
 
@@ -87,7 +87,7 @@ class Path(NamedTuple):
     log_weight : Array, shape ``(n,)``
         ``log w`` (``-inf`` for a path that left the finite numbers).
     aux : Array, shape ``(n,)``
-        ``log w + E(x_K)``: the path and start terms, which :func:`restale` keeps.
+        ``log w + E(x_K)``: the path and start terms, which [`restale()`][numpyro_vmt.correction.restale] keeps.
     """
 
     position: Array
@@ -97,16 +97,16 @@ class Path(NamedTuple):
 
 
 class MHInfo(NamedTuple):
-    r"""Diagnostics of one :func:`accept` (0-d arrays, except ``is_accepted``).
+    r"""Diagnostics of one [`accept()`][numpyro_vmt.correction.accept] (0-d arrays, except ``is_accepted``).
 
     Attributes
     ----------
     acceptance_rate : mean of ``min(1, w'/w)`` over chains.
     is_accepted : Array of bool, shape ``(n,)``.
     weight_ess : effective sample size of the proposals' weights over ``n``,
-        :math:`(\sum w)^2 / (n \sum w^2) \in [1/n, 1]`.
+        $(\sum w)^2 / (n \sum w^2) \in [1/n, 1]$.
     crossing_rate : fraction of chains whose accepted path ends farther from the old
-        state than ``radius`` (see :func:`crossing_radius`): moves a local chain would
+        state than ``radius`` (see [`crossing_radius()`][numpyro_vmt.correction.crossing_radius]): moves a local chain would
         not make in one revision, e.g. between modes.
     """
 
@@ -117,7 +117,7 @@ class MHInfo(NamedTuple):
 
 
 def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: int) -> float:
-    r"""Three times the distance ``K`` Langevin steps diffuse: :math:`3\,\delta\sigma\sqrt{Kd}`."""
+    r"""Three times the distance ``K`` Langevin steps diffuse: $3\,\delta\sigma\sqrt{Kd}$."""
     return 3.0 * step_size * noise_scale * math.sqrt(num_steps * dim)
 
 
@@ -128,9 +128,9 @@ def _quad(x: Array, center: Array, inv_var: Array) -> Tuple[Array, Array]:
 
 
 def _path_step(key, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise, uniform):
-    r"""One Langevin step on :math:`E_\beta = \beta E + (1 - \beta) Q` (``Q`` the anchor's
-    Gaussian; :math:`E_1 = E` without one) and its log ratio
-    :math:`\log L(x \mid x') - \log L(x' \mid x)`."""
+    r"""One Langevin step on $E_\beta = \beta E + (1 - \beta) Q$ (``Q`` the anchor's
+    Gaussian; $E_1 = E$ without one) and its log ratio
+    $\log L(x \mid x') - \log L(x' \mid x)$."""
     k_noise, k_unif = jax.random.split(key) if key is not None else (None, None)
     q, gq = _quad(x, *anchor) if anchor is not None else (0.0, 0.0)
     drift = x - h * (beta * g + (1 - beta) * gq)
@@ -157,7 +157,7 @@ def _path_step(key, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise
 
 
 def schedule(num_steps: int, reverse: bool = False) -> np.ndarray:
-    r"""The inverse temperatures :math:`\beta_k = k/K`, ``k = 1..K``, of an annealed path
+    r"""The inverse temperatures $\beta_k = k/K$, ``k = 1..K``, of an annealed path
     (reversed for the backward run)."""
     b = np.arange(1, num_steps + 1) / num_steps
     return b[::-1].copy() if reverse else b
@@ -170,14 +170,14 @@ def run_path(rng: RNG, x0: Array, potential_fn: PotentialFn, step_size: float, n
     r"""``K`` Langevin steps from ``x0`` and the path's log ratio of backward to forward kernels.
 
     Returns ``(final_state, log_ratio, finite)`` with
-    :math:`\text{log\_ratio} = \sum_k [\log L_k(x_k \mid x_{k+1}) - \log L_k(x_{k+1} \mid x_k)]`
+    $\text{log\_ratio} = \sum_k [\log L_k(x_k \mid x_{k+1}) - \log L_k(x_{k+1} \mid x_k)]$
     per chain and ``finite`` whether every point of the path had a finite energy and
     gradient. ``noise`` and ``uniform`` (leading axis ``num_steps``) inject the draws.
 
-    Without ``anchor`` every transition :math:`L_k` targets ``E``. With
+    Without ``anchor`` every transition $L_k$ targets ``E``. With
     ``anchor = (center, inv_var)`` the path is annealed (Neal 2001): step ``k`` targets
-    :math:`E_{\beta_k} = \beta_k E + (1 - \beta_k)\,\tfrac12\lVert x - c\rVert^2_{\sigma^{-2}}`,
-    :math:`\beta_k = k/K` (:func:`schedule`; ``reverse`` runs it from 1 down, for the
+    $E_{\beta_k} = \beta_k E + (1 - \beta_k)\,\tfrac12\lVert x - c\rVert^2_{\sigma^{-2}}$,
+    $\beta_k = k/K$ ([`schedule()`][numpyro_vmt.correction.schedule]; ``reverse`` runs it from 1 down, for the
     backward path), so a path from the anchor's Gaussian reaches ``E`` gradually and its
     weight is an annealed-importance weight.
     """
@@ -202,7 +202,7 @@ def run_path(rng: RNG, x0: Array, potential_fn: PotentialFn, step_size: float, n
 
 
 def start_log_ratio(vae: Any, x0: Array, z: Array, x_enc: Optional[Array] = None) -> Array:
-    r""":math:`\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain
+    r"""$\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)$ per chain
     (all constants kept); the encoder reads ``x_e = x_enc`` (default ``x0``)."""
     loc, scale = vae.encode(x0 if x_enc is None else x_enc)
     log_r = -0.5 * (((z - loc) / scale) ** 2).sum(1) - jnp.log(scale).sum(1)
@@ -214,7 +214,7 @@ def start_log_ratio(vae: Any, x0: Array, z: Array, x_enc: Optional[Array] = None
 
 
 def wide_log_ratio(x0: Array, loc: float, scale: float) -> Array:
-    r""":math:`-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2 I)` per chain."""
+    r"""$-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2 I)$ per chain."""
     d = math.prod(x0.shape[1:])
     return 0.5 * _flat_sum(((x0 - loc) / scale) ** 2) + d * math.log(scale) + 0.5 * d * _LOG_2PI
 
@@ -297,20 +297,20 @@ def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: fl
     rng : jax.random key or int
     potential_fn : callable
         ``E``: ``(n, *event_shape) -> (n,)``; must have an ``event_shape`` attribute
-        (an :class:`~numpyro_vmt.EnergyModel` has).
+        (an [`EnergyModel`][numpyro_vmt.energy.EnergyModel] has).
     vae : VAE or None
         The proposal's decoder and encoder; ``None``: every chain starts from ``wide``.
     n : int
     step_size, num_steps, noise_scale, adjust
-        ``δ``, ``K``, the noise scale (``> 0``) and MALA, as in :class:`~numpyro_vmt.Langevin`.
+        ``δ``, ``K``, the noise scale (``> 0``) and MALA, as in [`Langevin`][numpyro_vmt.langevin.Langevin].
     num_wide : int
         The last ``num_wide`` chains start from ``N(loc, scale²)`` instead of the decoder.
     wide : (float, float)
         ``(loc, scale)`` of the wide Gaussian.
     anneal : bool
         Anneal each path from its start Gaussian (``N(g(z), σ²)`` or the wide one) to
-        ``E`` (see :func:`run_path`); the encoder then reads ``x_K``: the weight is
-        :math:`\log w = -E(x_K) + \sum_k[\dots] + \log r(z \mid x_K) - \log p(z) - \log\mathcal N(x_0; g(z), \sigma^2)`.
+        ``E`` (see [`run_path()`][numpyro_vmt.correction.run_path]); the encoder then reads ``x_K``: the weight is
+        $\log w = -E(x_K) + \sum_k[\dots] + \log r(z \mid x_K) - \log p(z) - \log\mathcal N(x_0; g(z), \sigma^2)$.
     """
     key = _key(rng)
     return _propose(key, potential_fn, vae, int(n), float(step_size), int(num_steps),
@@ -363,7 +363,7 @@ def restale(potential_fn: PotentialFn, path: Path) -> Path:
 
 def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
            uniform: Optional[Array] = None) -> Tuple[Path, MHInfo]:
-    r"""Independence Metropolis–Hastings on paths: accept with :math:`\min(1, w'/w)`.
+    r"""Independence Metropolis–Hastings on paths: accept with $\min(1, w'/w)$.
 
     A current state of weight ``-inf`` (its path left the finite numbers) takes any
     finite proposal; a proposal of weight ``-inf`` is never taken.
@@ -385,7 +385,7 @@ def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
 
 
 def weight_ess(log_w: Array) -> Array:
-    r""":math:`(\sum w)^2 / (n\sum w^2)` from log weights (0 when every weight is 0)."""
+    r"""$(\sum w)^2 / (n\sum w^2)$ from log weights (0 when every weight is 0)."""
     finite = jnp.isfinite(log_w)
     top = jnp.max(jnp.where(finite, log_w, -jnp.inf))
     w = jnp.where(finite, jnp.exp(log_w - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
@@ -393,7 +393,7 @@ def weight_ess(log_w: Array) -> Array:
 
 
 def log_mean_exp(log_w: Array) -> Tuple[Array, Array]:
-    r"""``(log mean w, its standard error)`` by the delta method, :math:`\mathrm{sd}(w)/(\sqrt n\,\bar w)`."""
+    r"""``(log mean w, its standard error)`` by the delta method, $\mathrm{sd}(w)/(\sqrt n\,\bar w)$."""
     n = log_w.shape[0]
     top = jnp.max(log_w)
     w = jnp.exp(log_w - top)
@@ -406,7 +406,7 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
                   wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000,
                   anneal: bool = False) -> Tuple[float, float]:
-    r"""Estimate :math:`\log Z = \log \int e^{-E(x)} dx` from ``num_samples`` proposal paths.
+    r"""Estimate $\log Z = \log \int e^{-E(x)} dx$ from ``num_samples`` proposal paths.
 
     Returns ``(log_z, standard_error)`` (Python floats). The estimate is the
     log-mean-exp of unbiased weights of ``Z``, so it is biased *low* (Jensen), and a
@@ -445,7 +445,7 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
 
     ``n`` fresh proposals (the last ``config.num_noise_chains(n)`` from the wide
     Gaussian, all of them without a VAE); the current states' paths refreshed
-    (``config.path_refresh``) or re-weighed (stale); :func:`accept`. Without chains
+    (``config.path_refresh``) or re-weighed (stale); [`accept()`][numpyro_vmt.correction.accept]. Without chains
     yet (``None`` or zero rows), the proposals become the chains.
     """
     cfg = config
@@ -467,8 +467,8 @@ def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_it
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
                    wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Array]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy: the first
-    proposals, then ``num_iters`` rounds of :func:`propose` and :func:`accept` (the weights
-    of a fixed energy never go stale). Returns the final :class:`Path` and the mean
+    proposals, then ``num_iters`` rounds of [`propose()`][numpyro_vmt.correction.propose] and [`accept()`][numpyro_vmt.correction.accept] (the weights
+    of a fixed energy never go stale). Returns the final [`Path`][numpyro_vmt.correction.Path] and the mean
     acceptance of each round, shape ``(num_iters,)``."""
     key = _key(rng)
     opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal)

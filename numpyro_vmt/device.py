@@ -1,7 +1,7 @@
 """Where a JAX run lives, and the way back to NumPy for metrics and plots.
 
-The application layer (:mod:`vmt.app`) reaches devices and arrays only through these
-functions, which :mod:`pyro_vmt.device` mirrors for Torch.
+The application layer (`vmt.app`) reaches devices and arrays only through these
+functions, which [`pyro_vmt.device`][pyro_vmt.device] mirrors for Torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def select_device(device: Optional[str] = None, threads: int = 1) -> Optional[ja
     """Make ``device`` JAX's default device; returns ``None`` (arrays then land there uncommitted).
 
     Returning ``None`` rather than the device keeps the networks' arrays uncommitted,
-    so :func:`place` leaves them alone and the jitted iteration compiles once.
+    so [`place()`][numpyro_vmt.device.place] leaves them alone and the jitted iteration compiles once.
 
     Parameters
     ----------
@@ -28,7 +28,7 @@ def select_device(device: Optional[str] = None, threads: int = 1) -> Optional[ja
         ``"cpu"``, ``"gpu"``, ``"cuda:1"``, ... (``cuda`` is an alias of ``gpu``);
         ``None`` keeps JAX's default, a GPU when the installed jaxlib has one.
     threads : int
-        Accepted for the same signature as :func:`pyro_vmt.device.select_device`;
+        Accepted for the same signature as [`pyro_vmt.device.select_device()`][pyro_vmt.device.select_device];
         XLA sizes its own thread pool.
     """
     if not device:

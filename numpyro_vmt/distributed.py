@@ -1,33 +1,34 @@
 r"""Data-parallel teaching on many devices (JAX): ``jax.sharding`` along a ``"data"`` axis.
 
-With ``mesh=`` the teacher (:class:`numpyro_vmt.VariationalMCMCTeaching`) places
+With ``mesh=`` the teacher ([`numpyro_vmt.VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching]) places
 
 - the data batch and the chains **sharded** along the mesh axis ``"data"``
-  (``NamedSharding(mesh, P("data"))``: device :math:`d` of :math:`D` holds rows
-  :math:`[d\,m/D, (d+1)\,m/D)` of the batch and the same block of the :math:`n` chains);
+  (``NamedSharding(mesh, P("data"))``: device $d$ of $D$ holds rows
+  $[d\,m/D, (d+1)\,m/D)$ of the batch and the same block of the $n$ chains);
 - the energy and VAE parameters, their optimiser states, the key and the replay buffer
   **replicated** (``NamedSharding(mesh, P())``).
 
-The iteration stays the one jitted function of :mod:`numpyro_vmt.update`: XLA's SPMD
+The iteration stays the one jitted function of [`numpyro_vmt.update`][numpyro_vmt.update]: XLA's SPMD
 partitioner (GSPMD; Xu et al. 2021, https://arxiv.org/abs/2105.04663) compiles it
 into one program per device. The Langevin revision of a chain touches only that chain,
 so it runs on each device without communication; the means of the losses
 
-.. math::
-   \mathcal L(\theta) = \frac1m\sum_{j=1}^m E_\theta(x_j) - \frac1n\sum_{i=1}^n E_\theta(\tilde x_i)
-   = \frac1D\sum_{d=1}^D \Big(\frac{D}{m}\sum_{j\in B_d} E_\theta(x_j) - \frac{D}{n}\sum_{i\in C_d} E_\theta(\tilde x_i)\Big)
+$$
+\mathcal L(\theta) = \frac1m\sum_{j=1}^m E_\theta(x_j) - \frac1n\sum_{i=1}^n E_\theta(\tilde x_i)
+= \frac1D\sum_{d=1}^D \Big(\frac{D}{m}\sum_{j\in B_d} E_\theta(x_j) - \frac{D}{n}\sum_{i\in C_d} E_\theta(\tilde x_i)\Big)
+$$
 
 (and of the ELBO) are partial sums on each device followed by an all-reduce, which is
 exactly the average of the per-device gradients. The random draws do not depend on the
 sharding (``jax_threefry_partitionable``, the default since JAX 0.5), so a run on
-:math:`D` devices computes the same numbers as a run on one, up to the order of
+$D$ devices computes the same numbers as a run on one, up to the order of
 floating-point sums. The state is replicated, so a checkpoint does not know how many
 devices wrote it: it loads into a run on any mesh.
 
 Multi-host: call ``jax.distributed.initialize()`` in every process before building the
 teacher, and pass a mesh over ``jax.devices()`` (all hosts' devices). Every process runs
-the same program on the same global batch; :func:`shard` hands each process its own
-rows, and only process 0 writes checkpoints (:func:`is_writer`).
+the same program on the same global batch; [`shard()`][numpyro_vmt.distributed.shard] hands each process its own
+rows, and only process 0 writes checkpoints ([`is_writer()`][numpyro_vmt.distributed.is_writer]).
 """
 
 from __future__ import annotations

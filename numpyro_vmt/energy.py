@@ -1,12 +1,12 @@
 r"""Energy-based model: a network turned into a per-sample energy (JAX / NumPyro).
 
-.. math::
+$$
+E_\theta(x) = U_\theta(x) + \frac{\lVert x \rVert^2}{2 s^2},
+\qquad p_\theta(x) \propto \exp(-E_\theta(x)),
+$$
 
-    E_\theta(x) = U_\theta(x) + \frac{\lVert x \rVert^2}{2 s^2},
-    \qquad p_\theta(x) \propto \exp(-E_\theta(x)),
-
-where :math:`U_\theta` is the network and the optional Gaussian reference term of
-scale :math:`s` (``ref_scale``) is the one of the reference implementation of
+where $U_\theta$ is the network and the optional Gaussian reference term of
+scale $s$ (``ref_scale``) is the one of the reference implementation of
 Xie, Zheng & Li (AAAI 2021, https://arxiv.org/abs/2012.14936). The sign convention
 is NumPyro's ``potential_fn``: energy is the negative log unnormalised density.
 """
@@ -49,7 +49,7 @@ class EnergyModel(eqx.Module):
     Notes
     -----
     The module is an ``equinox.Module`` (a pytree: its parameters are the
-    floating-point array leaves) and also gives a NumPyro model (:meth:`model`)
+    floating-point array leaves) and also gives a NumPyro model (`model()`)
     with a ``numpyro.factor`` site, so it runs under ``numpyro.infer.MCMC`` or
     inside a user's own model as a learned prior.
     """

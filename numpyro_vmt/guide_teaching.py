@@ -1,26 +1,26 @@
 r"""Teach a NumPyro guide with MCMC: the VMT loop for Bayesian posteriors, shaped like ``SVI``.
 
-:class:`MCMCTeaching` fits any guide of a NumPyro model to the model's posterior the
+[`MCMCTeaching`][numpyro_vmt.guide_teaching.MCMCTeaching] fits any guide of a NumPyro model to the model's posterior the
 way variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) trains its VAE, and as amortised MCMC (Li, Turner
 & Liu, "Approximate inference with amortised MCMC", 2017,
-https://arxiv.org/abs/1702.08343) proposed. One :meth:`MCMCTeaching.update`:
+https://arxiv.org/abs/1702.08343) proposed. One [`MCMCTeaching.update()`][numpyro_vmt.guide_teaching.MCMCTeaching.update]:
 
-1. draws ``n`` particles :math:`\theta_0^{(i)} \sim q_\phi` from the guide (vmapped over keys);
-2. revises them with ``K`` Langevin / MALA steps of :mod:`numpyro_vmt.langevin` (one
+1. draws ``n`` particles $\theta_0^{(i)} \sim q_\phi$ from the guide (vmapped over keys);
+2. revises them with ``K`` Langevin / MALA steps of [`numpyro_vmt.langevin`][numpyro_vmt.langevin] (one
    ``lax.scan``) on the model's potential in unconstrained space,
-   :math:`U(u) = -\log p(T^{-1}(u), \mathcal D) - \log|\det \partial T^{-1}/\partial u|`
+   $U(u) = -\log p(T^{-1}(u), \mathcal D) - \log|\det \partial T^{-1}/\partial u|$
    (``numpyro.infer.util.potential_energy``, as HMC and
-   :class:`~numpyro_vmt.kernel.LangevinKernel` use), batched over particles:
-   :math:`\theta_K^{(i)}`, gradients stopped;
+   [`LangevinKernel`][numpyro_vmt.kernel.LangevinKernel] use), batched over particles:
+   $\theta_K^{(i)}$, gradients stopped;
 3. takes one optimiser step on
 
-   .. math::
+   $$
+   L(\phi) = -\frac1n\sum_i \log q_\phi\big(\theta_K^{(i)}\big)
+   \;+\; w\,\big(-\mathrm{ELBO}(\phi)\big),
+   $$
 
-       L(\phi) = -\frac1n\sum_i \log q_\phi\big(\theta_K^{(i)}\big)
-                 \;+\; w\,\big(-\mathrm{ELBO}(\phi)\big),
-
-   the paper's update plus an optional ELBO term of weight :math:`w` =
+   the paper's update plus an optional ELBO term of weight $w$ =
    ``elbo_weight`` (default 0, the pure teaching update).
 
 A guide whose family contains the posterior has it as a fixed point; MALA
@@ -29,9 +29,9 @@ bias. During the first ``adapt_iterations`` updates MALA's step size follows dua
 averaging (``numpyro.infer.hmc_util.dual_averaging``, as in the kernel) toward
 ``target_accept_prob``; it is then fixed at the averaged value.
 
-The state is one value, :class:`MCMCTeachingState` (the ``SVIState`` of the guide's
+The state is one value, [`MCMCTeachingState`][numpyro_vmt.guide_teaching.MCMCTeachingState] (the ``SVIState`` of the guide's
 parameters, the step size and its tuner, the diagnostics of the last update), and
-:meth:`MCMCTeaching.update` is a pure function of it, so it can be jitted.
+[`MCMCTeaching.update()`][numpyro_vmt.guide_teaching.MCMCTeaching.update] is a pure function of it, so it can be jitted.
 Subsampling plates and local latent variables work: each update draws the
 subsample indices once (from the guide's plates, then the model's) and holds them
 for the draws, the revision and the update. The guide's density at the revised
@@ -66,7 +66,7 @@ __all__ = ["MCMCTeaching", "MCMCTeachingInfo", "MCMCTeachingState"]
 
 
 class MCMCTeachingInfo(NamedTuple):
-    """Diagnostics of one :meth:`MCMCTeaching.update` (0-d arrays).
+    """Diagnostics of one [`MCMCTeaching.update()`][numpyro_vmt.guide_teaching.MCMCTeaching.update] (0-d arrays).
 
     Attributes
     ----------
@@ -90,7 +90,7 @@ class MCMCTeachingInfo(NamedTuple):
 
 class MCMCTeachingState(NamedTuple):
     """Training state: ``svi_state`` (guide/model params, optimiser, key), the step size
-    ``δ``, the dual-averaging state, the iteration count and the last :class:`MCMCTeachingInfo`."""
+    ``δ``, the dual-averaging state, the iteration count and the last [`MCMCTeachingInfo`][numpyro_vmt.guide_teaching.MCMCTeachingInfo]."""
 
     svi_state: SVIState
     step_size: Any
@@ -112,7 +112,7 @@ class MCMCTeaching:
     ``state = teaching.init(key, *args)``, ``state, loss = teaching.update(state, *args)``,
     or ``teaching.run(key, num_steps, *args)`` returning numpyro's ``SVIRunResult``;
     ``teaching.get_params(state)`` are the params ``Predictive(model, guide=guide, params=...)``
-    and :func:`~numpyro_vmt.warmstart.initial_params_from_guide` take.
+    and [`initial_params_from_guide()`][numpyro_vmt.warmstart.initial_params_from_guide] take.
 
     Parameters
     ----------
@@ -193,13 +193,13 @@ class MCMCTeaching:
         return self._iterate(state, True, args, kwargs)
 
     def evaluate_loss(self, state: MCMCTeachingState, *args: Any, **kwargs: Any):
-        """The loss of :meth:`update` (a fresh draw and revision) without updating."""
+        """The loss of `update()` (a fresh draw and revision) without updating."""
         return self._iterate(state, False, args, kwargs)[1]
 
     def run(self, rng: RNG, num_steps: int, *args: Any, **kwargs: Any) -> SVIRunResult:
         """``init`` and ``num_steps`` jitted updates; ``SVIRunResult(params, state, losses)``.
 
-        Raises :class:`~vmt.core.errors.DivergenceError` if an update leaves particles at
+        Raises [`DivergenceError`][vmt.core.errors.DivergenceError] if an update leaves particles at
         non-finite values (possible with ``adjust=False``); the state returned by the
         updates before it is intact.
         """

@@ -1,32 +1,38 @@
 r"""Langevin (ULA) and Metropolis-adjusted Langevin (MALA) as a NumPyro ``MCMCKernel``.
 
-:class:`LangevinKernel` runs :func:`numpyro_vmt.langevin.step` on the flattened
+[`LangevinKernel`][numpyro_vmt.kernel.LangevinKernel] runs [`numpyro_vmt.langevin.step()`][numpyro_vmt.langevin.step] on the flattened
 (``ravel_pytree``) unconstrained parameters of any NumPyro model (potential, transforms
 and ``postprocess_fn`` from ``numpyro.infer.util.initialize_model``) or of a user
 ``potential_fn``. One sample is one step, with one gradient evaluation:
 
-.. math::
-
-    x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
+x' = x - \tfrac{\delta^2}{2}\nabla U(x) + \delta\sigma\xi, \qquad \xi\sim\mathcal N(0, I),
+$$
 
 accepted with the MALA probability when ``adjust=True`` (Roberts & Tweedie 1996,
 "Exponential convergence of Langevin distributions and their discrete
 approximations", Bernoulli 2(4)); the accepted state's gradient is carried in the
-state. During warmup MALA's step size follows dual averaging (Hoffman & Gelman 2014,
-JMLR 15, Algorithm 5; ``numpyro.infer.hmc_util.dual_averaging``) toward
+state. With an inverse mass matrix $M^{-1}$ the proposal is preconditioned,
+$x' = x - \tfrac{\delta^2}{2}M^{-1}\nabla U(x) + \delta\sigma M^{-1/2}\xi$, and the
+Metropolis ratio uses the same preconditioned densities ([`numpyro_vmt.preconditioned`][numpyro_vmt.preconditioned]).
+
+Warmup uses NumPyro's own adaptation, ``numpyro.infer.hmc_util.warmup_adapter`` (as
+``HMC`` and ``BarkerMH`` do): Stan's windows, the regularised Welford estimate of the
+(diagonal, or with ``dense_mass`` dense) inverse mass matrix, and MALA's step size by
+dual averaging (Hoffman & Gelman 2014, JMLR 15, Algorithm 5) toward
 ``target_accept_prob`` (0.574, Roberts & Rosenthal 1998):
 
-.. math::
+$$
+\bar H_t = (1 - \tfrac{1}{t + t_0})\bar H_{t-1} + \tfrac{\alpha^* - \alpha_t}{t + t_0},\quad
+\log\delta_t = \mu - \tfrac{\sqrt t}{\gamma}\bar H_t,\quad
+\log\bar\delta_t = t^{-\kappa}\log\delta_t + (1 - t^{-\kappa})\log\bar\delta_{t-1},
+$$
 
-    \bar H_t = (1 - \tfrac{1}{t + t_0})\bar H_{t-1} + \tfrac{\alpha^* - \alpha_t}{t + t_0},\quad
-    \log\delta_t = \mu - \tfrac{\sqrt t}{\gamma}\bar H_t,\quad
-    \log\bar\delta_t = t^{-\kappa}\log\delta_t + (1 - t^{-\kappa})\log\bar\delta_{t-1},
+with $\mu = \log(10\delta_0)$, $t_0 = 10$, $\gamma = 0.05$,
+$\kappa = 0.75$; $\bar\delta$ is used after warmup.
 
-with :math:`\mu = \log(10\delta_0)`, :math:`t_0 = 10`, :math:`\gamma = 0.05`,
-:math:`\kappa = 0.75`; :math:`\bar\delta` is used after warmup.
-
-All of ``MCMC``'s ``chain_method``\ s work. With ``"vectorized"``, :meth:`init`
-receives a batch of keys and vmaps itself, and :meth:`sample` vmaps the one-chain
+All of ``MCMC``'s ``chain_method``s work. With ``"vectorized"``, [`init()`][numpyro_vmt.langevin.init]
+receives a batch of keys and vmaps itself, and `sample()` vmaps the one-chain
 step over the chains (each chain adapts its own step size, as NumPyro's HMC does).
 """
 
@@ -39,14 +45,15 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import dual_averaging
+from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
-from numpyro_vmt.langevin import LangevinState, init, is_concrete, step
-from vmt.core.checks import check_noise_scale, check_step_size
+from numpyro_vmt.langevin import LangevinState, init, is_concrete
+from numpyro_vmt.preconditioned import preconditioned_step, scale_factor
+from vmt.core.checks import as_real, check_noise_scale, check_step_size
 
 __all__ = ["LangevinKernel", "LangevinKernelState"]
 
@@ -65,7 +72,8 @@ class LangevinKernelState(NamedTuple):
     diverging : the last proposal was non-finite.
     grad_norm : ``‖∇U(z)‖``.
     step_size : current ``δ``.
-    adapt_state : dual-averaging state ``(log δ_t, log δ̄_t, H̄_t, t, μ)``.
+    adapt_state : NumPyro's ``HMCAdaptState`` (step size, inverse mass matrix and its
+        square roots, dual-averaging and Welford states, window index).
     rng_key : key of the next step.
     """
 
@@ -100,6 +108,13 @@ class LangevinKernel(MCMCKernel):
         ``σ``; 1 is Langevin dynamics.
     adapt_step_size : bool
         Dual averaging during warmup (MALA only).
+    adapt_mass_matrix : bool
+        Estimate the inverse mass matrix during warmup (MALA only, as in the Pyro kernel).
+    dense_mass : bool
+        A dense ``(D, D)`` inverse mass matrix instead of a diagonal one.
+    inverse_mass_matrix : Array, optional
+        Initial (or fixed) inverse mass matrix of the flat (``ravel_pytree``)
+        unconstrained parameters: ``(D,)``, or ``(D, D)`` with ``dense_mass``. Default identity.
     target_accept_prob : float
         Target of the adaptation, 0.574 by default.
     init_strategy : callable, optional
@@ -123,18 +138,27 @@ class LangevinKernel(MCMCKernel):
 
     def __init__(self, model: Optional[Callable] = None, potential_fn: Optional[Callable] = None,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
-                 adapt_step_size: bool = True, target_accept_prob: float = 0.574,
+                 adapt_step_size: bool = True, adapt_mass_matrix: bool = True, dense_mass: bool = False,
+                 inverse_mass_matrix: Optional[Any] = None, target_accept_prob: float = 0.574,
                  init_strategy: Optional[Callable] = None):
         if (model is None) == (potential_fn is None):
             raise ValueError("give exactly one of model= and potential_fn=")
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
+        self._target = as_real("target_accept_prob", target_accept_prob, low=0, high=1,
+                               low_open=True, high_open=True)
+        self._dense = bool(dense_mass)
+        if inverse_mass_matrix is not None:
+            inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
+            if inverse_mass_matrix.ndim != (2 if self._dense else 1):
+                raise ValueError(f"inverse_mass_matrix of shape {tuple(inverse_mass_matrix.shape)} does not "
+                                 f"match dense_mass={self._dense}: give (D,) for a diagonal matrix, "
+                                 "(D, D) with dense_mass=True")
+        self._inverse_mass_matrix = inverse_mass_matrix
         self._model, self._potential_fn = model, potential_fn
         self._step_size = check_step_size(step_size)
         self._adjust = bool(adjust)
         self._noise_scale = check_noise_scale(noise_scale, adjust)
         self._adapt = bool(adapt_step_size) and self._adjust
-        self._target = float(target_accept_prob)
+        self._adapt_mass = bool(adapt_mass_matrix) and self._adjust
         self._init_strategy = init_to_uniform if init_strategy is None else init_strategy
         self._pe_gen = self._postprocess_fn = None
         self._num_warmup = 0
@@ -177,15 +201,26 @@ class LangevinKernel(MCMCKernel):
                                  f"of {int(bad.sum())} of {bad.size} chains")
         return state
 
+    def _adapter(self):
+        return warmup_adapter(self._num_warmup, adapt_step_size=self._adapt,
+                              adapt_mass_matrix=self._adapt_mass, dense_mass=self._dense,
+                              target_accept_prob=self._target)
+
     def _init_one(self, rng_key, z, potential_fn):
         x, unravel = ravel_pytree(z)
         s = init(x[None], _flat_potential(potential_fn, unravel))
         step_size = jnp.asarray(self._step_size, dtype=x.dtype)
-        da_init, _ = dual_averaging()
+        imm = self._inverse_mass_matrix
+        if imm is not None and imm.shape[0] != x.shape[0]:
+            raise ValueError(f"inverse_mass_matrix has size {imm.shape[0]}, the unconstrained parameters "
+                             f"{x.shape[0]} (flattened with ravel_pytree)")
+        wa_init, _ = self._adapter()
+        adapt = wa_init((z,), rng_key, step_size, inverse_mass_matrix=None if imm is None else imm.astype(x.dtype),
+                        mass_matrix_size=x.shape[0])._replace(rng_key=None)
         zero = jnp.zeros((), x.dtype)
         return LangevinKernelState(
             jnp.array(0), z, s.energy[0], unravel(s.grad[0]), zero, zero, jnp.array(False),
-            jnp.linalg.norm(s.grad[0]), step_size, da_init(jnp.log(10.0 * step_size)), rng_key)
+            jnp.linalg.norm(s.grad[0]), step_size, adapt, rng_key)
 
     def sample(self, state, model_args, model_kwargs):
         """One ULA/MALA step (vmapped over chains when ``state`` is a batch)."""
@@ -193,26 +228,27 @@ class LangevinKernel(MCMCKernel):
         return one(state) if is_prng_key(state.rng_key) else jax.vmap(one)(state)
 
     def _sample_one(self, state, potential_fn):
-        i, z, pe, z_grad, _, mean_accept, _, _, step_size, da, rng_key = state
+        i, z, pe, z_grad, _, mean_accept, _, _, step_size, adapt, rng_key = state
         x, unravel = ravel_pytree(z)
         g, _ = ravel_pytree(z_grad)
         rng_key, key = random.split(rng_key)
-        new, info = step(key, LangevinState(x[None], pe[None], g[None]),
-                         _flat_potential(potential_fn, unravel), step_size,
-                         self._noise_scale, self._adjust)
+        root = adapt.mass_matrix_sqrt_inv.T if self._dense else adapt.mass_matrix_sqrt_inv
+        new, info = preconditioned_step(key, LangevinState(x[None], pe[None], g[None]),
+                                        _flat_potential(potential_fn, unravel),
+                                        scale_factor(step_size, root, self._dense),
+                                        self._noise_scale, self._adjust)
         accept = info.acceptance_rate[0].astype(x.dtype)
-        if self._adapt:
-            _, da_update = dual_averaging()
-            warm = i < self._num_warmup
-            da_new = da_update(self._target - accept, da)
-            da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
-            tuned = jnp.where(i + 1 == self._num_warmup, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
-            step_size = jnp.where(warm, tuned, step_size).astype(step_size.dtype)
+        new_z = unravel(new.position[0])
+        if self._adapt or self._adapt_mass:
+            _, wa_update = self._adapter()
+            adapt = jax.lax.cond(i < self._num_warmup,
+                                 lambda a: wa_update(i, accept, (new_z,), a), lambda a: a, adapt)
+            step_size = adapt.step_size.astype(step_size.dtype)
         n = jnp.where(i < self._num_warmup, i + 1, i + 1 - self._num_warmup)
         mean_accept = mean_accept + (accept - mean_accept) / n
         return LangevinKernelState(
-            i + 1, unravel(new.position[0]), new.energy[0], unravel(new.grad[0]), accept,
-            mean_accept, info.is_divergent[0], info.grad_norm[0], step_size, da, rng_key)
+            i + 1, new_z, new.energy[0], unravel(new.grad[0]), accept,
+            mean_accept, info.is_divergent[0], info.grad_norm[0], step_size, adapt, rng_key)
 
     def postprocess_fn(self, model_args, model_kwargs):
         """Unconstrained -> constrained sites (and deterministic sites) of ``model``."""

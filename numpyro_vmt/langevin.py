@@ -1,17 +1,17 @@
 r"""Finite-step Langevin dynamics over a batch of chains (JAX).
 
-Pure functions :func:`init` and :func:`step` over a :class:`LangevinState`, in the
-shape of BlackJAX's samplers, and :class:`Langevin`, a thin wrapper that closes over
+Pure functions [`init()`][numpyro_vmt.langevin.init] and [`step()`][numpyro_vmt.langevin.step] over a [`LangevinState`][numpyro_vmt.langevin.LangevinState], in the
+shape of BlackJAX's samplers, and [`Langevin`][numpyro_vmt.langevin.Langevin], a thin wrapper that closes over
 the parameters and runs ``K`` steps as a ``lax.scan``. The chain state never lives
 on an object.
 
-One step with energy :math:`E` (the potential, :math:`-\log` of the unnormalised
-density), step size :math:`\delta` and noise scale :math:`\sigma`:
+One step with energy $E$ (the potential, $-\log$ of the unnormalised
+density), step size $\delta$ and noise scale $\sigma$:
 
-.. math::
-
-    x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
-    \qquad \xi \sim \mathcal N(0, I).
+$$
+x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
+\qquad \xi \sim \mathcal N(0, I).
+$$
 
 ``noise_scale = 1`` is the Euler–Maruyama discretisation of overdamped Langevin
 dynamics (ULA); ``noise_scale = 0`` is the deterministic revision of the reference
@@ -19,16 +19,16 @@ implementation of Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021 (https://arxiv.org/abs/2012.14936).
 With ``adjust=True`` the move is a proposal accepted with probability
 
-.. math::
-
-    \alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
-    \quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
+\alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
+\quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
 
 the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
 In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
 
 Every step evaluates the energy and its gradient once (``jax.value_and_grad`` of the
-summed energy). :meth:`Langevin.run` is compiled (``jax.jit`` over the potential's
+summed energy). [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run] is compiled (``jax.jit`` over the potential's
 array leaves, its static part hashed once per potential, as ``equinox.filter_jit``
 would but without re-partitioning the module at every call) and everything works
 under the caller's ``jax.jit`` and ``jax.vmap`` too; the checks of the inputs
@@ -45,6 +45,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from numpyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
@@ -73,7 +74,7 @@ class LangevinState(NamedTuple):
 
 
 class LangevinInfo(NamedTuple):
-    """Diagnostics of one step, per chain (stacked over steps by :meth:`Langevin.run`).
+    """Diagnostics of one step, per chain (stacked over steps by [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run]).
 
     Attributes
     ----------
@@ -199,6 +200,9 @@ def step(
     (LangevinState, LangevinInfo)
     """
     x, e, g = state
+    # concrete numbers of any array library as Python floats; traced values as they are
+    step_size = check_step_size(step_size) if is_concrete(step_size) else step_size
+    noise_scale = check_noise_scale(noise_scale, adjust) if is_concrete(noise_scale) else noise_scale
     h = 0.5 * step_size * step_size
     scale = step_size * noise_scale
     noisy = _positive(scale)
@@ -243,14 +247,23 @@ def step(
     return LangevinState(pos, jnp.where(accept, new_e, e), grad), info
 
 
+_BARS: list = []  # the progress bar of the run in progress, ticked from inside the scan
+
+
+def _tick() -> None:
+    if _BARS:
+        _BARS[-1].update(1)
+
+
 def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_size: float,
                noise_scale: float, adjust: bool, num_steps: int, noise: Optional[Array] = None,
-               uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
-    """``num_steps`` calls of :func:`step` from ``state``, as one ``lax.scan``.
+               uniform: Optional[Array] = None, progress: bool = False) -> Tuple[LangevinState, LangevinInfo]:
+    """``num_steps`` calls of [`step()`][numpyro_vmt.langevin.step] from ``state``, as one ``lax.scan``.
 
     Step ``k`` uses the ``k``-th key of ``jax.random.split(rng, num_steps)``. The
     constant diagnostics of unadjusted steps (acceptance 1) are formed once, after
-    the scan, rather than carried through it.
+    the scan, rather than carried through it. ``progress`` ticks the bar of
+    [`Langevin.run()`][numpyro_vmt.langevin.Langevin.run] from inside the scan (``jax.debug.callback``, once a step).
     """
     key = as_rng(rng)
     keys = None if key is None else jax.random.split(key, num_steps)
@@ -258,6 +271,8 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
     def body(s, xs):
         k, nz, u = xs
         new, info = step(k, s, potential_fn, step_size, noise_scale, adjust, nz, u)
+        if progress:
+            jax.debug.callback(_tick)
         return new, (info if adjust else (info.grad_norm, info.is_divergent))
 
     final, out = jax.lax.scan(body, state, (keys, noise, uniform), length=num_steps)
@@ -268,7 +283,7 @@ def scan_steps(rng: RNG, state: LangevinState, potential_fn: PotentialFn, step_s
 
 
 class Langevin:
-    """K-step Langevin sampler: :func:`init` and :func:`step` closed over their options.
+    """K-step Langevin sampler: [`init()`][numpyro_vmt.langevin.init] and [`step()`][numpyro_vmt.langevin.step] closed over their options.
 
     Parameters
     ----------
@@ -277,7 +292,7 @@ class Langevin:
     step_size : float
         ``δ > 0``; drift ``δ²/2 ∇E``, noise ``δ σ ξ``.
     num_steps : int
-        ``K``, the default length of :meth:`run`.
+        ``K``, the default length of `run()`.
     noise_scale : float
         ``σ``: 1.0 Langevin dynamics, 0.0 noise-free revision.
     adjust : bool
@@ -297,25 +312,31 @@ class Langevin:
         if not callable(potential_fn):
             raise TypeError("potential_fn must be callable: (n, *event_shape) -> (n,)")
         self.potential_fn = potential_fn
-        self.step_size = check_step_size(step_size)
+        # a traced value (a sweep vmapped through Langevin) is taken as it is: its checks
+        # need a concrete number, and step() works on arrays
+        self.step_size = check_step_size(step_size) if is_concrete(step_size) else step_size
         self.num_steps = check_num_steps(num_steps)
-        self.noise_scale = check_noise_scale(noise_scale, adjust)
+        self.noise_scale = (check_noise_scale(noise_scale, adjust) if is_concrete(noise_scale)
+                            else noise_scale)
         self.adjust = bool(adjust)
 
     def init(self, position: Array) -> LangevinState:
-        """See :func:`init`."""
+        """See [`init()`][numpyro_vmt.langevin.init]."""
         return init(position, self.potential_fn)
 
     def step(self, rng: RNG, state: LangevinState, noise: Optional[Array] = None,
              uniform: Optional[Array] = None) -> Tuple[LangevinState, LangevinInfo]:
-        """See :func:`step`."""
+        """See [`step()`][numpyro_vmt.langevin.step]."""
         return step(rng, state, self.potential_fn, self.step_size, self.noise_scale,
                     self.adjust, noise, uniform)
 
     def run(self, rng: RNG, position: Array, num_steps: Optional[int] = None,
-            noise: Optional[Array] = None, uniform: Optional[Array] = None
+            noise: Optional[Array] = None, uniform: Optional[Array] = None, progress: bool = False
             ) -> Tuple[LangevinState, LangevinInfo]:
         """Run ``num_steps`` steps from ``position`` (a jitted ``lax.scan``).
+
+        ``progress`` shows a tqdm bar over the steps, ticked from inside the compiled
+        scan (off by default: runs inside training loops are short and many).
 
         The compiled run is cached per potential function (by identity; an equinox
         module by its static structure) and options, so repeated calls do not
@@ -331,19 +352,32 @@ class Langevin:
         # Concrete inputs: the finiteness of the start is counted inside the compiled
         # run and checked after it (one transfer); under a transformation, as before.
         position = _check_position(position, check_values=traced)
-        compiled = self._compiled(num_steps)
-        if compiled is None:
-            state, info, bad = _run(key, position, self.potential_fn, self.step_size,
-                                    self.noise_scale, self.adjust, num_steps, noise, uniform)
-        else:
-            run, leaves = compiled
-            state, info, bad = run(leaves, key, position, noise, uniform)
+        progress = bool(progress)
+        concrete = is_concrete(self.step_size) and is_concrete(self.noise_scale)
+        compiled = self._compiled(num_steps, progress) if concrete else None
+        bar = tqdm(total=num_steps, desc="langevin", leave=True) if progress else None
+        if bar is not None:
+            _BARS.append(bar)
+        try:
+            if compiled is None:
+                state, info, bad = _run(key, position, self.potential_fn, self.step_size,
+                                        self.noise_scale, self.adjust, num_steps, noise, uniform, progress)
+            else:
+                run, leaves = compiled
+                state, info, bad = run(leaves, key, position, noise, uniform)
+            if bar is not None:
+                jax.block_until_ready(state)
+                jax.effects_barrier()
+        finally:
+            if bar is not None:
+                _BARS.remove(bar)
+                bar.close()
         if is_concrete(bad):
             bad_position, bad_energy = (int(v) for v in np.asarray(bad))
             _raise_if_bad_start(bad_position, bad_energy, position.shape[0])
         return state, info
 
-    def _compiled(self, num_steps: int):
+    def _compiled(self, num_steps: int, progress: bool = False):
         """``(jitted run, the potential's array leaves)``, or ``None`` for an unhashable potential.
 
         The potential is split once per potential object into its array leaves
@@ -364,7 +398,7 @@ class Langevin:
         _, leaves, static = cached
         if static is None:
             return None
-        return _compiled_run(static, self.step_size, self.noise_scale, self.adjust, num_steps), leaves
+        return _compiled_run(static, self.step_size, self.noise_scale, self.adjust, num_steps, progress), leaves
 
 
 class _Static:
@@ -388,18 +422,20 @@ class _Static:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int):
-    """:func:`_start_and_scan` jitted over ``(leaves, key, position, noise, uniform)``."""
+def _compiled_run(static: _Static, step_size: float, noise_scale: float, adjust: bool, num_steps: int,
+                  progress: bool = False):
+    """`_start_and_scan()` jitted over ``(leaves, key, position, noise, uniform)``."""
     def run(leaves, key, position, noise, uniform):
         potential_fn = eqx.combine(jax.tree.unflatten(static.treedef, leaves), static.static)
         return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps,
-                               noise, uniform)
+                               noise, uniform, progress)
 
     return jax.jit(run)
 
 
-def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
-    """:func:`init` then :func:`scan_steps`.
+def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                    progress=False):
+    """[`init()`][numpyro_vmt.langevin.init] then `scan_steps()`.
 
     Also returns, for the caller to check on the host, the number of chains whose
     initial position is non-finite and the number whose initial energy or gradient is.
@@ -407,11 +443,13 @@ def _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust,
     state = init(position, potential_fn)
     bad = jnp.stack([(~jnp.isfinite(_flat_sum(position))).sum(),
                      (~(jnp.isfinite(state.energy) & jnp.isfinite(_flat_sum(state.grad)))).sum()])
-    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+    final, info = scan_steps(key, state, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                             progress)
     return final, info, bad
 
 
 @eqx.filter_jit
-def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform):
-    """:func:`_start_and_scan` for a potential whose static part cannot be hashed."""
-    return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform)
+def _run(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform, progress=False):
+    """`_start_and_scan()` for a potential whose static part cannot be hashed, or a traced step size."""
+    return _start_and_scan(key, position, potential_fn, step_size, noise_scale, adjust, num_steps, noise, uniform,
+                           progress)

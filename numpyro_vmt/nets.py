@@ -10,9 +10,9 @@ frameworks. SiLU activations keep the energy smooth, which Langevin dynamics nee
 Like the torch networks, these act on a *batch*: ``(n, *shape) -> (n, ...)``.
 
 The one difference from the torch signatures: JAX has no global RNG, so
-:class:`MLP` and :class:`ConvEnergyNet` take a keyword-only ``rng`` (an int seed or
+[`MLP`][numpyro_vmt.nets.MLP] and [`ConvEnergyNet`][numpyro_vmt.nets.ConvEnergyNet] take a keyword-only ``rng`` (an int seed or
 a ``jax.random`` key) for their initialisation, where torch draws from its global
-RNG. :func:`default_networks` has the same signature in both backends.
+RNG. [`default_networks()`][numpyro_vmt.nets.default_networks] has the same signature in both backends.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def default_networks(event_shape: Sequence[int], latent_dim: int,
                      hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[eqx.Module, eqx.Module, eqx.Module]:
     """``(energy_net, encoder, decoder)`` for data of ``event_shape``, initialised from seed ``rng``.
 
-    The energy is a :class:`ConvEnergyNet` when ``image_shape`` is given, else an
-    :class:`MLP`; encoder (``→ 2·latent_dim``: location and pre-softplus scale) and
+    The energy is a [`ConvEnergyNet`][numpyro_vmt.nets.ConvEnergyNet] when ``image_shape`` is given, else an
+    [`MLP`][numpyro_vmt.nets.MLP]; encoder (``→ 2·latent_dim``: location and pre-softplus scale) and
     decoder (``latent_dim →`` data) are MLPs. The three networks get the three keys
     of ``jax.random.split(rng, 3)``. The parameter dtype is JAX's default float
     (float64 when ``jax_enable_x64`` is on).

@@ -17,7 +17,7 @@ RNG = Union[None, int, jax.Array]
 def as_rng(rng: RNG, device: Any = None) -> Optional[jax.Array]:
     """A ``jax.random`` key from an int seed, or a given key (``None`` stays ``None``).
 
-    The JAX form of randomness as an argument; :func:`pyro_vmt.as_rng` is its Torch
+    The JAX form of randomness as an argument; [`pyro_vmt.as_rng()`][pyro_vmt.rng.as_rng] is its Torch
     twin. ``device`` is accepted for the same signature and unused: a key is placed
     where the computation that consumes it runs.
     """

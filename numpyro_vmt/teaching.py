@@ -3,27 +3,27 @@ r"""Variational MCMC teaching (JAX / NumPyro): the joint training of an EBM and 
 One iteration (Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021, https://arxiv.org/abs/2012.14936):
 
-1. :math:`z_i \sim \mathcal N(0, I)`, :math:`x^{(0)}_i = g_\alpha(z_i)`.
-2. :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`,
-   :math:`\tilde x = x^{(K)}` (no gradient flows through the chain).
-3. Energy step on :math:`\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
-   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)`, the maximum-likelihood gradient.
-4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+1. $z_i \sim \mathcal N(0, I)$, $x^{(0)}_i = g_\alpha(z_i)$.
+2. $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$,
+   $\tilde x = x^{(K)}$ (no gradient flows through the chain).
+3. Energy step on $\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
+   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)$, the maximum-likelihood gradient.
+4. One SVI step of the VAE on the ELBO with $\tilde x$ observed.
 
 The option ``init`` swaps step 1 (and 4) for the baselines that share this code path:
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
-regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
+regressed on $\tilde x$ with its own $z$ (CoopNets).
 
-The conditional teacher (:mod:`numpyro_vmt.conditional`) runs this same code with a
+The conditional teacher ([`numpyro_vmt.conditional`][numpyro_vmt.conditional]) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
+[`vmt.core.batch.with_context()`][vmt.core.batch.with_context] passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
-The whole iteration is one jitted pure function over a :class:`TeachingState`
+The whole iteration is one jitted pure function over a [`TeachingState`][numpyro_vmt.teaching.TeachingState]
 pytree, in the shape of NumPyro's ``SVI.update``. The new state is committed only
 after the host has checked the run and the losses, so an iteration that diverges
-raises :class:`vmt.core.errors.DivergenceError` and changes nothing.
+raises [`vmt.core.errors.DivergenceError`][vmt.core.errors.DivergenceError] and changes nothing.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
 from numpyro_vmt.rng import RNG, as_rng
-from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, no_chains, optimizers, sample_core,
-                                 uniform_points, update_core)
+from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, all_finite, fit_core, no_chains, optimizers,
+                                 sample_core, uniform_points, update_core)
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
-from vmt.core.batch import context_and_data
-from vmt.core.checkpoint import config_mismatch
+from vmt.core.batch import batch_stream, check_batch_size, context_and_data
+from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
-from vmt.core.errors import CheckpointError, DivergenceError, divergence_message
+from vmt.core.errors import CheckpointError, DivergenceError, divergence_message, nonfinite_message, parameters_message
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo", "TeachingState"]
 
@@ -58,7 +58,7 @@ Array = jax.Array
 
 
 class VariationalMCMCTeaching:
-    """Train an :class:`EnergyModel` with a :class:`VAE` as amortised Langevin sampler.
+    """Train an [`EnergyModel`][numpyro_vmt.energy.EnergyModel] with a [`VAE`][numpyro_vmt.vae.VAE] as amortised Langevin sampler.
 
     Parameters
     ----------
@@ -66,28 +66,28 @@ class VariationalMCMCTeaching:
     vae : VAE or None
         Needed for ``init="vae"`` and ``"generator"``; ignored otherwise.
     config : TeachingConfig, optional
-        All options (see :class:`vmt.TeachingConfig`); keyword ``options`` override it.
+        All options (see [`vmt.TeachingConfig`][vmt.core.config.TeachingConfig]); keyword ``options`` override it.
     rng : int or jax.random key
         Seed (or key) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
     mesh : None, int, list of jax devices or jax.sharding.Mesh
         Data-parallel teaching on several devices: the batch and the chains are split
         along the mesh axis ``"data"``, the parameters replicated, one jitted iteration
-        (:mod:`numpyro_vmt.distributed`, ``docs/scaling.md``). ``None``: one device.
+        ([`numpyro_vmt.distributed`][numpyro_vmt.distributed], ``docs/scaling.md``). ``None``: one device.
     **options
-        Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
+        Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
     Notes
     -----
     The public API is the torch backend's. Two JAX-only extras, the idiom of
     NumPyro's ``SVI.update``:
 
-    - ``state``: the whole training state, a :class:`TeachingState` pytree
+    - ``state``: the whole training state, a [`TeachingState`][numpyro_vmt.teaching.TeachingState] pytree
       (``numpyro_vmt.teaching.TeachingState``). ``energy``, ``vae``, ``buffer`` and
       ``iteration`` are read from it.
     - ``update(state, batch) -> (state, info)``: the pure, jitted iteration, usable
       inside the caller's own ``jit``/``scan``. It does no host-side check;
-      :meth:`step` calls the same compiled function and commits the new state only
+      `step()` calls the same compiled function and commits the new state only
       after checking that no chain diverged and the losses and gradients are finite.
 
     Iterations with equal configurations and network structures share one
@@ -183,7 +183,7 @@ class VariationalMCMCTeaching:
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
         whole proposal paths (the decoder with its observation noise, or the wide
         Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each
-        (see :func:`numpyro_vmt.correction.independent_mh`); they are samples of
+        (see [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh]); they are samples of
         ``exp(−E)/Z`` as far as the chains have mixed.
         """
         if mh_steps:
@@ -207,14 +207,14 @@ class VariationalMCMCTeaching:
 
     def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
                       batch_size: int = 2000) -> Tuple[float, float]:
-        r"""Estimate :math:`\log Z = \log\int e^{-E(x)}dx` and its standard error from proposal paths.
+        r"""Estimate $\log Z = \log\int e^{-E(x)}dx$ and its standard error from proposal paths.
 
         The paths are this teacher's own proposals: the VAE's decoder with its
         observation noise (``init="vae"``), else the Gaussian over ``init_bounds``
         (every other ``init``), followed by ``num_steps`` Langevin steps (default: the
         configured ``K``; ``noise_scale=0`` is replaced by 1, a noise-free run has no
         density), annealed when ``path_anneal`` is set. See
-        :func:`numpyro_vmt.correction.log_partition`: the log-mean-exp is biased *low*,
+        [`numpyro_vmt.correction.log_partition()`][numpyro_vmt.correction.log_partition]: the log-mean-exp is biased *low*,
         so likelihoods from it are biased *high*, by an amount the standard error does
         not capture when the weights' ESS is small.
         """
@@ -226,7 +226,7 @@ class VariationalMCMCTeaching:
     def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
                  ) -> Tuple[np.ndarray, float]:
         """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
-        ``log Ẑ`` (shared by every row; see :meth:`log_partition` for the bias)."""
+        ``log Ẑ`` (shared by every row; see `log_partition()` for the bias)."""
         x = self._as_batch(x, "x")
         log_z, se = self.log_partition(num_samples, rng, num_steps)
         return -self.energy.numpy_energy(np.asarray(x)) - log_z, se
@@ -249,7 +249,7 @@ class VariationalMCMCTeaching:
         """The pure iteration: ``(state, batch) -> (new_state, info)``, jitted, no host check.
 
         ``state`` is not modified (JAX arrays are immutable); nothing on ``self``
-        changes. A concrete ``batch`` is validated as in :meth:`step`; inside a
+        changes. A concrete ``batch`` is validated as in `step()`; inside a
         user's ``jit``/``scan`` it is used as given.
         """
         if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(batch)):
@@ -281,6 +281,10 @@ class VariationalMCMCTeaching:
         _check_finite("energy parameter gradient", info_h.energy_grad_norm)
         if self.vae_optim is not None:
             _check_finite("VAE parameter gradient", diag_h.vae_grad_norm)
+        if not diag_h.energy_params_finite:
+            raise DivergenceError(parameters_message("energy", self.config.energy_lr))
+        if not diag_h.vae_params_finite:
+            raise DivergenceError(parameters_message("VAE", self.config.vae_lr))
         self.state = new
         return info_h
 
@@ -301,23 +305,38 @@ class VariationalMCMCTeaching:
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
+        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher), or any
+        other iterable of batches — a generator of NumPy/JAX arrays, a
+        ``torch.utils.data.DataLoader`` — of which each batch is one iteration
+        (``batch_size`` is then unused; see [`vmt.core.batch.batch_stream()`][vmt.core.batch.batch_stream]).
         The minibatch indices are drawn from the training key inside the jitted
         iteration, so a saved and restored run continues exactly. Returns the
-        history: one array per :class:`~vmt.core.api.TeachingInfo` field.
+        history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         ``callback(teacher, info)`` is called after every iteration.
         """
-        data = self._as_batch(data, "data")
+        stream = batch_stream(data)
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
+        if stream is None:
+            data = self._as_batch(data, "data")
+            check_batch_size(batch_size, context_and_data(data)[1].shape[0])
         n = self.config.num_samples or batch_size
         if self.mesh is not None:
             distributed.check_divisible("batch_size", batch_size, self.mesh)
             distributed.check_divisible("the number of chains (num_samples)", n, self.mesh)
-            data = distributed.replicate(data, self.mesh)
+            if stream is None:
+                data = distributed.replicate(data, self.mesh)
         rows = []
-        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         for _ in bar:
-            new, info, diag = fit_core(self._spec, self.state, data, batch_size)
-            info_h = self._commit(new, info, diag, n)
+            if stream is not None:
+                batch = next(stream, None)
+                if batch is None:
+                    break
+                info = self.step(batch)
+                info_h = jax.device_get(info)
+            else:
+                new, info, diag = fit_core(self._spec, self.state, data, batch_size)
+                info_h = self._commit(new, info, diag, n)
             rows.append(np.array([float(v) for v in info_h], dtype=np.float64))
             if callback is not None:
                 callback(self, info)
@@ -339,9 +358,9 @@ class VariationalMCMCTeaching:
         return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch.
+        """Restore `state_dict()`; raises [`CheckpointError`][vmt.core.errors.CheckpointError] on any mismatch.
 
-        Each entry may be the pytree :meth:`state_dict` returns or the list of its
+        Each entry may be the pytree `state_dict()` returns or the list of its
         leaves in flattening order; shapes and dtypes must match this object's.
         """
         diff = config_mismatch(state.get("config", {}), self.config.to_dict())
@@ -353,8 +372,8 @@ class VariationalMCMCTeaching:
                         for f in ("energy", "vae", "energy_optim", "vae_optim", "rng", "seed")}
         except KeyError as e:
             raise CheckpointError(f"checkpoint does not match these networks: missing entry {e}") from e
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint does not match these networks: {one_line(e)}") from e
         buffer = None
         if cur.buffer is not None:
             given = state.get("buffer")
@@ -364,8 +383,14 @@ class VariationalMCMCTeaching:
             buffer = jnp.asarray(given, dtype=cur.buffer.dtype)
         iteration = state.get("iteration")
         iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
-        if iteration is None or np.shape(iteration) != ():
+        if (iteration is None or isinstance(iteration, bool) or np.shape(iteration) != ()
+                or not np.issubdtype(np.asarray(iteration).dtype, np.integer) or int(iteration) < 0
+                or int(iteration) > np.iinfo(np.int32).max):
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
+        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim") if not bool(all_finite(restored[f]))]
+        bad += ["buffer"] if buffer is not None and not bool(all_finite(buffer)) else []
+        if bad:
+            raise CheckpointError(f"checkpoint holds non-finite values in {', '.join(bad)}")
         chains = None
         if cur.chains is not None:
             given = jax.tree.leaves(state.get("chains"))
@@ -374,6 +399,8 @@ class VariationalMCMCTeaching:
                     or any(np.shape(a) != (np.shape(given[0])[0],) for a in given[1:])):
                 raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this configuration")
             chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
+            if not bool(all_finite(chains)):
+                raise CheckpointError("checkpoint holds non-finite values in chains")
         self.state = distributed.replicate(
             TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32), chains=chains),
             self.mesh)
@@ -383,15 +410,21 @@ class VariationalMCMCTeaching:
 
         The file is an ``.npz`` archive (no pickle): a JSON header (format, version,
         backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
-        of :class:`TeachingState`. ``metadata`` must be JSON-serialisable. On a mesh the
+        of [`TeachingState`][numpyro_vmt.teaching.TeachingState]. ``metadata`` must be JSON-serialisable. A state
+        holding non-finite values is refused with
+        [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written. On a mesh the
         file holds the one replicated state, so it loads on any number of devices; in a
         multi-host run only process 0 writes.
         """
+        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim", "buffer")
+               if not bool(all_finite(getattr(self.state, f)))]
+        if bad:
+            raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad)}; nothing was written")
         if distributed.is_writer():
             write_checkpoint(path, distributed.to_host(self.state), self.config.to_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
+        """Restore a checkpoint written by `save()` into this object; returns its metadata.
 
         The object must have been built with the same configuration and networks.
         """
@@ -412,4 +445,4 @@ def _raise_if_diverged(diag: Diagnosis, n: int, step_size: float) -> None:
 
 def _check_finite(what: str, value: Any) -> None:
     if not np.isfinite(value).all():
-        raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")
+        raise DivergenceError(nonfinite_message(what, float(value)))

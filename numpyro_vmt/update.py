@@ -2,20 +2,20 @@ r"""The training iteration of variational MCMC teaching as one jitted pure funct
 
 ``update_core(spec, state, batch) -> (state, info, diagnosis)`` in the shape of
 NumPyro's ``SVI.update``: every piece of training state is in the
-:class:`TeachingState` pytree, every static choice in :class:`Spec`, so equal specs
+[`TeachingState`][numpyro_vmt.update.TeachingState] pytree, every static choice in [`Spec`][numpyro_vmt.update.Spec], so equal specs
 share one compilation. The host-side class
-(:class:`numpyro_vmt.teaching.VariationalMCMCTeaching`) checks the
-:class:`Diagnosis` before it commits a new state. The steps (Xie, Zheng & Li, AAAI
+([`numpyro_vmt.teaching.VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching]) checks the
+[`Diagnosis`][numpyro_vmt.update.Diagnosis] before it commits a new state. The steps (Xie, Zheng & Li, AAAI
 2021, https://arxiv.org/abs/2012.14936):
 
-1. :func:`start_chains`: :math:`x^{(0)}_i = g_\alpha(z_i)`, :math:`z_i \sim \mathcal N(0, I)`
+1. [`start_chains()`][numpyro_vmt.update.start_chains]: $x^{(0)}_i = g_\alpha(z_i)$, $z_i \sim \mathcal N(0, I)$
    (or noise, or a replay buffer, per ``init``).
-2. :func:`revise`: :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`.
-3. Energy step on :math:`\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)` (+ penalty).
-4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+2. [`revise()`][numpyro_vmt.update.revise]: $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$.
+3. Energy step on $\frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)$ (+ penalty).
+4. One SVI step of the VAE on the ELBO with $\tilde x$ observed.
 
-:mod:`pyro_vmt.update` holds the same steps for Torch.
+[`pyro_vmt.update`][pyro_vmt.update] holds the same steps for Torch.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
 __all__ = ["TeachingState", "Spec", "ChainStarts", "Draws", "Diagnosis", "optimizers", "uniform_points", "start_chains",
-           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains"]
+           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains", "all_finite"]
 
 Array = jax.Array
 
@@ -48,15 +48,15 @@ class TeachingState(NamedTuple):
     Attributes
     ----------
     energy, vae : pytrees
-        The floating-point array leaves of the :class:`EnergyModel` and the
-        :class:`VAE` (``eqx.partition(module, eqx.is_inexact_array)[0]``; ``vae`` is
+        The floating-point array leaves of the [`EnergyModel`][numpyro_vmt.energy.EnergyModel] and the
+        `VAE` (``eqx.partition(module, eqx.is_inexact_array)[0]``; ``vae`` is
         ``None`` without a VAE).
     energy_optim, vae_optim : optax states
     rng : jax.random key
         Training key, split every iteration (minibatches, latents, Langevin noise,
         buffer resets, the VAE's reparameterised samples).
     seed : jax.random key
-        The key training started from: :meth:`VariationalMCMCTeaching.sample`
+        The key training started from: `VariationalMCMCTeaching.sample()`
         without ``rng`` folds the iteration into it.
     buffer : Array or None
         Replay buffer of ``init="persistent"``.
@@ -85,6 +85,8 @@ class Diagnosis(NamedTuple):
     num_divergent: Array     # chains flagged divergent at any step
     first_divergent: Array   # first step with a divergent chain (-1: none)
     vae_grad_norm: Array
+    energy_params_finite: Array  # the updated energy parameters are all finite
+    vae_params_finite: Array     # the updated VAE parameters are all finite (True without a VAE)
 
 
 class ChainStarts(NamedTuple):
@@ -178,6 +180,8 @@ def revise(spec: Spec, energy: EnergyModel, x0: Array, key: Array, num_steps: in
         info.is_divergent.any(0).sum(),
         jnp.where(bad_any.any(), jnp.argmax(bad_any), -1),
         jnp.zeros((), x0.dtype),
+        jnp.asarray(True),
+        jnp.asarray(True),
     )
     return state, info, diag
 
@@ -214,7 +218,7 @@ def sample_core(spec: Spec, state: TeachingState, key: Array, n: int, num_steps:
 
 @partial(jax.jit, static_argnums=0)
 def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[Draws] = None):
-    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)`` (``draws``: see :class:`Draws`)."""
+    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)`` (``draws``: see [`Draws`][numpyro_vmt.update.Draws])."""
     cfg = spec.config
     energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
@@ -229,7 +233,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         chains, minfo = correction.update_chains(k_init, state.chains, energy, vae, n, cfg)
         x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
         zero = jnp.zeros((), jnp.int32)
-        diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype))
+        diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype), jnp.asarray(True), jnp.asarray(True))
         nan = jnp.full((), jnp.nan, x_tilde.dtype)
         langevin_acc, langevin_gnorm = nan, nan
     else:
@@ -258,6 +262,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
     else:
         v_loss, new_vae, v_opt = jnp.asarray(jnp.nan, loss.dtype), None, None
 
+    diag = diag._replace(energy_params_finite=all_finite(new_energy), vae_params_finite=all_finite(new_vae))
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
     new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1,
                                   chains), spec.mesh, sharded=False)
@@ -273,9 +278,15 @@ def no_chains(spec: Spec, dtype) -> correction.Path:
     return correction.Path(jnp.zeros((0,) + spec.energy.event_shape, dtype), empty, empty, empty)
 
 
+def all_finite(tree: Any) -> Array:
+    """Every floating-point leaf of ``tree`` is finite (``True`` for none)."""
+    leaves = [jnp.isfinite(a).all() for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 @partial(jax.jit, static_argnums=(0, 3))
 def fit_core(spec: Spec, state: TeachingState, data: Array, batch_size: int):
-    """A minibatch drawn (with replacement) from the training key, then :func:`update_core`."""
+    """A minibatch drawn (with replacement) from the training key, then [`update_core()`][numpyro_vmt.update.update_core]."""
     rng, k_idx = jax.random.split(state.rng)
     idx = jax.random.randint(k_idx, (batch_size,), 0, context_and_data(data)[1].shape[0])
     return update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data))

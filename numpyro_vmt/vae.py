@@ -2,22 +2,22 @@ r"""Variational auto-encoder as a NumPyro model + guide (the amortised sampler o
 
 Generative model and inference network:
 
-.. math::
-
-    z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
-    \qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
+z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
+\qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
 
 trained by maximising the ELBO
-:math:`\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))`
+$\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))$
 (``β = kl_weight``). In variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) the observed ``x`` are the Langevin-revised
 samples and the sampler's starting points are decoder means ``g_α(z)``.
 
-:meth:`VAE.model` and :meth:`VAE.guide` register the encoder and decoder with
+[`VAE.model()`][numpyro_vmt.vae.VAE.model] and [`VAE.guide()`][numpyro_vmt.vae.VAE.guide] register the encoder and decoder with
 ``numpyro.contrib.module.eqx_module`` (and a learned observation scale with
 ``numpyro.param``), so they work unchanged in a user's plain
 ``numpyro.infer.SVI(vae.model, vae.guide, optax.adam(...), Trace_ELBO())`` script.
-Inside the library (:meth:`VAE.elbo_loss`, :meth:`VAE.joint_loss`) the module's own
+Inside the library ([`VAE.elbo_loss()`][numpyro_vmt.vae.VAE.elbo_loss], [`VAE.joint_loss()`][numpyro_vmt.vae.VAE.joint_loss]) the module's own
 arrays are substituted for those parameter sites, so the loss is the same objective
 as SVI's and is differentiable with respect to the module's array leaves.
 """
@@ -199,7 +199,7 @@ class VAE(eqx.Module):
     def elbo_loss(self, x: jax.Array, rng: RNG) -> jax.Array:
         """Negative ELBO per sample, averaged over the batch (differentiable).
 
-        NumPyro's ``Trace_ELBO`` on :meth:`model` / :meth:`guide` with this module's
+        NumPyro's ``Trace_ELBO`` on `model()` / `guide()` with this module's
         arrays substituted for the parameter sites — the objective of SVI — and the
         reparameterised ``z`` drawn from ``rng``.
         """

@@ -2,7 +2,7 @@
 
 Variational MCMC teaching (Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936)
 starts each short Langevin run at a sample of a learned amortised sampler, so the
-chain begins near the target and needs few steps. :func:`initial_params_from_guide`
+chain begins near the target and needs few steps. [`initial_params_from_guide()`][numpyro_vmt.warmstart.initial_params_from_guide]
 offers the same for any NumPyro model: draw one starting point per chain from a
 fitted guide (an ``AutoGuide`` such as ``AutoNormal`` with its SVI params, the
 amortised ``VAE.guide`` of this library for a ``VAE.model`` posterior, or any callable

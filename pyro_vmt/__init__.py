@@ -1,10 +1,11 @@
 """PyTorch + Pyro backend of pyro-vmt.
 
-The same public names, with the same signatures, as :mod:`numpyro_vmt`.
+The same public names, with the same signatures, as `numpyro_vmt`.
 """
 
 from pyro_vmt import nets
 from pyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
+from pyro_vmt.distribution import EnergyDistribution
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
 from pyro_vmt.kernel import LangevinKernel

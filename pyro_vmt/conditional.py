@@ -7,27 +7,27 @@ image-to-image translation; the conditional cooperative scheme is Xie et al.,
 "Cooperative training of fast thinking initializer and slow thinking solver for
 conditional learning", arXiv:1902.02812). A conditional EBM
 
-.. math::
+$$
+p_\theta(y \mid x) = \frac{\exp(-E_\theta(y \mid x))}{Z_\theta(x)}, \qquad
+E_\theta(y \mid x) = U_\theta(y, x) + \frac{\lVert y \rVert^2}{2 s^2},
+$$
 
-    p_\theta(y \mid x) = \frac{\exp(-E_\theta(y \mid x))}{Z_\theta(x)}, \qquad
-    E_\theta(y \mid x) = U_\theta(y, x) + \frac{\lVert y \rVert^2}{2 s^2},
+and a conditional VAE $z \sim \mathcal N(0, I)$,
+$y \mid z, x \sim \mathcal N(g_\alpha(z, x), \sigma^2 I)$,
+$q_\phi(z \mid y, x) = \mathcal N(\mu_\phi(y, x), \operatorname{diag} s_\phi(y, x)^2)$
+are trained on pairs $(x_j, y_j)$ exactly as the unconditional algorithm:
 
-and a conditional VAE :math:`z \sim \mathcal N(0, I)`,
-:math:`y \mid z, x \sim \mathcal N(g_\alpha(z, x), \sigma^2 I)`,
-:math:`q_\phi(z \mid y, x) = \mathcal N(\mu_\phi(y, x), \operatorname{diag} s_\phi(y, x)^2)`
-are trained on pairs :math:`(x_j, y_j)` exactly as the unconditional algorithm:
-
-1. :math:`z_j \sim \mathcal N(0, I)`, :math:`y^{(0)}_j = g_\alpha(z_j, x_j)`;
-2. :math:`K` Langevin steps on :math:`y` with :math:`x_j` fixed,
-   :math:`y^{(k+1)} = y^{(k)} - \tfrac{\delta^2}{2}\nabla_y E_\theta(y^{(k)} \mid x_j) + \delta\sigma\xi_k`;
-3. energy step on :math:`\frac1m\sum_j E_\theta(y_j \mid x_j) - E_\theta(\tilde y_j \mid x_j)`, the
+1. $z_j \sim \mathcal N(0, I)$, $y^{(0)}_j = g_\alpha(z_j, x_j)$;
+2. $K$ Langevin steps on $y$ with $x_j$ fixed,
+   $y^{(k+1)} = y^{(k)} - \tfrac{\delta^2}{2}\nabla_y E_\theta(y^{(k)} \mid x_j) + \delta\sigma\xi_k$;
+3. energy step on $\frac1m\sum_j E_\theta(y_j \mid x_j) - E_\theta(\tilde y_j \mid x_j)$, the
    gradient of the conditional log-likelihood
-   :math:`\nabla_\theta \log p_\theta(y \mid x) = -\nabla_\theta E_\theta(y \mid x)
-   + \mathbb E_{p_\theta(y' \mid x)}[\nabla_\theta E_\theta(y' \mid x)]` with one negative sample per pair;
-4. one SVI step of the conditional VAE on the ELBO with :math:`(x_j, \tilde y_j)` observed.
+   $\nabla_\theta \log p_\theta(y \mid x) = -\nabla_\theta E_\theta(y \mid x)
+   + \mathbb E_{p_\theta(y' \mid x)}[\nabla_\theta E_\theta(y' \mid x)]$ with one negative sample per pair;
+4. one SVI step of the conditional VAE on the ELBO with $(x_j, \tilde y_j)$ observed.
 
-:class:`ConditionalVariationalMCMCTeaching` is :class:`~pyro_vmt.VariationalMCMCTeaching`
-with the conditioning input passed through its hooks (see :func:`vmt.core.batch.with_context`).
+[`ConditionalVariationalMCMCTeaching`][pyro_vmt.conditional.ConditionalVariationalMCMCTeaching] is [`VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching]
+with the conditioning input passed through its hooks (see [`vmt.core.batch.with_context()`][vmt.core.batch.with_context]).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pyro_vmt.energy import _FlatSite
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from pyro_vmt.vae import VAE, _LocalParams, forked_rng
+from pyro_vmt.vae import VAE, _LocalParams, reparameterised_elbo, rng_for_pyro
 from vmt.core.batch import check_conditional_config, shape_text, split_pair
 from vmt.core.config import TeachingConfig
 
@@ -75,7 +75,9 @@ def _shape_of(t: Any):
 class ConditionalEnergyModel(nn.Module):
     r"""Wrap ``net`` into ``E(y | x)``, one scalar per pair.
 
-    .. math:: E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
+    $$
+    E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
+    $$
 
     Parameters
     ----------
@@ -129,7 +131,7 @@ class ConditionalEnergyModel(nn.Module):
         return out
 
     def potential(self, x: Tensor) -> Callable[[Tensor], Tensor]:
-        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for :class:`~pyro_vmt.Langevin`)."""
+        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for [`Langevin`][pyro_vmt.langevin.Langevin])."""
         return lambda y: self(y, x)
 
     @torch.no_grad()
@@ -149,7 +151,7 @@ class ConditionalEnergyModel(nn.Module):
         independent ``y`` inside ``pyro.plate("data", n)``; a single ``x`` of shape
         ``cond_shape`` gives one ``y`` (or one per chain of a vectorised kernel). A given
         ``y`` is observed: the model's log density is then the unnormalised ``−E(y | x)``.
-        Sampling ``y`` with ``pyro.infer.MCMC`` works as for :meth:`EnergyModel.model`.
+        Sampling ``y`` with ``pyro.infer.MCMC`` works as for `EnergyModel.model()`.
         """
         support = _FlatSite(self.event_shape, like=next(self.parameters(), None))  # see EnergyModel.model
         if isinstance(x, Tensor) and tuple(x.shape) == self.cond_shape:
@@ -170,16 +172,16 @@ class ConditionalEnergyModel(nn.Module):
 class ConditionalVAE(VAE):
     r"""Conditional Gaussian VAE with ``model(y, x)``/``guide(y, x)`` for Pyro's SVI.
 
-    .. math::
+    $$
+    z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
+    \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
+    $$
 
-        z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
-        \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
-
-    the ELBO :math:`\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))`.
-    A :class:`~pyro_vmt.VAE` whose encoder reads ``[flatten(y), flatten(x)]`` and
+    the ELBO $\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))$.
+    A [`VAE`][pyro_vmt.vae.VAE] whose encoder reads ``[flatten(y), flatten(x)]`` and
     whose decoder reads ``[z, flatten(x)]``; parameters are handled exactly as
     there (``pyro_method``: a user's plain ``SVI(cvae.model, cvae.guide, ...)`` trains
-    the weights; the library's :meth:`elbo_loss` uses module-local parameters).
+    the weights; the library's `elbo_loss()` uses module-local parameters).
 
     Parameters
     ----------
@@ -191,7 +193,7 @@ class ConditionalVAE(VAE):
     event_shape, cond_shape : sequence of int
         Shapes of one ``y`` and one ``x``.
     obs_scale, kl_weight, name
-        As for :class:`~pyro_vmt.VAE`.
+        As for [`VAE`][pyro_vmt.vae.VAE].
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, event_shape: Sequence[int],
@@ -261,31 +263,30 @@ class ConditionalVAE(VAE):
     def elbo_loss(self, y: Tensor, x: Tensor, rng: RNG) -> Tensor:
         """Negative ELBO per pair, averaged over the batch (differentiable).
 
-        As :meth:`pyro_vmt.VAE.elbo_loss`: Pyro's ``Trace_ELBO`` on :meth:`model` /
-        :meth:`guide`, ``z`` drawn on a fork of torch's RNG seeded from ``rng``,
+        As [`pyro_vmt.VAE.elbo_loss()`][pyro_vmt.vae.VAE.elbo_loss]: the ELBO of Pyro's ``Trace_ELBO`` on `model()` /
+        `guide()`, ``z`` drawn from ``rng``'s state lent to torch's RNG,
         module-local parameters (the global Pyro parameter store is not touched).
         """
         gen = as_rng(rng, y.device if isinstance(y, Tensor) else None)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         y, x, n = self._inputs(y, x, None, "elbo_loss")
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        with forked_rng(y.device, seed), _LocalParams():
-            return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, y, x) / n
+        with rng_for_pyro(gen, y.device), _LocalParams():
+            return -reparameterised_elbo(self.model, self.guide, y, x) / n
 
     def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(y, z | x)`` per pair, averaged, for a known ``z`` (CoopNets' generator regression)."""
         y, x, n = self._inputs(y, x, None, "joint_loss")
-        with _LocalParams():
+        with _LocalParams(), pyro.validation_enabled(False):
             trace = poutine.trace(poutine.condition(self.model, data={"z": z})).get_trace(y, x)
             return -trace.log_prob_sum() / n
 
 
 class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
-    """Train a :class:`ConditionalEnergyModel` with a :class:`ConditionalVAE` on pairs ``(x, y)``.
+    """Train a [`ConditionalEnergyModel`][pyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][pyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
 
     The same algorithm, options, diagnostics and checkpoints as
-    :class:`~pyro_vmt.VariationalMCMCTeaching` (whose code runs it); batches are pairs
+    [`VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching] (whose code runs it); batches are pairs
     ``(x, y)`` of arrays with one row per example, and every pair gets one Langevin
     chain on ``y`` with its own ``x`` fixed. ``init`` may be ``"vae"`` (variational
     MCMC teaching), ``"noise"`` or ``"generator"``; ``num_samples`` must be ``None``.
@@ -315,10 +316,10 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
 
-    def _as_batch(self, batch: Any, name: str = "batch") -> Tuple[Tensor, Tensor]:
+    def _as_batch(self, batch: Any, name: str = "batch", finite: bool = True) -> Tuple[Tensor, Tensor]:
         x, y = split_pair(batch, name)
-        x = self._as_array(x, f"{name} x", self.energy.cond_shape)
-        y = self._as_array(y, f"{name} y", self.energy.event_shape)
+        x = self._as_array(x, f"{name} x", self.energy.cond_shape, finite)
+        y = self._as_array(y, f"{name} y", self.energy.event_shape, finite)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y
@@ -342,7 +343,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
-        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
+        Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
         """
         return super().fit(data, num_iters, batch_size, progress, callback)
 

@@ -1,26 +1,26 @@
 r"""Exact Metropolis–Hastings correction of VMT's proposal paths, and ``log Z`` (PyTorch).
 
-The same functions, with the same names and signatures, as :mod:`numpyro_vmt.correction`
+The same functions, with the same names and signatures, as [`numpyro_vmt.correction`][numpyro_vmt.correction]
 (see there for the construction). A *proposal path* is
 
-.. math::
+$$
+z \sim \mathcal N(0, I), \quad x_0 \sim \mathcal N\big(g(z), \operatorname{diag}\sigma^2\big),
+\quad x_{k+1} \sim L(\cdot \mid x_k), \; k = 0, \dots, K-1,
+$$
 
-    z \sim \mathcal N(0, I), \quad x_0 \sim \mathcal N\big(g(z), \operatorname{diag}\sigma^2\big),
-    \quad x_{k+1} \sim L(\cdot \mid x_k), \; k = 0, \dots, K-1,
+and with the encoder $r(z \mid x_0)$ and the reversed transitions as auxiliary
+backward kernels its importance weight for the target $e^{-E(x)}/Z$ is
 
-and with the encoder :math:`r(z \mid x_0)` and the reversed transitions as auxiliary
-backward kernels its importance weight for the target :math:`e^{-E(x)}/Z` is
+$$
+\log w = -E(x_K) + \sum_{k=0}^{K-1}\big[\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)\big]
++ \log r(z \mid x_0) - \log p(z) - \log \mathcal N\big(x_0;\, g(z), \sigma^2\big),
+$$
 
-.. math::
-
-    \log w = -E(x_K) + \sum_{k=0}^{K-1}\big[\log L(x_k \mid x_{k+1}) - \log L(x_{k+1} \mid x_k)\big]
-             + \log r(z \mid x_0) - \log p(z) - \log \mathcal N\big(x_0;\, g(z), \sigma^2\big),
-
-with :math:`\mathbb E_q[w] = Z` exactly (annealed importance sampling, Neal 2001;
+with $\mathbb E_q[w] = Z$ exactly (annealed importance sampling, Neal 2001;
 non-equilibrium candidate Monte Carlo, Nilmeier et al. 2011, PNAS 108; applied to
 VMT, Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936). Persistent
-chains that accept whole paths with :math:`\min(1, w'/w)` (:func:`accept`) sample
-the EBM exactly; :func:`log_partition` estimates ``log Z`` (biased low by Jensen's
+chains that accept whole paths with $\min(1, w'/w)$ ([`accept()`][pyro_vmt.correction.accept]) sample
+the EBM exactly; [`log_partition()`][pyro_vmt.correction.log_partition] estimates ``log Z`` (biased low by Jensen's
 inequality, so a likelihood from it is biased high).
 
 Randomness is an explicit ``torch.Generator`` (or seed); nothing is differentiated
@@ -58,7 +58,7 @@ class Path(NamedTuple):
     log_weight : Tensor, shape ``(n,)``
         ``log w`` (``-inf`` for a path that left the finite numbers).
     aux : Tensor, shape ``(n,)``
-        ``log w + E(x_K)``: the path and start terms, which :func:`restale` keeps.
+        ``log w + E(x_K)``: the path and start terms, which [`restale()`][pyro_vmt.correction.restale] keeps.
     """
 
     position: Tensor
@@ -68,16 +68,16 @@ class Path(NamedTuple):
 
 
 class MHInfo(NamedTuple):
-    r"""Diagnostics of one :func:`accept` (0-d tensors, except ``is_accepted``).
+    r"""Diagnostics of one [`accept()`][pyro_vmt.correction.accept] (0-d tensors, except ``is_accepted``).
 
     Attributes
     ----------
     acceptance_rate : mean of ``min(1, w'/w)`` over chains.
     is_accepted : bool tensor, shape ``(n,)``.
     weight_ess : effective sample size of the proposals' weights over ``n``,
-        :math:`(\sum w)^2 / (n \sum w^2) \in [1/n, 1]`.
+        $(\sum w)^2 / (n \sum w^2) \in [1/n, 1]$.
     crossing_rate : fraction of chains whose accepted path ends farther from the old
-        state than ``radius`` (see :func:`crossing_radius`).
+        state than ``radius`` (see [`crossing_radius()`][pyro_vmt.correction.crossing_radius]).
     """
 
     acceptance_rate: Tensor
@@ -87,7 +87,7 @@ class MHInfo(NamedTuple):
 
 
 def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: int) -> float:
-    r"""Three times the distance ``K`` Langevin steps diffuse: :math:`3\,\delta\sigma\sqrt{Kd}`."""
+    r"""Three times the distance ``K`` Langevin steps diffuse: $3\,\delta\sigma\sqrt{Kd}$."""
     return 3.0 * step_size * noise_scale * math.sqrt(num_steps * dim)
 
 
@@ -98,8 +98,8 @@ def _quad(x: Tensor, center: Tensor, inv_var: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _path_step(gen, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise, uniform):
-    r"""One Langevin step on :math:`E_\beta = \beta E + (1 - \beta) Q` and its log ratio
-    :math:`\log L(x \mid x') - \log L(x' \mid x)` (see :func:`numpyro_vmt.correction._path_step`)."""
+    r"""One Langevin step on $E_\beta = \beta E + (1 - \beta) Q$ and its log ratio
+    $\log L(x \mid x') - \log L(x' \mid x)$ (see `numpyro_vmt.correction._path_step()`)."""
     q, gq = _quad(x, *anchor) if anchor is not None else (0.0, 0.0)
     drift = x - h * (beta * g + (1 - beta) * gq)
     if noise is None:
@@ -126,7 +126,7 @@ def _path_step(gen, x, e, g, beta, potential_fn, h, scale, adjust, anchor, noise
 
 
 def schedule(num_steps: int, reverse: bool = False) -> list:
-    r"""The inverse temperatures :math:`\beta_k = k/K`, ``k = 1..K``, of an annealed path
+    r"""The inverse temperatures $\beta_k = k/K$, ``k = 1..K``, of an annealed path
     (reversed for the backward run)."""
     b = [k / num_steps for k in range(1, num_steps + 1)]
     return b[::-1] if reverse else b
@@ -138,7 +138,7 @@ def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, 
              reverse: bool = False) -> Tuple[LangevinState, Tensor, Tensor]:
     r"""``K`` Langevin steps from ``x0`` and the path's log ratio of backward to forward kernels.
 
-    Returns ``(final_state, log_ratio, finite)``, as :func:`numpyro_vmt.correction.run_path`
+    Returns ``(final_state, log_ratio, finite)``, as [`numpyro_vmt.correction.run_path()`][numpyro_vmt.correction.run_path]
     (``anchor = (center, inv_var)`` anneals the path).
     """
     if noise_scale <= 0:
@@ -162,7 +162,7 @@ def run_path(rng: RNG, x0: Tensor, potential_fn: PotentialFn, step_size: float, 
 
 
 def start_log_ratio(vae: Any, x0: Tensor, z: Tensor, x_enc: Optional[Tensor] = None) -> Tensor:
-    r""":math:`\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)` per chain
+    r"""$\log r(z \mid x_e) - \log p(z) - \log \mathcal N(x_0; g(z), \sigma^2)$ per chain
     (all constants kept); the encoder reads ``x_e = x_enc`` (default ``x0``)."""
     with torch.no_grad():
         loc, scale = vae.encode(x0 if x_enc is None else x_enc)
@@ -176,7 +176,7 @@ def start_log_ratio(vae: Any, x0: Tensor, z: Tensor, x_enc: Optional[Tensor] = N
 
 
 def wide_log_ratio(x0: Tensor, loc: float, scale: float) -> Tensor:
-    r""":math:`-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2 I)` per chain."""
+    r"""$-\log \mathcal N(x_0; \mathrm{loc}, \mathrm{scale}^2 I)$ per chain."""
     d = math.prod(x0.shape[1:])
     return 0.5 * _flat_sum(((x0 - loc) / scale) ** 2) + d * math.log(scale) + 0.5 * d * _LOG_2PI
 
@@ -240,7 +240,7 @@ def _like(potential_fn) -> dict:
 def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: float, num_steps: int,
             noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
             wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
-    """``n`` fresh weighted proposal paths (see :func:`numpyro_vmt.correction.propose`)."""
+    """``n`` fresh weighted proposal paths (see [`numpyro_vmt.correction.propose()`][numpyro_vmt.correction.propose])."""
     like = _like(potential_fn)
     gen = as_rng(rng, like["device"])
     if gen is None:
@@ -272,7 +272,7 @@ def refresh(rng: RNG, potential_fn: PotentialFn, vae: Any, position: Tensor, ste
             num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
             wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
     """Redraw the auxiliary path of chain states ``position`` and weigh it (a Gibbs step;
-    see :func:`numpyro_vmt.correction.refresh`)."""
+    see [`numpyro_vmt.correction.refresh()`][numpyro_vmt.correction.refresh])."""
     gen = as_rng(rng, position.device)
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")
@@ -302,7 +302,7 @@ def restale(potential_fn: PotentialFn, path: Path) -> Path:
 
 def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
            uniform: Optional[Tensor] = None) -> Tuple[Path, MHInfo]:
-    r"""Independence Metropolis–Hastings on paths: accept with :math:`\min(1, w'/w)`.
+    r"""Independence Metropolis–Hastings on paths: accept with $\min(1, w'/w)$.
 
     A current state of weight ``-inf`` takes any finite proposal; a proposal of
     weight ``-inf`` is never taken.
@@ -328,7 +328,7 @@ def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
 
 
 def weight_ess(log_w: Tensor) -> Tensor:
-    r""":math:`(\sum w)^2 / (n\sum w^2)` from log weights (0 when every weight is 0)."""
+    r"""$(\sum w)^2 / (n\sum w^2)$ from log weights (0 when every weight is 0)."""
     finite = torch.isfinite(log_w)
     if not finite.any():
         return torch.zeros((), dtype=log_w.dtype, device=log_w.device)
@@ -338,7 +338,7 @@ def weight_ess(log_w: Tensor) -> Tensor:
 
 
 def log_mean_exp(log_w: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""``(log mean w, its standard error)`` by the delta method, :math:`\mathrm{sd}(w)/(\sqrt n\,\bar w)`."""
+    r"""``(log mean w, its standard error)`` by the delta method, $\mathrm{sd}(w)/(\sqrt n\,\bar w)$."""
     n = log_w.shape[0]
     top = log_w.max()
     w = (log_w - top).exp()
@@ -351,10 +351,10 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
                   num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
                   wide: Tuple[float, float] = (0.0, 1.0), batch_size: int = 2000,
                   anneal: bool = False) -> Tuple[float, float]:
-    r"""Estimate :math:`\log Z` from ``num_samples`` proposal paths: ``(log_z, standard_error)``.
+    r"""Estimate $\log Z$ from ``num_samples`` proposal paths: ``(log_z, standard_error)``.
 
     Biased *low* (Jensen), so a log-likelihood ``−E(x) − log Ẑ`` is biased *high*; see
-    :func:`numpyro_vmt.correction.log_partition`.
+    [`numpyro_vmt.correction.log_partition()`][numpyro_vmt.correction.log_partition].
     """
     gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
@@ -370,7 +370,7 @@ def log_partition(rng: RNG, potential_fn: PotentialFn, vae: Any, num_samples: in
 def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, vae: Any, n: int,
                   config: Any) -> Tuple[Path, MHInfo]:
     """The sampler of ``correction="mh"`` teaching: one MH-on-paths update of ``n`` persistent
-    chains (see :func:`numpyro_vmt.correction.update_chains`)."""
+    chains (see [`numpyro_vmt.correction.update_chains()`][numpyro_vmt.correction.update_chains])."""
     cfg = config
     gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
@@ -393,7 +393,7 @@ def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_it
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
                    wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Tensor]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy (see
-    :func:`numpyro_vmt.correction.independent_mh`)."""
+    [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh])."""
     gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
         raise ValueError("rng is required: pass a torch.Generator or an int seed")

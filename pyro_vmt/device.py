@@ -1,7 +1,7 @@
 """Where a Torch run lives, and the way back to NumPy for metrics and plots.
 
-The application layer (:mod:`vmt.app`) reaches devices and arrays only through these
-functions, which :mod:`numpyro_vmt.device` mirrors for JAX.
+The application layer (`vmt.app`) reaches devices and arrays only through these
+functions, which [`numpyro_vmt.device`][numpyro_vmt.device] mirrors for JAX.
 """
 
 from __future__ import annotations

@@ -2,24 +2,25 @@ r"""Data-parallel teaching on many processes (Torch): ``torch.distributed``, one
 
 With ``mesh=`` (a ``torch.distributed.device_mesh.DeviceMesh`` with a ``"data"``
 dimension, or a ``ProcessGroup``) the teacher
-(:class:`pyro_vmt.VariationalMCMCTeaching`) runs one copy of the iteration per rank:
+([`pyro_vmt.VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching]) runs one copy of the iteration per rank:
 
-- every rank receives the same **global** batch of :math:`m` rows and keeps its block
-  :math:`B_r` of :math:`m/W` rows (:func:`split_batch`); it starts and revises its own
-  :math:`n/W` chains :math:`C_r` with its own generator (:func:`rank_seed`: rank 0 uses
+- every rank receives the same **global** batch of $m$ rows and keeps its block
+  $B_r$ of $m/W$ rows ([`split_batch()`][pyro_vmt.distributed.split_batch]); it starts and revises its own
+  $n/W$ chains $C_r$ with its own generator ([`rank_seed()`][pyro_vmt.distributed.rank_seed]: rank 0 uses
   the seed itself, so one rank repeats a plain run);
-- the gradients of the energy and of the VAE are **averaged** over the :math:`W` ranks
-  with one ``all_reduce`` (:func:`average`), which is the gradient of the global loss
+- the gradients of the energy and of the VAE are **averaged** over the $W$ ranks
+  with one ``all_reduce`` ([`average()`][pyro_vmt.distributed.average]), which is the gradient of the global loss
 
-  .. math::
-     \mathcal L(\theta) = \frac1W\sum_{r=1}^W\Big(\frac{W}{m}\sum_{j\in B_r} E_\theta(x_j)
-     - \frac{W}{n}\sum_{i\in C_r} E_\theta(\tilde x_i)\Big),
+  $$
+  \mathcal L(\theta) = \frac1W\sum_{r=1}^W\Big(\frac{W}{m}\sum_{j\in B_r} E_\theta(x_j)
+  - \frac{W}{n}\sum_{i\in C_r} E_\theta(\tilde x_i)\Big),
+  $$
 
   so every rank takes the same optimiser step and the parameters stay **replicated**
-  (rank 0's initial parameters are broadcast once, :func:`broadcast_parameters`);
+  (rank 0's initial parameters are broadcast once, [`broadcast_parameters()`][pyro_vmt.distributed.broadcast_parameters]);
 - a replay buffer (``init="persistent"``) is **sharded**: each rank owns ``buffer_size/W``
   rows;
-- a chain that diverges on one rank is reported on every rank (:func:`agree`, a one-number
+- a chain that diverges on one rank is reported on every rank ([`agree()`][pyro_vmt.distributed.agree], a one-number
   ``all_reduce`` before the gradients'), so no rank waits forever and no parameter moves.
 
 An explicit ``all_reduce`` rather than ``DistributedDataParallel``: the energy is called
@@ -27,7 +28,7 @@ inside the Langevin revision for gradients with respect to ``x``, which DDP's
 per-``forward`` gradient hooks are not made for (Li et al. 2020, "PyTorch Distributed",
 https://arxiv.org/abs/2006.15704, describe the same bucketed all-reduce).
 
-Checkpoints (:func:`gather`): ``save`` is collective; rank 0 writes the parameters, the
+Checkpoints ([`gather()`][pyro_vmt.distributed.gather]): ``save`` is collective; rank 0 writes the parameters, the
 optimisers, the whole replay buffer and every rank's generator state. The file loads
 into a run with any number of ranks (each takes its block of the buffer); the
 generators resume exactly only with the same number of ranks.
@@ -47,7 +48,8 @@ import torch.distributed as dist
 from vmt.core.errors import DivergenceError
 
 __all__ = ["DATA_AXIS", "as_group", "num_shards", "rank", "check_divisible", "rank_seed", "rank_generator",
-           "split_batch", "agree", "average", "broadcast_parameters", "gather", "rank_rng_state", "is_writer",
+           "split_batch", "agree", "average", "all_checks", "broadcast_parameters", "gather", "rank_rng_state",
+           "is_writer",
            "launch"]
 
 #: The mesh dimension the batch and the chains are split along.
@@ -167,11 +169,21 @@ def average(group: Any, modules: Sequence[Optional[torch.nn.Module]], values: Se
     for p in params:
         block = flat[offset:offset + p.numel()].view_as(p)
         if p.grad is None:
-            p.grad = block.clone()
+            p.grad = block.to(p.dtype).clone()  # a rank whose iteration failed has no gradient
         else:
             p.grad.copy_(block)
         offset += p.numel()
     return list(flat[offset:])
+
+
+def all_checks(group: Any, checks: Tensor) -> Tensor:
+    """Every rank's vector of iteration checks, stacked ``(W, k)`` (one ``all_gather``, no host sync):
+    fetched once, it lets every rank raise the same error for a failure on any rank."""
+    device = _device(group)
+    local = checks.to(device)
+    rows = [torch.empty_like(local) for _ in range(num_shards(group))]
+    dist.all_gather(rows, local.contiguous(), group=group)
+    return torch.stack(rows)
 
 
 def broadcast_parameters(group: Any, modules: Sequence[Optional[torch.nn.Module]]) -> None:

@@ -1,12 +1,12 @@
 r"""Energy-based model: a network turned into a per-sample energy (PyTorch / Pyro).
 
-.. math::
+$$
+E_\theta(x) = U_\theta(x) + \frac{\lVert x \rVert^2}{2 s^2},
+\qquad p_\theta(x) \propto \exp(-E_\theta(x)),
+$$
 
-    E_\theta(x) = U_\theta(x) + \frac{\lVert x \rVert^2}{2 s^2},
-    \qquad p_\theta(x) \propto \exp(-E_\theta(x)),
-
-where :math:`U_\theta` is the network and the optional Gaussian reference term of
-scale :math:`s` (``ref_scale``) is the one of the reference implementation of
+where $U_\theta$ is the network and the optional Gaussian reference term of
+scale $s$ (``ref_scale``) is the one of the reference implementation of
 Xie, Zheng & Li (AAAI 2021, https://arxiv.org/abs/2012.14936). The sign convention
 is Pyro's ``potential_fn``: energy is the negative log unnormalised density.
 """
@@ -40,7 +40,7 @@ class EnergyModel(nn.Module):
 
     Notes
     -----
-    The module is also a Pyro model (:meth:`model`) with a ``pyro.factor`` site, so
+    The module is also a Pyro model (`model()`) with a ``pyro.factor`` site, so
     it runs under ``pyro.infer.MCMC`` or inside a user's own model as a learned prior.
     """
 
@@ -115,7 +115,7 @@ class EnergyModel(nn.Module):
 
 
 class _FlatSite(dist.ImproperUniform):
-    """The flat site of :meth:`EnergyModel.model` (see there); ``sample`` returns zeros."""
+    """The flat site of [`EnergyModel.model()`][pyro_vmt.energy.EnergyModel.model] (see there); ``sample`` returns zeros."""
 
     def __init__(self, event_shape, batch_shape=(), like: Optional[torch.Tensor] = None):
         super().__init__(constraints.real, batch_shape, event_shape)

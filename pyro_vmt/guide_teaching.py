@@ -1,39 +1,39 @@
 r"""Teach a Pyro guide with MCMC: the VMT loop for Bayesian posteriors, shaped like ``SVI``.
 
-:class:`MCMCTeaching` fits any guide of a Pyro model to the model's posterior the
+`MCMCTeaching` fits any guide of a Pyro model to the model's posterior the
 way variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) trains its VAE, and as amortised MCMC (Li, Turner
 & Liu, "Approximate inference with amortised MCMC", 2017,
-https://arxiv.org/abs/1702.08343) proposed. One call of :meth:`MCMCTeaching.step`:
+https://arxiv.org/abs/1702.08343) proposed. One call of `MCMCTeaching.step()`:
 
-1. draws ``n`` particles :math:`\theta_0^{(i)} \sim q_\phi` from the guide, all in one
+1. draws ``n`` particles $\theta_0^{(i)} \sim q_\phi$ from the guide, all in one
    vectorised trace (a plate over particles, as ``Trace_ELBO(vectorize_particles=True)``);
-2. revises them with ``K`` Langevin / MALA steps of :mod:`pyro_vmt.langevin` on the
+2. revises them with ``K`` Langevin / MALA steps of [`pyro_vmt.langevin`][pyro_vmt.langevin] on the
    model's potential in unconstrained space,
-   :math:`U(u) = -\log p(T^{-1}(u), \mathcal D) - \log|\det \partial T^{-1}/\partial u|`
-   (the potential of Pyro's HMC and of :class:`~pyro_vmt.kernel.LangevinKernel`),
-   batched over particles: :math:`\theta_K^{(i)}`, gradients stopped;
+   $U(u) = -\log p(T^{-1}(u), \mathcal D) - \log|\det \partial T^{-1}/\partial u|$
+   (the potential of Pyro's HMC and of [`LangevinKernel`][pyro_vmt.kernel.LangevinKernel]),
+   batched over particles: $\theta_K^{(i)}$, gradients stopped;
 3. takes one optimiser step on
 
-   .. math::
-
-       L(\phi) = -\frac1n\sum_i \log q_\phi\big(\theta_K^{(i)}\big)
-                 \;+\; w\,\big(-\mathrm{ELBO}(\phi)\big),
+   $$
+   L(\phi) = -\frac1n\sum_i \log q_\phi\big(\theta_K^{(i)}\big)
+   \;+\; w\,\big(-\mathrm{ELBO}(\phi)\big),
+   $$
 
    the paper's update (the guide learns from the revision: the cross-entropy
-   :math:`\mathrm{KL}(q_\phi T^K \,\|\, q_\phi)` in :math:`\phi` with the revised
+   $\mathrm{KL}(q_\phi T^K \,\|\, q_\phi)$ in $\phi$ with the revised
    distribution held fixed) plus an optional ELBO term of weight
-   :math:`w` = ``elbo_weight`` (default 0: the pure teaching update).
+   $w$ = ``elbo_weight`` (default 0: the pure teaching update).
 
 Where SVI's reverse KL is mode-seeking (a mean-field guide of a correlated posterior
 gets the *conditional* variances), the revised particles carry the posterior's
 marginal spread, and a guide whose family contains the posterior has it as a fixed
-point (:math:`q = p \Rightarrow qT^K = p` for a :math:`p`-invariant kernel). MALA
+point ($q = p \Rightarrow qT^K = p$ for a $p$-invariant kernel). MALA
 (``adjust=True``, the default) keeps that fixed point exact; ULA shifts it by its
 discretisation bias.
 
 During the first ``adapt_iterations`` steps MALA's step size follows dual averaging
-(:func:`pyro_vmt.kernel.dual_averaging_update`, the kernels' tuner) toward
+(``pyro.ops.dual_averaging.DualAveraging``, the tuner of the kernels and of Pyro's HMC) toward
 ``target_accept_prob`` on the mean acceptance of each revision; it is then fixed.
 
 Local latent variables and subsampling plates (``pyro.plate(..., subsample_size=b)``)
@@ -62,7 +62,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from pyro_vmt.potential import ChainPlatePotential
-from pyro_vmt.kernel import dual_averaging_init, dual_averaging_update
+from pyro.ops.dual_averaging import DualAveraging
 from pyro_vmt.langevin import Langevin
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
@@ -74,7 +74,7 @@ _PARTICLES = "_vmt_particles"
 
 
 class MCMCTeachingInfo(NamedTuple):
-    """Diagnostics of one :meth:`MCMCTeaching.step` (Python floats / ints).
+    """Diagnostics of one `MCMCTeaching.step()` (Python floats / ints).
 
     Attributes
     ----------
@@ -108,7 +108,7 @@ class MCMCTeaching:
     Drops into a Pyro SVI script in place of ``SVI(model, guide, optim, Trace_ELBO())``:
     ``loss = teaching.step(*args, **kwargs)``. The guide's parameters live where the
     guide keeps them (Pyro's param store, or a ``PyroModule`` guide's own), so
-    ``Predictive(model, guide=guide)``, :func:`~pyro_vmt.warmstart.initial_params_from_guide`
+    ``Predictive(model, guide=guide)``, `initial_params_from_guide()`
     and the guide's own methods work afterwards as after SVI.
 
     Parameters
@@ -165,31 +165,32 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0
         self.target_accept_prob = float(target_accept_prob)
         self.iteration, self.last_info = 0, None
-        self._da = dual_averaging_init(self.step_size) if self.adapt_iterations else None
+        self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations else None
 
     # ------------------------------------------------------------------ the loop
     def step(self, *args: Any, **kwargs: Any) -> float:
         """One draw–revise–update iteration; returns the loss (a float), as ``SVI.step``.
 
-        Raises :class:`~vmt.core.errors.DivergenceError` (before any parameter changes) when
+        Raises [`DivergenceError`][vmt.core.errors.DivergenceError] (before any parameter changes) when
         an unadjusted revision leaves particles at non-finite values.
         """
         loss, info = self._iterate(True, args, kwargs)
         self.last_info = info
         if self.iteration <= self.adapt_iterations and self._da is not None:
-            self._da = dual_averaging_update(self._da, info.acceptance_rate, self.target_accept_prob)
+            self._da.step(self.target_accept_prob - float(info.acceptance_rate))
+            log_step, log_step_avg = self._da.get_state()
             if self.iteration == self.adapt_iterations:
-                self.step_size, self._da = math.exp(self._da.log_step_size_avg), None
+                self.step_size, self._da = math.exp(log_step_avg), None
             else:
-                self.step_size = math.exp(self._da.log_step_size)
+                self.step_size = math.exp(log_step)
         return loss
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
-        """The loss of :meth:`step` (a fresh draw and revision) without updating anything."""
+        """The loss of `step()` (a fresh draw and revision) without updating anything."""
         return self._iterate(False, args, kwargs)[0]
 
     def run(self, rng: RNG, num_steps: int, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``num_steps`` calls of :meth:`step` under a fork of torch's RNG seeded from ``rng``.
+        """``num_steps`` calls of `step()` under a fork of torch's RNG seeded from ``rng``.
 
         Returns the losses, shape ``(num_steps,)``. The caller's global RNG is left as it was.
         """

@@ -1,16 +1,16 @@
 r"""Finite-step Langevin dynamics over a batch of chains (PyTorch).
 
-Pure functions :func:`init` and :func:`step` over a :class:`LangevinState`, in the
-shape of BlackJAX's samplers, and :class:`Langevin`, a thin wrapper that closes over
+Pure functions [`init()`][pyro_vmt.langevin.init] and [`step()`][pyro_vmt.langevin.step] over a [`LangevinState`][pyro_vmt.langevin.LangevinState], in the
+shape of BlackJAX's samplers, and [`Langevin`][pyro_vmt.langevin.Langevin], a thin wrapper that closes over
 the parameters and runs ``K`` steps. The chain state never lives on an object.
 
-One step with energy :math:`E` (the potential, :math:`-\log` of the unnormalised
-density), step size :math:`\delta` and noise scale :math:`\sigma`:
+One step with energy $E$ (the potential, $-\log$ of the unnormalised
+density), step size $\delta$ and noise scale $\sigma$:
 
-.. math::
-
-    x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
-    \qquad \xi \sim \mathcal N(0, I).
+$$
+x' = x - \frac{\delta^2}{2} \nabla_x E(x) + \delta \sigma \xi,
+\qquad \xi \sim \mathcal N(0, I).
+$$
 
 ``noise_scale = 1`` is the Euler–Maruyama discretisation of overdamped Langevin
 dynamics (ULA); ``noise_scale = 0`` is the deterministic revision of the reference
@@ -18,10 +18,10 @@ implementation of Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021 (https://arxiv.org/abs/2012.14936).
 With ``adjust=True`` the move is a proposal accepted with probability
 
-.. math::
-
-    \alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
-    \quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
+\alpha = \min\Big(1, \exp\big(E(x) - E(x') + \log q(x \mid x') - \log q(x' \mid x)\big)\Big),
+\quad q(x' \mid x) = \mathcal N\big(x';\, x - \tfrac{\delta^2}{2}\nabla E(x),\, \delta^2\sigma^2 I\big),
+$$
 
 the Metropolis-adjusted Langevin algorithm (MALA; Roberts & Tweedie 1996).
 In BlackJAX's notation (``x + ε∇log p + √(2ε)ξ``), ``ε = δ²/2``.
@@ -37,11 +37,13 @@ import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import check_noise_scale, check_num_steps, check_step_size
 
-__all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad"]
+__all__ = ["LangevinState", "LangevinInfo", "Langevin", "init", "step", "energy_and_grad", "start_flags",
+           "check_start"]
 
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
@@ -65,7 +67,7 @@ class LangevinState(NamedTuple):
 
 
 class LangevinInfo(NamedTuple):
-    """Diagnostics of one step, per chain (stacked over steps by :meth:`Langevin.run`).
+    """Diagnostics of one step, per chain (stacked over steps by [`Langevin.run()`][pyro_vmt.langevin.Langevin.run]).
 
     Attributes
     ----------
@@ -109,6 +111,7 @@ def energy_and_grad(potential_fn: PotentialFn, position: Tensor) -> Tuple[Tensor
 
 
 def _check_position(position: Tensor) -> None:
+    """Type and shape checks of a starting position (on the host: no device sync)."""
     if not isinstance(position, Tensor):
         raise TypeError(f"position must be a torch.Tensor, got {type(position).__name__}")
     if not position.is_floating_point():
@@ -118,38 +121,39 @@ def _check_position(position: Tensor) -> None:
             "position must have a leading batch (chain) dimension and an event shape, "
             f"e.g. (num_chains, dim); got shape {tuple(position.shape)}"
         )
-    if _all_finite(_flat_sum(position)):
-        return
-    bad = ~torch.isfinite(_flat_sum(position))
-    if bad.any():
-        raise ValueError(f"initial position is non-finite in {int(bad.sum())} of {position.shape[0]} chains")
 
 
 def _all_finite(*per_chain: Tensor) -> bool:
-    """A fast sufficient test that every per-chain value is finite: their total is.
-
-    A NaN or an infinity anywhere makes the total NaN or infinite; a non-finite
-    total can also come from overflow alone, so callers then run the exact
-    per-chain test.
-    """
+    """Their total is finite (one host sync): a fast sufficient test that every value is; a
+    non-finite total can also be overflow alone, so callers then run the exact test."""
     total = per_chain[0].sum()
     for t in per_chain[1:]:
         total = total + t.sum()
     return math.isfinite(float(total))
 
 
+def start_flags(position: Tensor, energy: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """Device counts of chains with a non-finite start, and with a non-finite energy or gradient there."""
+    bad_x = ~torch.isfinite(_flat_sum(position))
+    bad_e = ~(torch.isfinite(energy) & torch.isfinite(_flat_sum(grad)))
+    return bad_x.sum(), (bad_e & ~bad_x).sum()
+
+
+def check_start(n: int, bad_start: int, bad_energy: int) -> None:
+    """Raise the ``ValueError`` of a non-finite start (both backends' wording)."""
+    if bad_start:
+        raise ValueError(f"initial position is non-finite in {bad_start} of {n} chains")
+    if bad_energy:
+        raise ValueError(f"energy or its gradient is non-finite at the initial position of "
+                         f"{bad_energy} of {n} chains")
+
+
 def init(position: Tensor, potential_fn: PotentialFn) -> LangevinState:
-    """Start chains at ``position`` (shape ``(n, *event_shape)``)."""
+    """Start chains at ``position`` (shape ``(n, *event_shape)``); one host sync checks it is finite."""
     _check_position(position)
     energy, grad = energy_and_grad(potential_fn, position)
-    if _all_finite(energy, grad):
-        return LangevinState(position.detach(), energy, grad)
-    bad = ~(torch.isfinite(energy) & torch.isfinite(_flat_sum(grad)))
-    if bad.any():
-        raise ValueError(
-            f"energy or its gradient is non-finite at the initial position of "
-            f"{int(bad.sum())} of {position.shape[0]} chains"
-        )
+    if not _all_finite(_flat_sum(position), energy, grad):
+        check_start(position.shape[0], *(int(c) for c in start_flags(position, energy, grad)))
     return LangevinState(position.detach(), energy, grad)
 
 
@@ -187,6 +191,8 @@ def step(
     -------
     (LangevinState, LangevinInfo)
     """
+    # numbers of any array library (NumPy, JAX, torch scalars) as Python floats
+    step_size, noise_scale = check_step_size(step_size), check_noise_scale(noise_scale, adjust)
     gen = as_rng(rng, state.position.device)
     needs_rng = (noise is None and noise_scale > 0) or (adjust and uniform is None)
     if needs_rng and gen is None:
@@ -238,7 +244,7 @@ def _finite(e: Tensor, g_sum: Tensor, x_sum: Tensor) -> Tensor:
 def _step(gen: Optional[torch.Generator], state: LangevinState, potential_fn: PotentialFn, h: float,
           scale: float, adjust: bool, noise: Optional[Tensor], uniform: Optional[Tensor]
           ) -> Tuple[LangevinState, LangevinInfo]:
-    """:func:`step` after its checks, with ``h = δ²/2`` and ``scale = δσ``."""
+    """[`step()`][pyro_vmt.langevin.step] after its checks, with ``h = δ²/2`` and ``scale = δσ``."""
     x, e, g = state
     drift, new_x = _propose(gen, x, g, h, scale, noise)
     new_e, new_g = energy_and_grad(potential_fn, new_x)
@@ -266,10 +272,15 @@ def _step(gen: Optional[torch.Generator], state: LangevinState, potential_fn: Po
 _CHUNK = 64  # steps whose raw divergence numbers are held before they become flags
 
 
+def _steps(num_steps: int, progress: bool):
+    """The step indices, behind a tqdm bar (kept when done) when ``progress``."""
+    return tqdm(range(num_steps), desc="langevin", disable=not progress, leave=True) if progress else range(num_steps)
+
+
 def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potential_fn: PotentialFn,
-                    h: float, scale: float, num_steps: int, noise: Optional[Tensor]
+                    h: float, scale: float, num_steps: int, noise: Optional[Tensor], progress: bool = False
                     ) -> Tuple[LangevinState, LangevinInfo]:
-    """``num_steps`` unadjusted steps, the same update as :func:`_step`.
+    """``num_steps`` unadjusted steps, the same update as `_step()`.
 
     The hot loop does only what an unadjusted step needs (the move, one energy and
     gradient) plus the per-chain numbers the diagnostics are made of, written into
@@ -290,7 +301,7 @@ def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potent
     norm = torch.empty((num_steps, n), dtype=g.dtype, device=g.device)
     divergent = torch.empty((num_steps, n), dtype=torch.bool, device=g.device)
     rows = list(zip(e_buf.unbind(0), g_buf.unbind(0), x_buf.unbind(0)))
-    for k, sq_norm in enumerate(norm.unbind(0)):
+    for k, sq_norm in zip(_steps(num_steps, progress), norm.unbind(0)):
         j = k % chunk
         e_j, g_j, x_j = rows[j]
         _, x = _propose(gen, x, g, h, scale, None if noise is None else noise[k])
@@ -309,7 +320,7 @@ def _run_unadjusted(gen: Optional[torch.Generator], state: LangevinState, potent
 
 
 class Langevin:
-    """K-step Langevin sampler: :func:`init` and :func:`step` closed over their options.
+    """K-step Langevin sampler: [`init()`][pyro_vmt.langevin.init] and [`step()`][pyro_vmt.langevin.step] closed over their options.
 
     Parameters
     ----------
@@ -318,7 +329,7 @@ class Langevin:
     step_size : float
         ``δ > 0``; drift ``δ²/2 ∇E``, noise ``δ σ ξ``.
     num_steps : int
-        ``K``, the default length of :meth:`run`.
+        ``K``, the default length of `run()`.
     noise_scale : float
         ``σ``: 1.0 Langevin dynamics, 0.0 noise-free revision.
     adjust : bool
@@ -344,27 +355,37 @@ class Langevin:
         self.adjust = bool(adjust)
 
     def init(self, position: Tensor) -> LangevinState:
-        """See :func:`init`."""
+        """See [`init()`][pyro_vmt.langevin.init]."""
         return init(position, self.potential_fn)
 
     def step(self, rng: RNG, state: LangevinState, noise: Optional[Tensor] = None,
              uniform: Optional[Tensor] = None) -> Tuple[LangevinState, LangevinInfo]:
-        """See :func:`step`."""
+        """See [`step()`][pyro_vmt.langevin.step]."""
         return step(rng, state, self.potential_fn, self.step_size, self.noise_scale,
                     self.adjust, noise, uniform)
 
     def run(self, rng: RNG, position: Tensor, num_steps: Optional[int] = None,
-            noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None
+            noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None, progress: bool = False
             ) -> Tuple[LangevinState, LangevinInfo]:
         """Run ``num_steps`` steps from ``position``.
 
-        Returns the final state and the per-step diagnostics stacked along a new
+        ``progress`` shows a tqdm bar over the steps (off by default: runs inside
+        training loops are short and many). Returns the final state and the per-step diagnostics stacked along a new
         leading axis (shape ``(num_steps, n)`` each). ``noise`` / ``uniform``, if
         given, carry a leading ``num_steps`` axis.
         """
         num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
         gen = as_rng(rng, position.device if isinstance(position, Tensor) else None)
         state = self.init(position)
+        return self._run_from(gen, state, num_steps, noise, uniform, progress)
+
+    def _run_from(self, rng: RNG, state: LangevinState, num_steps: Optional[int] = None,
+                 noise: Optional[Tensor] = None, uniform: Optional[Tensor] = None, progress: bool = False
+                 ) -> Tuple[LangevinState, LangevinInfo]:
+        """`run()` from a state made by [`init()`][pyro_vmt.langevin.init], without host sync: the diagnostics stay on
+        the device, for the caller to check once (the teacher does, with its losses)."""
+        num_steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
+        gen = as_rng(rng, state.position.device)
         if gen is None and ((noise is None and self.noise_scale > 0) or (self.adjust and uniform is None)):
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         if noise is not None and self.step_size * self.noise_scale > 0:
@@ -372,13 +393,13 @@ class Langevin:
                 _check_noise(noise[k], state.position)
         h, scale = 0.5 * self.step_size * self.step_size, self.step_size * self.noise_scale
         if not self.adjust:
-            return _run_unadjusted(gen, state, self.potential_fn, h, scale, num_steps, noise)
+            return _run_unadjusted(gen, state, self.potential_fn, h, scale, num_steps, noise, progress)
         n, e = state.position.shape[0], state.energy
         info = LangevinInfo(torch.empty((num_steps, n), dtype=e.dtype, device=e.device),
                             torch.empty((num_steps, n), dtype=torch.bool, device=e.device),
                             torch.empty((num_steps, n), dtype=state.grad.dtype, device=e.device),
                             torch.empty((num_steps, n), dtype=torch.bool, device=e.device))
-        for k, rows in enumerate(zip(*(f.unbind(0) for f in info))):
+        for k, rows in zip(_steps(num_steps, progress), zip(*(f.unbind(0) for f in info))):
             state, step_info = _step(gen, state, self.potential_fn, h, scale, True,
                                      None if noise is None else noise[k],
                                      None if uniform is None else uniform[k])

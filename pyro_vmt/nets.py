@@ -72,8 +72,8 @@ def default_networks(event_shape: Sequence[int], latent_dim: int,
                      hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[nn.Module, nn.Module, nn.Module]:
     """``(energy_net, encoder, decoder)`` for data of ``event_shape``, initialised from seed ``rng``.
 
-    The energy is a :class:`ConvEnergyNet` when ``image_shape`` is given, else an
-    :class:`MLP`; encoder (``→ 2·latent_dim``: location and pre-softplus scale) and
+    The energy is a [`ConvEnergyNet`][pyro_vmt.nets.ConvEnergyNet] when ``image_shape`` is given, else an
+    [`MLP`][pyro_vmt.nets.MLP]; encoder (``→ 2·latent_dim``: location and pre-softplus scale) and
     decoder (``latent_dim →`` data) are MLPs. Initialisation runs on a fork of
     torch's global RNG, which is left as it was.
     """

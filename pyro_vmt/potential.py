@@ -1,7 +1,7 @@
 """A Pyro model's potential for many chains in one trace.
 
-:class:`ChainPlatePotential` evaluates a model's potential for all chains of a batched
-:class:`~pyro_vmt.kernel.LangevinKernel` under a ``pyro.plate`` over chains at
+[`ChainPlatePotential`][pyro_vmt.potential.ChainPlatePotential] evaluates a model's potential for all chains of a batched
+[`LangevinKernel`][pyro_vmt.kernel.LangevinKernel] under a ``pyro.plate`` over chains at
 dimension ``-max_plate_nesting - 1`` — the same device as Pyro's vectorised ELBO
 particles and ``Predictive(parallel=True)``, so the model must declare its batch
 dimensions with plates and broadcast (e.g. ``(x * beta).sum(-1)`` rather than

@@ -16,7 +16,7 @@ RNG = Union[None, int, torch.Generator]
 def as_rng(rng: RNG, device: Optional[torch.device] = None) -> Optional[torch.Generator]:
     """A ``torch.Generator`` on ``device`` from an int seed, or a given generator (``None`` stays ``None``).
 
-    The Torch form of randomness as an argument; :func:`numpyro_vmt.as_rng` is its JAX
+    The Torch form of randomness as an argument; [`numpyro_vmt.as_rng()`][numpyro_vmt.rng.as_rng] is its JAX
     twin (a ``jax.random`` key from a seed or a key).
     """
     if rng is None or isinstance(rng, torch.Generator):

@@ -3,29 +3,35 @@ r"""Variational MCMC teaching (PyTorch / Pyro): the joint training of an EBM and
 One iteration (Xie, Zheng & Li, "Learning Energy-Based Model with Variational
 Auto-Encoder as Amortized Sampler", AAAI 2021, https://arxiv.org/abs/2012.14936):
 
-1. :math:`z_i \sim \mathcal N(0, I)`, :math:`x^{(0)}_i = g_\alpha(z_i)`.
-2. :math:`K` Langevin steps
-   :math:`x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k`,
-   :math:`\tilde x = x^{(K)}` (no gradient flows through the chain).
-3. Energy step on :math:`\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
-   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)`, the maximum-likelihood gradient.
-4. One SVI step of the VAE on the ELBO with :math:`\tilde x` observed.
+1. $z_i \sim \mathcal N(0, I)$, $x^{(0)}_i = g_\alpha(z_i)$.
+2. $K$ Langevin steps
+   $x^{(k+1)} = x^{(k)} - \tfrac{\delta^2}{2}\nabla_x E_\theta(x^{(k)}) + \delta\sigma\xi_k$,
+   $\tilde x = x^{(K)}$ (no gradient flows through the chain).
+3. Energy step on $\mathcal L(\theta) = \frac1m\sum_j E_\theta(x_j) - \frac1n\sum_i E_\theta(\tilde x_i)
+   + \lambda\big(\overline{E(x)^2} + \overline{E(\tilde x)^2}\big)$, the maximum-likelihood gradient.
+4. One SVI step of the VAE on the ELBO with $\tilde x$ observed.
 
 The option ``init`` swaps step 1 (and 4) for the baselines that share this code path:
 uniform noise (short-run EBM), a replay buffer (persistent chains), or the decoder
-regressed on :math:`\tilde x` with its own :math:`z` (CoopNets).
+regressed on $\tilde x$ with its own $z$ (CoopNets).
 
-The conditional teacher (:mod:`pyro_vmt.conditional`) runs this same code with a
+The conditional teacher ([`pyro_vmt.conditional`][pyro_vmt.conditional]) runs this same code with a
 conditioning input ``ctx``: a validated batch is then a pair ``(ctx, data)``, and
-:func:`vmt.core.batch.with_context` passes ``ctx`` as the second argument of the energy, the decoder and
+[`vmt.core.batch.with_context()`][vmt.core.batch.with_context] passes ``ctx`` as the second argument of the energy, the decoder and
 the VAE losses.
 
-Both losses are computed and checked before either optimiser steps, so an iteration
-that diverges raises :class:`vmt.core.errors.DivergenceError` and changes nothing.
+Every iteration is checked once, after both optimisers stepped: the run's divergence
+flags, the losses, the gradient norms and the *updated* parameters, fetched from the
+device in one host sync. If any is non-finite the update is undone bitwise (parameters,
+buffers, optimiser states, learning rates) and the training RNG is put back, so an
+iteration that diverges raises [`vmt.core.errors.DivergenceError`][vmt.core.errors.DivergenceError] and changes
+nothing. A failed [`load()`][pyro_vmt.teaching.VariationalMCMCTeaching.load] changes nothing either, and
+[`save()`][pyro_vmt.teaching.VariationalMCMCTeaching.save] refuses non-finite state.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -36,18 +42,20 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vmt import correction, distributed
-from pyro_vmt.checkpoint import read_checkpoint
+from pyro_vmt.capture import CompiledRun, resolve_compile
+from pyro_vmt.checkpoint import check_modules, nonfinite_entries, read_checkpoint, write_checkpoint
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin
-from pyro_vmt.update import ChainStarts, energy_loss, revise, start_chains, uniform_points, vae_loss
+from pyro_vmt.update import (ChainStarts, Undo, adam, energy_loss, max_abs, raise_if_diverged, revise, start_chains,
+                             uniform_points, vae_loss)
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
-from vmt.core.batch import context_and_data, with_context
-from vmt.core.checkpoint import FORMAT, VERSION, atomic_write, config_mismatch
+from vmt.core.batch import batch_stream, check_batch_size, context_and_data, with_context
+from vmt.core.checkpoint import config_mismatch, one_line
 from vmt.core.checks import as_count, check_num_steps
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
-from vmt.core.errors import CheckpointError, DivergenceError
+from vmt.core.errors import CheckpointError, DivergenceError, nonfinite_message, parameters_message
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo"]
 
@@ -55,7 +63,7 @@ Tensor = torch.Tensor
 
 
 class VariationalMCMCTeaching:
-    """Train an :class:`EnergyModel` with a :class:`VAE` as amortised Langevin sampler.
+    """Train an [`EnergyModel`][pyro_vmt.energy.EnergyModel] with a [`VAE`][pyro_vmt.vae.VAE] as amortised Langevin sampler.
 
     Parameters
     ----------
@@ -63,17 +71,22 @@ class VariationalMCMCTeaching:
     vae : VAE or None
         Needed for ``init="vae"`` and ``"generator"``; ignored otherwise.
     config : TeachingConfig, optional
-        All options (see :class:`vmt.TeachingConfig`); keyword ``options`` override it.
+        All options (see [`vmt.TeachingConfig`][vmt.core.config.TeachingConfig]); keyword ``options`` override it.
     rng : int or torch.Generator
         Seed (or generator) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
+    compile : {"auto", True, False}
+        The K-step Langevin loop of training under ``torch.compile`` ([`pyro_vmt.capture`][pyro_vmt.capture];
+        CUDA graphs on a GPU); ``"auto"``: on CUDA only. An uncapturable network falls back to
+        eager with a one-line warning; `compile_seconds` is the compilation time. The
+        noise is drawn differently (all K steps at once), so compiled and eager runs differ.
     mesh : None, torch.distributed DeviceMesh or ProcessGroup
         Data-parallel teaching over the ranks of a process group (a ``DeviceMesh``'s
         ``"data"`` dimension): every rank revises its block of the chains, gradients are
-        averaged (:mod:`pyro_vmt.distributed`, ``docs/scaling.md``). ``rng`` must then be
+        averaged ([`pyro_vmt.distributed`][pyro_vmt.distributed], ``docs/scaling.md``). ``rng`` must then be
         an int seed. ``None``: one process.
     **options
-        Fields of :class:`~vmt.TeachingConfig`, e.g. ``step_size=0.05``.
+        Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
     Examples
     --------
@@ -91,7 +104,8 @@ class VariationalMCMCTeaching:
     _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0,
+                 compile: Union[str, bool] = "auto", mesh: Any = None, **options: Any):
         self.mesh, self._group = mesh, distributed.as_group(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
         if self._group is not None and config.correction:
@@ -110,9 +124,8 @@ class VariationalMCMCTeaching:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
         self.sampler = Langevin(energy, config.step_size, config.num_steps, config.noise_scale, config.adjust)
-        self.energy_optim = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
-        self.vae_optim = (torch.optim.Adam(vae.parameters(), lr=config.vae_lr, betas=config.betas)
-                          if vae is not None else None)
+        self.energy_optim = adam(energy, config.energy_lr, config.betas)
+        self.vae_optim = adam(vae, config.vae_lr, config.betas) if vae is not None else None
         if self._group is not None:  # one set of starting parameters; each rank owns a block of the buffer
             distributed.broadcast_parameters(self._group, [energy, vae])
             if config.init == "persistent":
@@ -122,6 +135,14 @@ class VariationalMCMCTeaching:
                        if config.init == "persistent" else None)
         self.chains: Optional[correction.Path] = None  # correction="mh": set by the first iteration
         self.iteration = 0
+        self._undo = Undo([energy, vae], [self.energy_optim, self.vae_optim])
+        self._compiled = (CompiledRun(self.sampler, self.device)
+                          if resolve_compile(compile, self.device) and self._energy_cls is EnergyModel else None)
+
+    @property
+    def compile_seconds(self) -> Optional[float]:
+        """Seconds the first compiled Langevin loop took (compiling it); ``None`` if not compiled (yet)."""
+        return None if self._compiled is None else self._compiled.seconds
 
     # ------------------------------------------------------------------ sampling
     def _sampler(self, ctx: Optional[Tensor]) -> Langevin:
@@ -137,7 +158,7 @@ class VariationalMCMCTeaching:
         iteration count, so it is reproducible and leaves training unaffected.
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
         whole proposal paths, ``mh_steps`` accept tests each (see
-        :func:`pyro_vmt.correction.independent_mh`).
+        [`pyro_vmt.correction.independent_mh()`][pyro_vmt.correction.independent_mh]).
         """
         if mh_steps:
             vae, opts = self._proposal(num_steps)
@@ -163,9 +184,9 @@ class VariationalMCMCTeaching:
 
     def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
                       batch_size: int = 2000) -> Tuple[float, float]:
-        r"""Estimate :math:`\log Z` and its standard error from this teacher's proposal paths.
+        r"""Estimate $\log Z$ and its standard error from this teacher's proposal paths.
 
-        See :meth:`numpyro_vmt.VariationalMCMCTeaching.log_partition`: the decoder with
+        See [`numpyro_vmt.VariationalMCMCTeaching.log_partition()`][numpyro_vmt.teaching.VariationalMCMCTeaching.log_partition]: the decoder with
         its observation noise (``init="vae"``) or the Gaussian over ``init_bounds``,
         then the Langevin run; biased *low*, so likelihoods from it are biased *high*.
         """
@@ -177,7 +198,7 @@ class VariationalMCMCTeaching:
     def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
                  ) -> Tuple[np.ndarray, float]:
         """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
-        ``log Ẑ`` (see :meth:`log_partition` for the bias)."""
+        ``log Ẑ`` (see `log_partition()` for the bias)."""
         x = self._as_batch(x, "x")
         log_z, se = self.log_partition(num_samples, rng, num_steps)
         return -self.energy.numpy_energy(x.detach().cpu().numpy()) - log_z, se
@@ -190,72 +211,144 @@ class VariationalMCMCTeaching:
         x0 = start_chains(self.config, self.energy, self.vae, self.buffer, n, gen, False, ctx).position
         if num_steps == 0:
             return x0
-        return revise(self._sampler(ctx), x0, gen, num_steps)[0].position
+        state, _, diag = revise(self._sampler(ctx), x0, gen, num_steps)
+        raise_if_diverged(torch.stack([d.to(x0.dtype) for d in diag]).tolist(), n, self.config.step_size)
+        return state.position
 
     # ------------------------------------------------------------------ training
-    def _as_batch(self, batch: Any, name: str = "batch") -> Tensor:
-        return self._as_array(batch, name, self.energy.event_shape)
+    def _as_batch(self, batch: Any, name: str = "batch", finite: bool = True) -> Tensor:
+        return self._as_array(batch, name, self.energy.event_shape, finite)
 
-    def _as_array(self, batch: Any, name: str, event: tuple) -> Tensor:
+    def _as_array(self, batch: Any, name: str, event: tuple, finite: bool = True) -> Tensor:
+        """``batch`` checked (dtype, shape; with ``finite``, values: one host sync) and placed."""
         if not isinstance(batch, Tensor):
             batch = torch.as_tensor(np.asarray(batch))
         if not (batch.is_floating_point()):
             raise ValueError(f"{name} must hold floating-point numbers, got dtype {str(batch.dtype).replace('torch.', '')}")
         if batch.ndim != len(event) + 1 or tuple(batch.shape[1:]) != event or batch.shape[0] == 0:
             raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(batch.shape)}")
-        bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(1)
-        if bad.any():
-            raise ValueError(f"{name} has non-finite values in {int(bad.sum())} rows (first: row {int(bad.nonzero()[0, 0])})")
-        return batch.to(device=self.device, dtype=self.dtype)
+        if finite:
+            bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(1)
+            if bad.any():
+                raise ValueError(f"{name} has non-finite values in {int(bad.sum())} rows (first: row {int(bad.nonzero()[0, 0])})")
+        out = batch.to(device=self.device, dtype=self.dtype)
+        if finite and out.dtype != batch.dtype and not bool(torch.isfinite(out).all()):
+            raise ValueError(f"{name} has values too large for the model's dtype "
+                             f"{str(self.dtype).replace('torch.', '')} (they overflow to infinity)")
+        return out
 
     def step(self, batch: Any) -> TeachingInfo:
-        """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
-        ctx, batch = context_and_data(self._as_batch(batch))
-        cfg, gen = self.config, self.generator
-        ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
-        chains, minfo = self.chains, None
-        if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
-            if ctx is not None:
-                raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
-            chains, minfo = correction.update_chains(gen, self.chains, self.energy,
-                                                     self.vae if cfg.init == "vae" else None, n, cfg)
-            x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
-            nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
-            langevin = (nan, nan)
-        else:
-            try:
-                starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
-                state, sinfo = revise(self._sampler(ctx), starts.position, gen)
-            except DivergenceError as e:
-                distributed.agree(self._group, e)  # every rank raises
-            distributed.agree(self._group)
-            x_tilde = state.position
-            langevin = (sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean())
-        loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
-        v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
+        """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics.
 
-        # both backward passes, then one check of losses and gradients before any update
-        self.energy_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.vae_optim is not None:
-            self.vae_optim.zero_grad(set_to_none=True)
-            v_loss.backward()
-        stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin]
-        if self._group is not None:  # gradients and reported means, averaged over the ranks
-            stats = distributed.average(self._group, [self.energy, self.vae], stats)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
-        checks = {"energy loss": stats[0], "energy parameter gradient": gnorm}
-        if self.vae_optim is not None:
-            checks["VAE loss"] = stats[3]
-            checks["VAE parameter gradient"] = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.vae.parameters() if p.grad is not None])
-        _check_finite(checks)
-        factor = cfg.lr_factor(self.iteration)
-        for optim, lr in [(self.energy_optim, cfg.energy_lr), (self.vae_optim, cfg.vae_lr)]:
-            if optim is not None:
-                for group in optim.param_groups:
-                    group["lr"] = lr * factor
-                optim.step()
+        The batch's values are checked with the rest of the iteration, in its one host
+        sync: a non-finite batch raises ``ValueError`` and changes nothing.
+        """
+        tensors = self._as_batch(batch, finite=False)
+        return self._iterate(tensors, lambda: self._as_batch(batch))
+
+    def _iterate(self, tensors: Any, recheck: Optional[Callable[[], Any]] = None,
+                 rng_state: Optional[Tensor] = None) -> TeachingInfo:
+        """The iteration, checked once; undone exactly (RNG included: ``rng_state``) if anything fails.
+        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in `fit()`)."""
+        gen = self.generator
+        rng_state = gen.get_state() if rng_state is None else rng_state
+        stepped = False
+        try:
+            ctx, batch = context_and_data(tensors)
+            cfg = self.config
+            ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
+            chains, minfo, diag = self.chains, None, None
+            failed: Optional[BaseException] = None  # on a mesh: this rank failed (told to every rank below)
+            try:
+                if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
+                    if ctx is not None:
+                        raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
+                    chains, minfo = correction.update_chains(gen, self.chains, self.energy,
+                                                             self.vae if cfg.init == "vae" else None, n, cfg)
+                    x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
+                    zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                    diag = (zero, zero, zero, zero - 1)
+                    nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
+                    langevin = (nan, nan)
+                else:
+                    starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
+                    state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen, None,
+                                                self._compiled if ctx is None else None)
+                    x_tilde = state.position
+                    langevin = (sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean())
+                loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
+                v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
+            except Exception as e:  # e.g. Pyro's validation of a NaN sample: name the cause if the run diverged
+                if self._group is None:
+                    if diag is not None:
+                        raise_if_diverged(torch.stack([d.to(self.dtype) for d in diag]).tolist(), n,
+                                          cfg.step_size, e)
+                    raise
+                failed = e  # the other ranks are on their way to the collectives: join them, raise after
+                nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
+                loss = e_data = e_samp = v_loss = nan
+                langevin = (nan, nan)
+                if diag is None:
+                    zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                    diag = (zero, zero, zero, zero - 1)
+            self.energy_optim.zero_grad(set_to_none=True)
+            if self.vae_optim is not None:
+                self.vae_optim.zero_grad(set_to_none=True)
+            if failed is None:  # both backward passes, then the gradients are averaged, then clipped
+                loss.backward()
+                if self.vae_optim is not None:
+                    v_loss.backward()
+            stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin]
+            if self._group is not None:  # gradients and reported means, averaged over the ranks (one all_reduce)
+                stats = distributed.average(self._group, [self.energy, self.vae], stats)
+            loss = stats[0]
+            gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
+            v_gnorm = torch.zeros((), device=self.device, dtype=self.dtype)
+            if self.vae_optim is not None:
+                v_loss = stats[3]
+                v_gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.vae.parameters() if p.grad is not None])
+            self._undo.save()
+            stepped = True
+            factor = cfg.lr_factor(self.iteration)
+            for optim, lr in [(self.energy_optim, cfg.energy_lr), (self.vae_optim, cfg.vae_lr)]:
+                if optim is not None:
+                    for group in optim.param_groups:
+                        group["lr"] = lr * factor
+                    try:
+                        optim.step()
+                    except RuntimeError as e:  # torch refuses a step scalar beyond the dtype's range
+                        if "overflow" not in str(e):
+                            raise
+                        raise DivergenceError(parameters_message("energy" if optim is self.energy_optim
+                                                                 else "VAE", lr)) from e
+            arrays = tensors if isinstance(tensors, tuple) else (tensors,)
+            bad_rows = (torch.stack([(~torch.isfinite(t.reshape(t.shape[0], -1))).any(1).sum() for t in arrays]).sum()
+                        if recheck is not None else torch.zeros((), device=self.device))
+            checks = list(diag) + [bad_rows, loss, gnorm, v_loss, v_gnorm,
+                                   max_abs(list(self.energy.parameters()) + list(self.energy.buffers()), loss),
+                                   max_abs([] if self.vae is None else list(self.vae.parameters()), loss)]
+            wide = torch.float32 if self.device.type == "mps" else torch.float64
+            stacked = torch.stack([c.detach().reshape(()).to(wide) for c in checks])
+            if self._group is None:
+                values = stacked.tolist()  # the one host sync
+                self._raise_unless_finite(values, n, recheck)
+            else:  # every rank sees every rank's checks, so all raise together (still one host sync)
+                flag = torch.full((1,), float(failed is not None), dtype=wide, device=stacked.device)
+                rows = distributed.all_checks(self._group, torch.cat([stacked, flag])).tolist()  # the one host sync
+                if failed is not None:
+                    raise_if_diverged(rows[distributed.rank(self._group)][:4], n, cfg.step_size, failed)
+                    raise failed
+                failures = sum(1 for row in rows if row[-1])
+                if failures:
+                    raise DivergenceError(f"{failures} of {len(rows)} ranks failed this iteration (a diverged chain "
+                                          "there); no parameter was updated")
+                for row in rows:
+                    self._raise_unless_finite(row[:-1], n, recheck)
+        except BaseException:
+            if stepped:
+                self._undo.restore()
+            gen.set_state(rng_state)
+            raise
         if cfg.init == "persistent":
             self.buffer[starts.slots] = x_tilde
         self.chains = chains
@@ -264,32 +357,65 @@ class VariationalMCMCTeaching:
         mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
         return TeachingInfo(*stats, gnorm.detach(), *mh)
 
+    def _raise_unless_finite(self, values: list, n: int, recheck: Optional[Callable[[], Any]]) -> None:
+        """The host side of the iteration's one check (``values`` as `_iterate()` stacks them)."""
+        cfg = self.config
+        diag, (bad_rows, loss, gnorm, v_loss, v_gnorm, e_max, v_max) = values[:4], values[4:]
+        if bad_rows and recheck is not None:
+            recheck()  # raises the batch's own error
+        raise_if_diverged(diag, n, cfg.step_size)
+        with_vae = self.vae_optim is not None
+        for what, value, check in [("energy loss", loss, True), ("VAE loss", v_loss, with_vae),
+                                   ("energy parameter gradient", gnorm, True),
+                                   ("VAE parameter gradient", v_gnorm, with_vae)]:
+            if check and not math.isfinite(value):
+                raise DivergenceError(nonfinite_message(what, value))
+        if not math.isfinite(e_max):
+            raise DivergenceError(parameters_message("energy", cfg.energy_lr))
+        if with_vae and not math.isfinite(v_max):
+            raise DivergenceError(parameters_message("VAE", cfg.vae_lr))
+
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
             callback: Optional[Callable[["VariationalMCMCTeaching", TeachingInfo], None]] = None
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        Returns the history: one array per :class:`~vmt.core.api.TeachingInfo` field.
-        ``callback(teacher, info)`` is called after every iteration.
+        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher), or any
+        other iterable of batches — a ``torch.utils.data.DataLoader``, a generator of
+        arrays — of which each batch is one iteration (``batch_size`` is then unused;
+        see [`vmt.core.batch.batch_stream()`][vmt.core.batch.batch_stream]). Returns the history: one array per
+        [`TeachingInfo`][vmt.core.api.TeachingInfo] field. ``callback(teacher, info)`` is called
+        after every iteration.
         """
-        data = self._as_batch(data, "data")
+        stream = batch_stream(data)
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
         distributed.check_divisible("batch_size", batch_size, self._group)
+        if stream is None:
+            data = self._as_batch(data, "data")
+            rows_in_data = context_and_data(data)[1].shape[0]
+            check_batch_size(batch_size, rows_in_data)
         rows = []
-        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=False)
-        rows_in_data = context_and_data(data)[1].shape[0]
+        bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         for _ in bar:
-            idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
-            info = self.step(_take(data, idx))
+            if stream is not None:
+                batch = next(stream, None)
+                if batch is None:
+                    break
+                info = self.step(batch)
+            else:  # the minibatch draw is part of the iteration: undone with it on failure
+                rng_state = self.generator.get_state()
+                idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
+                info = self._iterate(_take(data, idx), None, rng_state)
             rows.append(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in info]))
             if callback is not None:
                 callback(self, info)
-            if progress:
-                extra = ({} if not self.config.correction else
-                         dict(acc=f"{float(info.path_acceptance):.2f}", ess=f"{float(info.weight_ess):.2f}",
-                              cross=f"{float(info.crossing_rate):.2f}"))
-                bar.set_postfix(loss=f"{float(info.loss):.3g}", e_data=f"{float(info.energy_data):.3g}",
-                                e_samples=f"{float(info.energy_samples):.3g}", **extra, refresh=False)
+            if progress:  # one fetch for the numbers shown
+                loss, e_data, e_samp, acc, ess, cross = torch.stack(
+                    [info.loss, info.energy_data, info.energy_samples, info.path_acceptance, info.weight_ess,
+                     info.crossing_rate]).tolist()
+                extra = dict(acc=f"{acc:.2f}", ess=f"{ess:.2f}", cross=f"{cross:.2f}") if self.config.correction else {}
+                bar.set_postfix(loss=f"{loss:.3g}", e_data=f"{e_data:.3g}", e_samples=f"{e_samp:.3g}", **extra,
+                                refresh=False)
         table = torch.stack(rows).cpu().numpy() if rows else np.zeros((0, len(TeachingInfo._fields)))
         return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
 
@@ -300,11 +426,15 @@ class VariationalMCMCTeaching:
         On a mesh this is collective (call it on every rank): it holds every rank's
         generator (``rank_rngs``) and the whole replay buffer.
         """
-        rng, buffer = self.generator.get_state(), self.buffer
-        ranks = {}
+        state = self._local_state()
         if self._group is not None:
-            ranks["rank_rngs"], buffer = distributed.gather(self._group, rng, buffer)
-        return ranks | {
+            state["rank_rngs"], state["buffer"] = distributed.gather(self._group, state["rng"], state["buffer"])
+        return state
+
+    def _local_state(self) -> Dict[str, Any]:
+        """`state_dict()` of this rank alone: its generator and its block of the buffer."""
+        rng, buffer = self.generator.get_state(), self.buffer
+        return {
             "config": self.config.to_dict(),
             "energy": self.energy.state_dict(),
             "vae": None if self.vae is None else self.vae.state_dict(),
@@ -313,31 +443,46 @@ class VariationalMCMCTeaching:
             "rng": rng,
             "rng_device": self.generator.device.type,
             "buffer": buffer,
-            "iteration": self.iteration,
             "chains": None if self.chains is None else self.chains._asdict(),
+            "iteration": self.iteration,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises :class:`~vmt.core.errors.CheckpointError` on any mismatch."""
+        """Restore `state_dict()`; raises [`CheckpointError`][vmt.core.errors.CheckpointError] on any mismatch.
+
+        Transactional: everything is checked first (configuration, networks' names,
+        shapes and dtypes, optimiser states, RNG state, buffer, iteration count,
+        finiteness), and if restoring still fails the object is put back as it was.
+        """
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint state must be a dict, got {type(state).__name__}")
         diff = config_mismatch(state.get("config", {}), self.config.to_dict())
         if diff:
             raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
-        try:
-            self.energy.load_state_dict(state["energy"])
-            if self.vae is not None:
-                self.vae.load_state_dict(state["vae"])
-            self.energy_optim.load_state_dict(state["energy_optim"])
-            if self.vae_optim is not None:
-                self.vae_optim.load_state_dict(state["vae_optim"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"checkpoint does not match these networks: {e}") from e
-        self._restore_rng(state)
+        check_modules(state, [("energy", self.energy), ("vae", self.vae)])
+        for key, optim in [("energy_optim", self.energy_optim), ("vae_optim", self.vae_optim)]:
+            if optim is not None and not isinstance(state.get(key), dict):
+                raise CheckpointError(f"checkpoint does not match these networks: no {key} state")
+        iteration = state.get("iteration")
+        if isinstance(iteration, torch.Tensor) and iteration.numel() == 1 and not iteration.is_floating_point():
+            iteration = int(iteration)
+        if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
+            raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
+        buffer = state.get("buffer")
         if self.buffer is not None:
-            buffer = state["buffer"]
-            if buffer is None or buffer.shape[1:] != self.buffer.shape[1:] or \
+            if not isinstance(buffer, torch.Tensor) or buffer.shape[1:] != self.buffer.shape[1:] or \
                     buffer.shape[0] != self.buffer.shape[0] * distributed.num_shards(self._group):
                 raise CheckpointError("checkpoint's replay buffer does not match this configuration")
-            self.buffer = distributed.split_batch(self._group, None, buffer, None)[1].to(self.device, self.dtype)
+        bad = nonfinite_entries({k: state.get(k) for k in ("energy", "vae", "energy_optim", "vae_optim", "buffer")})
+        if bad:
+            raise CheckpointError(f"checkpoint holds non-finite values in {', '.join(bad[:3])}")
+        rng = state.get("rng")
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+            raise CheckpointError(f"checkpoint has no valid training RNG state: {type(rng).__name__}")
+        rank_rngs = state.get("rank_rngs")
+        if rank_rngs is not None and (not isinstance(rank_rngs, (list, tuple)) or not all(
+                isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in rank_rngs)):
+            raise CheckpointError("checkpoint has no valid per-rank training RNG states (rank_rngs)")
         if self.config.correction:
             chains = state.get("chains")
             if chains is not None:
@@ -348,8 +493,35 @@ class VariationalMCMCTeaching:
                 if chains.position.shape[1:] != self.energy.event_shape:
                     raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this "
                                           "configuration")
-            self.chains = chains
-        self.iteration = int(state["iteration"])
+        # this rank's own state (no collective: the rollback must not wait for other ranks)
+        before = self._local_state()
+        before = {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in before.items()}
+        try:
+            self._load(state, int(iteration))
+        except Exception as e:
+            self._load(before, before["iteration"], local=True)
+            raise CheckpointError(f"checkpoint does not match these networks: {one_line(e)}") from e
+
+    def _load(self, state: Dict[str, Any], iteration: int, local: bool = False) -> None:
+        """Restore a validated state; ``local``: this rank's own snapshot (its buffer block, its generator)."""
+        self.energy.load_state_dict(state["energy"])
+        if self.vae is not None:
+            self.vae.load_state_dict(state["vae"])
+        self.energy_optim.load_state_dict(state["energy_optim"])
+        if self.vae_optim is not None:
+            self.vae_optim.load_state_dict(state["vae_optim"])
+        if local:
+            self.generator.set_state(state["rng"])
+        else:
+            self._restore_rng(state)
+        if self.buffer is not None:
+            buffer = state["buffer"] if local else distributed.split_batch(self._group, None, state["buffer"], None)[1]
+            self.buffer = buffer.to(self.device, self.dtype)
+        if self.config.correction:
+            chains = state.get("chains")
+            self.chains = None if chains is None else correction.Path(
+                **{k: v.to(self.device, self.dtype) for k, v in chains.items()})
+        self.iteration = iteration
 
     def _restore_rng(self, state: Dict[str, Any]) -> None:
         """Restore the training RNG. A CPU and a CUDA generator have different states, so a
@@ -371,31 +543,31 @@ class VariationalMCMCTeaching:
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).
 
-        On a mesh, call it on every rank: rank 0 writes (see :meth:`state_dict`).
+        A ``torch.save`` archive with a SHA-256 checksum of its content
+        ([`pyro_vmt.checkpoint`][pyro_vmt.checkpoint]); a state holding non-finite values is refused
+        with [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written.
+        On a mesh, call it on every rank: rank 0 writes (see `state_dict()`).
         """
-        payload = {"format": FORMAT, "version": VERSION, "backend": "pyro",
-                   "state": self.state_dict(), "metadata": metadata}
+        state = self.state_dict()
         if distributed.is_writer(self._group):
-            atomic_write(path, lambda f: torch.save(payload, f))
+            write_checkpoint(path, state, metadata)
+        else:  # the same refusal on every rank (the state is the same gathered one)
+            bad = nonfinite_entries(state)
+            if bad:
+                raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad[:3])}; "
+                                      "nothing was written")
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save` into this object; returns its metadata.
+        """Restore a checkpoint written by `save()` into this object; returns its metadata.
 
         The object must have been built with the same configuration and networks.
         """
         payload = read_checkpoint(path, self.device)
         self.load_state_dict(payload["state"])
-        return payload["metadata"]
+        return payload.get("metadata", {})
 
 
 def _take(data: Any, idx: Tensor) -> Any:
     return tuple(a[idx] for a in data) if isinstance(data, tuple) else data[idx]
 
 
-def _check_finite(values: Dict[str, Tensor]) -> None:
-    """Raise :class:`DivergenceError` naming the first non-finite value (one host sync when all are finite)."""
-    if bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values.values()])).all()):
-        return
-    for what, value in values.items():  # float32 can overflow where the value's own dtype does not
-        if not torch.isfinite(value).all():
-            raise DivergenceError(f"{what} is not finite ({float(value):g}); no parameter was updated")

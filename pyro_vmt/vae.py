@@ -2,21 +2,21 @@ r"""Variational auto-encoder as a Pyro model + guide (the amortised sampler of V
 
 Generative model and inference network:
 
-.. math::
-
-    z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
-    \qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
+z \sim \mathcal N(0, I_d), \qquad x \mid z \sim \mathcal N\big(g_\alpha(z), \operatorname{diag}(\sigma^2)\big),
+\qquad q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}(s_\phi(x)^2)\big),
+$$
 
 trained by maximising the ELBO
-:math:`\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))`
+$\mathbb E_q[\log p_\alpha(x \mid z)] - \beta\,\mathrm{KL}(q_\phi(z \mid x)\,\|\,p(z))$
 (``β = kl_weight``). In variational MCMC teaching (Xie, Zheng & Li, AAAI 2021,
 https://arxiv.org/abs/2012.14936) the observed ``x`` are the Langevin-revised
 samples and the sampler's starting points are decoder means ``g_α(z)``.
 
-:meth:`VAE.model` and :meth:`VAE.guide` are ``pyro_method``\ s of a ``PyroModule``:
+[`VAE.model()`][pyro_vmt.vae.VAE.model] and [`VAE.guide()`][pyro_vmt.vae.VAE.guide] are ``pyro_method``s of a ``PyroModule``:
 in a user's plain ``pyro.infer.SVI(vae.model, vae.guide, optim, Trace_ELBO())``
 script the encoder and decoder weights are registered as Pyro parameters and
-trained; inside the library (:meth:`VAE.elbo_loss`) the module's own parameters
+trained; inside the library ([`VAE.elbo_loss()`][pyro_vmt.vae.VAE.elbo_loss]) the module's own parameters
 are used, trained with ``torch.optim``, and the global parameter store is never
 touched.
 """
@@ -33,11 +33,12 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_vmt.rng import RNG, as_rng
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "reparameterised_elbo"]
 
 
 class VAE(PyroModule):
@@ -160,24 +161,75 @@ class VAE(PyroModule):
         """Negative ELBO per sample, averaged over the batch (differentiable).
 
         Pyro draws the reparameterised ``z`` from torch's global RNG; it runs here on
-        a fork of that RNG seeded from ``rng``, so the loss is reproducible and the
-        caller's global RNG is left as it was. Module-local parameters are used: the
-        global Pyro parameter store is neither read nor written.
+        ``rng``'s own state (`rng_for_pyro()`), so the loss is reproducible, ``rng``
+        advances by what was drawn and the caller's global RNG is left as it was.
+        Module-local parameters are used: the global Pyro parameter store is neither
+        read nor written. The value is [`reparameterised_elbo()`][pyro_vmt.vae.reparameterised_elbo]'s (Pyro's
+        ``Trace_ELBO`` for this guide, without its host syncs).
         """
         gen = as_rng(rng, x.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
-        with forked_rng(x.device, seed), _LocalParams():
-            return pyro.infer.Trace_ELBO().differentiable_loss(self.model, self.guide, x) / x.shape[0]
+        with rng_for_pyro(gen, x.device), _LocalParams():
+            return -reparameterised_elbo(self.model, self.guide, x) / x.shape[0]
 
     def joint_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``−log p(x, z)`` per sample, averaged, for a known ``z`` (CoopNets' generator regression)."""
-        with _LocalParams():
+        with _LocalParams(), pyro.validation_enabled(False):
             conditioned = poutine.condition(self.model, data={"z": z})
             trace = poutine.trace(conditioned).get_trace(x)
             return -trace.log_prob_sum() / x.shape[0]
 
+
+def reparameterised_elbo(model, guide, *args) -> torch.Tensor:
+    r"""The ELBO $\log p(x, z) - \log q(z \mid x)$ at one reparameterised draw ``z ~ q``, differentiable.
+
+    For a guide whose sample sites all have ``rsample`` this is the value and the
+    gradient of Pyro's ``Trace_ELBO().differentiable_loss`` (with the sign flipped):
+    its surrogate has no score-function term then. It is computed from the two
+    traces directly, with Pyro's validation off, because ``Trace_ELBO`` fetches values
+    to the host (``torch_item``, NaN/inf warnings, argument checks: about 20 host syncs
+    per call); a non-finite ELBO is caught by the teacher's one check instead. A
+    guide with a non-reparameterised site runs ``Trace_ELBO`` itself.
+    """
+    with pyro.validation_enabled(False):
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        if not all(site["fn"].has_rsample for site in guide_trace.nodes.values()
+                   if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)):
+            return -pyro.infer.Trace_ELBO().differentiable_loss(model, guide, *args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+
+        def keep(name, site):
+            return not site_is_subsample(site)
+
+        return model_trace.log_prob_sum(keep) - guide_trace.log_prob_sum(keep)
+
+
+
+@contextmanager
+def rng_for_pyro(gen: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Lend ``gen``'s state to torch's global RNG of ``device`` for the block: Pyro's draws
+    come from ``gen``, which takes the advanced state back; the global RNG is restored.
+
+    Generator states live on the host (a CUDA one is a seed and an offset), so this
+    costs no device sync. A generator of another device type cannot lend its state:
+    the global RNG is then forked and seeded from one draw of ``gen`` (one sync).
+    """
+    if gen.device.type != torch.device(device).type:
+        seed = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
+        with forked_rng(torch.device(device), seed):
+            yield
+        return
+    cuda = gen.device.type == "cuda"
+    index = (gen.device.index if gen.device.index is not None else torch.cuda.current_device()) if cuda else None
+    glob = torch.cuda.default_generators[index] if cuda else torch.default_generator
+    saved = glob.get_state()
+    glob.set_state(gen.get_state())
+    try:
+        yield
+    finally:
+        gen.set_state(glob.get_state())
+        glob.set_state(saved)
 
 
 @contextmanager

@@ -2,12 +2,12 @@
 
 Variational MCMC teaching (Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936)
 starts each short Langevin run at a sample of a learned amortised sampler, so the
-chain begins near the target and needs few steps. :func:`initial_params_from_guide`
+chain begins near the target and needs few steps. [`initial_params_from_guide()`][pyro_vmt.warmstart.initial_params_from_guide]
 offers the same for any Pyro model: draw one starting point per chain from a fitted
 guide (an ``AutoGuide`` such as ``AutoNormal``, the amortised ``VAE.guide`` of this
 library for a ``VAE.model`` posterior, or any callable sampler), map it to the
 model's unconstrained space, and hand it to ``MCMC(..., initial_params=...)`` or to a
-batched :class:`~pyro_vmt.kernel.LangevinKernel`.
+batched [`LangevinKernel`][pyro_vmt.kernel.LangevinKernel].
 """
 
 from __future__ import annotations

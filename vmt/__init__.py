@@ -1,8 +1,8 @@
 """pyro-vmt: variational MCMC teaching for Pyro and NumPyro.
 
 The backend-neutral part: configuration, data, metrics, ArviZ export, plots and the
-``vmt`` command line. Importing :mod:`vmt` imports neither torch nor jax; use
-:func:`vmt.load_backend` (or import :mod:`pyro_vmt` / :mod:`numpyro_vmt`) for the
+``vmt`` command line. Importing `vmt` imports neither torch nor jax; use
+[`vmt.load_backend()`][vmt.core.api.load_backend] (or import `pyro_vmt` / `numpyro_vmt`) for the
 samplers and models.
 """
 

@@ -23,10 +23,16 @@ ONLY_PYRO = {"EnergyModel": {"forward"}, "ConditionalEnergyModel": {"forward"}}
 # numpyro.infer.mcmc.MCMCKernel); the Pyro one also batches chains in one process.
 ONLY_PYRO["LangevinKernel"] = {"setup", "cleanup", "sample", "end_warmup", "logging", "diagnostics"}
 ONLY_NUMPYRO["LangevinKernel"] = {"init", "sample", "postprocess_fn", "get_diagnostics_str"}
+# The distributions follow their PPL's protocol too: sample(sample_shape) draws from torch's
+# global RNG, sample(key, sample_shape) from a key; Pyro's expand is overridden.
+ONLY_PYRO["EnergyDistribution"] = {"sample", "expand"}
+ONLY_NUMPYRO["EnergyDistribution"] = {"sample"}
 # MCMCTeaching follows each PPL's SVI: Pyro's stateful step, NumPyro's init/update/get_params.
 ONLY_PYRO["MCMCTeaching"] = {"step", "evaluate_loss"}
 ONLY_NUMPYRO["MCMCTeaching"] = {"init", "update", "get_params", "evaluate_loss"}
-ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"}}
+ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"},
+                  # torch.compile of the Langevin loop (JAX always jits the whole iteration)
+                  "VariationalMCMCTeaching": {"compile"}}
 NETS_JAX_KEYWORD = {"rng"}
 
 
@@ -43,7 +49,8 @@ def _members(cls):
 
 # Modules that only one PPL needs: Pyro runs one chain per process, so the Pyro
 # backend batches chains itself (numpyro.infer.MCMC has chain_method="vectorized").
-ONLY_PYRO_MODULES = {"chains", "potential"}
+ONLY_PYRO_MODULES = {"chains", "potential", "adaptation",
+                     "capture", "syncs"}  # torch.compile of the Langevin loop; counting host syncs
 
 
 def _modules(package):

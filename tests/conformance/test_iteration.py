@@ -73,7 +73,7 @@ def fix_eps(monkeypatch, eps):
 def run_torch(t, d, monkeypatch):
     given = tupdate.Draws(**{k: torch.from_numpy(d[k]) for k in tupdate.Draws._fields})
     monkeypatch.setattr(tteaching, "start_chains", partial(tupdate.start_chains, draws=given))
-    monkeypatch.setattr(tteaching, "revise", lambda sampler, x0, gen, num_steps=None:
+    monkeypatch.setattr(tteaching, "revise", lambda sampler, x0, gen, num_steps=None, runner=None:
                         tupdate.revise(sampler, x0, gen, num_steps, noise=given.noise))
     if t.buffer is not None:
         t.buffer = torch.from_numpy(d["buffer"].copy())

@@ -64,7 +64,7 @@ def test_corrected_run_reports_the_estimated_likelihood(tmp_path):
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--backend", "pyro", "--out", str(tmp_path), "--step-size", "-1", "--quiet"]) == 2
-    assert "step_size must be a positive" in capsys.readouterr().err
+    assert "argument --step-size: must be a positive" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "missing")]) == 2
 
 

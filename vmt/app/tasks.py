@@ -1,11 +1,11 @@
 r"""Train and evaluate conditional variational MCMC teaching on the built-in supervised tasks.
 
-:func:`evaluate_task` is the result table of ``vmt train --task`` (through
-:mod:`vmt.app.runs`), the examples and ``benchmarks/conditional.py``; :func:`run_task`
+[`evaluate_task()`][vmt.app.tasks.evaluate_task] is the result table of ``vmt train --task`` (through
+[`vmt.app.runs`][vmt.app.runs]), the examples and ``benchmarks/conditional.py``; [`run_task()`][vmt.app.tasks.run_task]
 trains a backend's ``ConditionalVariationalMCMCTeaching`` with the recipe of a task
-(:mod:`vmt.app.recipes`) in memory and evaluates it. The scores are those of
-:mod:`vmt.evaluation.task_metrics`, the baselines those of
-:mod:`vmt.evaluation.baselines`. Backend-neutral: it goes through the names every
+([`vmt.app.recipes`][vmt.app.recipes]) in memory and evaluates it. The scores are those of
+[`vmt.evaluation.task_metrics`][vmt.evaluation.task_metrics], the baselines those of
+[`vmt.evaluation.baselines`][vmt.evaluation.baselines]. Backend-neutral: it goes through the names every
 backend exports.
 
 Rows of the result tables:
@@ -18,7 +18,7 @@ Rows of the result tables:
 - ``regression1d``: the true density, VMT's EBM (exact log-likelihood by quadrature
   over ``y``; samples by VAE + Langevin), the conditional VAE alone (log-likelihood by
   importance sampling with the encoder as proposal), and a NumPy mixture density
-  network (:class:`vmt.evaluation.baselines.MixtureDensityNetwork`).
+  network ([`vmt.evaluation.baselines.MixtureDensityNetwork`][vmt.evaluation.baselines.MixtureDensityNetwork]).
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ def sample_many(teacher, x: np.ndarray, k: int, num_steps: Optional[int] = None,
 
 
 def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: int = 32) -> Dict[str, float]:
-    r"""Importance-sampling estimate of a conditional VAE's held-out :math:`\log p(y \mid x)`.
+    r"""Importance-sampling estimate of a conditional VAE's held-out $\log p(y \mid x)$.
 
-    .. math:: \log p(y \mid x) \approx \log \frac1K \sum_{k=1}^K
-              \frac{p(y \mid z_k, x)\, p(z_k)}{q(z_k \mid y, x)}, \qquad z_k \sim q(z \mid y, x),
+    $$
+    \log p(y \mid x) \approx \log \frac1K \sum_{k=1}^K
+    \frac{p(y \mid z_k, x)\, p(z_k)}{q(z_k \mid y, x)}, \qquad z_k \sim q(z \mid y, x),
+    $$
 
     with the encoder as proposal (a stochastic lower bound whose bias shrinks as
-    :math:`K` grows; the KL weight plays no part: this is the model's own density).
+    $K$ grows; the KL weight plays no part: this is the model's own density).
     Returns the mean over rows and its standard error.
     """
     numpy_call, to_numpy = backend_of(vae).numpy_call, backend_of(vae).to_numpy
@@ -194,7 +196,7 @@ def run_task(task_name: str, backend: Optional[str] = None, seed: int = 0, num_i
     m : int
         Samples per fixed ``x`` (``regression1d``).
     **overrides
-        Recipe or :class:`~vmt.TeachingConfig` fields.
+        Recipe or [`TeachingConfig`][vmt.core.config.TeachingConfig] fields.
 
     Returns
     -------

@@ -44,6 +44,8 @@ PUBLIC_NAMES = (
     "ConditionalEnergyModel",
     "ConditionalVAE",
     "ConditionalVariationalMCMCTeaching",
+    # the EBM as a distribution of the backend's PPL (log_prob = −E, sample = VAE + Langevin)
+    "EnergyDistribution",
     # the Langevin sampler: pure functions, their state and diagnostics, a wrapper
     "Langevin",
     "LangevinState",
@@ -148,7 +150,7 @@ def load_backend(name: str | None = None) -> ModuleType:
     Parameters
     ----------
     name : {"pyro", "numpyro"} or None
-        ``None`` picks :func:`default_backend`.
+        ``None`` picks [`default_backend()`][vmt.core.api.default_backend].
     """
     name = default_backend() if name is None else name
     if name not in BACKENDS:

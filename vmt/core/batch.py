@@ -3,14 +3,14 @@ r"""Batches with and without a conditioning input, for both backends (pure Pytho
 The conditional teacher (``ConditionalVariationalMCMCTeaching``) runs the same code
 as the unconditional one with a conditioning input ``ctx``: a batch is then a pair
 ``(ctx, data)`` and ``ctx`` is passed as the *second* argument of the energy
-:math:`E_\theta(y \mid x)`, the decoder :math:`g_\alpha(z, x)` and the VAE losses
+$E_\theta(y \mid x)$, the decoder $g_\alpha(z, x)$ and the VAE losses
 (Xie, Zheng & Li, AAAI 2021, https://arxiv.org/abs/2012.14936, supervised setting).
 The helpers here are that convention, written once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 __all__ = [
     "CONDITIONAL_INITS",
@@ -20,6 +20,8 @@ __all__ = [
     "split_pair",
     "shape_text",
     "check_conditional_config",
+    "batch_stream",
+    "check_batch_size",
 ]
 
 #: The initialisations the conditional teacher supports. A replay buffer of ``y``
@@ -68,3 +70,42 @@ def check_conditional_config(config: Any) -> None:
     if config.num_samples is not None:
         raise ValueError("num_samples must be None for the conditional teacher: every pair (x, y) of a "
                          f"batch gets one Langevin chain, started at its own x; got {config.num_samples!r}")
+
+
+def batch_stream(data: Any) -> Optional[Iterator[Any]]:
+    """The batches of ``data`` when it is an iterable of batches, else ``None`` (an array).
+
+    An array (anything with a ``shape``, NumPy/torch/JAX), a list or a tuple (array
+    data, or a pair ``(x, y)``) is data to draw minibatches from; any other iterable
+    (a ``torch.utils.data.DataLoader``, a generator of arrays, ``iter(list_of_batches)``)
+    gives one batch per iteration. A re-iterable (a ``DataLoader``) is cycled epoch
+    after epoch; a one-shot iterator ends when it is exhausted. A batch that is a list
+    or tuple of one array (what a ``DataLoader`` over ``TensorDataset(x)`` yields) is
+    that array.
+    """
+    if isinstance(data, (tuple, list, str, bytes)) or hasattr(data, "shape") or hasattr(data, "__array__"):
+        return None
+    try:
+        first = iter(data)
+    except TypeError:
+        return None
+
+    def batches() -> Iterator[Any]:
+        it, empty = first, True
+        while True:
+            for batch in it:
+                empty = False
+                yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 1 else batch
+            if it is data or empty:  # a one-shot iterator, or a re-iterable with no batches
+                if empty:
+                    raise ValueError("data yielded no batches")
+                return
+            it = iter(data)
+    return batches()
+
+
+def check_batch_size(batch_size: int, rows: int) -> None:
+    """Refuse minibatches larger than the data (they would repeat rows, or run out of memory)."""
+    if batch_size > rows:
+        raise ValueError(f"batch_size {batch_size} is larger than the data ({rows} rows); minibatches are drawn "
+                         f"from the data, so use batch_size <= {rows}")

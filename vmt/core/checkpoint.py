@@ -1,22 +1,37 @@
-"""Atomic checkpoint files, shared by both backends.
+"""Checkpoint files, shared by both backends: atomic writes, the format version, and
+telling the two backends' files apart.
 
 A checkpoint is first written to a temporary file in the target directory, flushed
 to disk, then renamed over the target (``os.replace`` is atomic on POSIX and
 Windows), so an interrupted save leaves either the old file or the new one, never
 a truncated mix.
+
+Both formats are zip archives: the Torch backend's is a ``torch.save`` archive (a
+pickle read with ``weights_only=True``, its content hashed with SHA-256 since format
+version 2), the JAX backend's an ``.npz`` archive (no pickle; zip's CRC-32 per
+array). [`sniff_backend()`][vmt.core.checkpoint.sniff_backend] tells them apart by their member names, so each
+backend names the other one when handed its file instead of failing inside the
+other's reader.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import IO, Callable, Union
+from typing import IO, Callable, Optional, Union
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "config_mismatch"]
+from vmt.core.errors import CheckpointError
+
+__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "atomic_write", "config_mismatch", "sniff_backend",
+           "check_header", "one_line"]
 
 FORMAT = "pyro-vmt"
-VERSION = 1
+#: The version written. 2 added the Torch format's content checksum; the JAX format
+#: is unchanged from 1, and a Torch file of version 1 is read without one.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], None]) -> Path:
@@ -43,3 +58,42 @@ def config_mismatch(saved: dict, current: dict) -> str:
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs this object {current.get(k)!r}"
              for k in keys if saved.get(k) != current.get(k)]
     return "; ".join(diffs)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (C++ errors of torch carry a stack trace)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def sniff_backend(path: Union[str, os.PathLike]) -> Optional[str]:
+    """``"pyro"`` or ``"numpyro"`` for the zip archive each backend writes, ``None`` otherwise.
+
+    Raises [`CheckpointError`][vmt.core.errors.CheckpointError] for a file that is not a complete zip archive (e.g.
+    truncated) and ``FileNotFoundError`` for a missing one.
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no checkpoint file {str(path)!r}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: not a complete checkpoint archive "
+                              f"(truncated or another kind of file: {one_line(e)})") from e
+    if "header.npy" in names:
+        return "numpyro"
+    if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return "pyro"
+    return None
+
+
+def check_header(path: Union[str, os.PathLike], header: object, backend: str) -> dict:
+    """Check a checkpoint's format, backend and version; return the header (a dict)."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vmt checkpoint")
+    if header.get("backend") != backend:
+        raise CheckpointError(f"{str(path)!r} was written by the {header.get('backend')!r} backend, not {backend!r}")
+    if header.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{str(path)!r} has checkpoint format version {header.get('version')!r}; this "
+                              f"pyro-vmt reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    return header

@@ -1,6 +1,6 @@
 """Hyper-parameters shared by both backends, validated in one place.
 
-Both ``pyro_vmt`` and ``numpyro_vmt`` read the same :class:`TeachingConfig`, so
+Both ``pyro_vmt`` and ``numpyro_vmt`` read the same [`TeachingConfig`][vmt.core.config.TeachingConfig], so
 an option means the same thing, has the same default and is rejected with the same
 message whichever backend runs it.
 """
@@ -17,16 +17,16 @@ from vmt.core.checks import as_count, as_pair, as_real, check_noise_scale, check
 
 __all__ = ["INITS", "CORRECTIONS", "TeachingConfig", "resolve_teacher_parts"]
 
-#: The ways a Langevin revision can be initialised (see :class:`TeachingConfig`).
+#: The ways a Langevin revision can be initialised (see [`TeachingConfig`][vmt.core.config.TeachingConfig]).
 INITS = ("vae", "noise", "persistent", "generator")
 
-#: Corrections of the negative samples (see :class:`TeachingConfig`): ``None`` is the paper's plain algorithm.
+#: Corrections of the negative samples (see [`TeachingConfig`][vmt.core.config.TeachingConfig]): ``None`` is the paper's plain algorithm.
 CORRECTIONS = (None, "mh")
 
 
 @dataclass(frozen=True)
 class TeachingConfig:
-    """Options of :class:`VariationalMCMCTeaching`, identical in both backends.
+    """Options of `VariationalMCMCTeaching`, identical in both backends.
 
     Parameters
     ----------
@@ -167,7 +167,7 @@ class TeachingConfig:
         r"""Learning-rate multiplier at ``iteration`` (0-based count of updates applied).
 
         Cosine decay (the schedule of ``optax.cosine_decay_schedule``):
-        :math:`r + (1 - r)\,\tfrac12\big(1 + \cos(\pi \min(t, T)/T)\big)` with
+        $r + (1 - r)\,\tfrac12\big(1 + \cos(\pi \min(t, T)/T)\big)$ with
         ``r = lr_final_ratio`` and ``T = lr_decay_steps``; 1 when ``lr_decay_steps`` is ``None``.
         """
         if self.lr_decay_steps is None:
@@ -195,7 +195,7 @@ class TeachingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TeachingConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of `to_dict()`; unknown keys raise ``ValueError``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -1,6 +1,6 @@
 """Exceptions shared by both backends, so callers catch the same types."""
 
-__all__ = ["DivergenceError", "CheckpointError", "divergence_message"]
+__all__ = ["DivergenceError", "CheckpointError", "divergence_message", "nonfinite_message", "parameters_message"]
 
 
 class DivergenceError(FloatingPointError):
@@ -12,7 +12,12 @@ class DivergenceError(FloatingPointError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint does not match the object it is loaded into, or is unreadable."""
+    """A checkpoint does not match the object it is loaded into, is unreadable, or
+    (on save) the state holds non-finite values.
+
+    Raised before anything is changed: a load that fails leaves the object exactly as
+    it was, a save that is refused writes nothing.
+    """
 
 
 def divergence_message(first_step: int, num_bad: int, num_chains: int, step_size: float) -> str:
@@ -23,3 +28,15 @@ def divergence_message(first_step: int, num_bad: int, num_chains: int, step_size
         "step_size, add an energy penalty (energy_reg) or a Gaussian reference "
         "term (ref_scale), or use adjust=True (MALA rejects such proposals)."
     )
+
+
+def nonfinite_message(what: str, value: float) -> str:
+    """The one wording both backends use for a non-finite loss or gradient norm."""
+    return f"{what} is not finite ({value:g}); no parameter was updated"
+
+
+def parameters_message(which: str, lr: float) -> str:
+    """The one wording both backends use when an update made parameters non-finite."""
+    return (f"the {which} parameters are not finite after the update ({which.split()[0].lower()}_lr={lr:g}); "
+            "the update was undone: no parameter, optimiser state or RNG changed. Lower the learning rate "
+            "or clip the gradient (grad_clip)")

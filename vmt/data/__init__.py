@@ -1,5 +1,5 @@
 """Built-in data: 2-D densities with exact log-densities, scikit-learn's 8×8 digits,
-the supervised tasks (:mod:`vmt.data.tasks`), and the validation of user data
+the supervised tasks ([`vmt.data.tasks`][vmt.data.tasks]), and the validation of user data
 (NumPy and SciPy only)."""
 
 from vmt.data.datasets import Dataset, load_dataset, load_digits

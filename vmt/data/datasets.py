@@ -1,7 +1,7 @@
-"""Built-in data sets: the 2-D toy densities of :mod:`vmt.data.densities` and 8×8 digits.
+"""Built-in data sets: the 2-D toy densities of [`vmt.data.densities`][vmt.data.densities] and 8×8 digits.
 
 Everything here is NumPy only (no torch, no jax) and needs no network: the 2-D
-data are drawn from :mod:`vmt.data.densities` with a seed, the digits are scikit-learn's
+data are drawn from [`vmt.data.densities`][vmt.data.densities] with a seed, the digits are scikit-learn's
 bundled copy of the UCI handwritten digits (1797 images of 8×8 pixels).
 """
 
@@ -29,7 +29,7 @@ class Dataset:
     Attributes
     ----------
     name : str
-        ``"digits"`` or a key of :data:`DENSITIES`.
+        ``"digits"`` or a key of `DENSITIES`.
     train, test : numpy.ndarray
         ``float32`` arrays of shape ``(n, *event_shape)``.
     event_shape : tuple of int
@@ -61,11 +61,11 @@ def load_dataset(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: in
     Parameters
     ----------
     name : str
-        ``"digits"`` or one of :data:`DENSITIES` (``"grid25"``, ``"8gaussians"``,
+        ``"digits"`` or one of `DENSITIES` (``"grid25"``, ``"8gaussians"``,
         ``"ring8"``, ``"rings"``, ``"2spirals"``).
     n_train, n_test : int
         Split sizes for the 2-D densities. Checked but not used for ``"digits"``,
-        whose split is fixed by :func:`load_digits` (1437 train, 360 test).
+        whose split is fixed by [`load_digits()`][vmt.data.datasets.load_digits] (1437 train, 360 test).
     seed : int
         For 2-D data, train and test are drawn from the independent streams
         ``np.random.SeedSequence(seed).spawn(2)``; for digits, the split's seed.
@@ -89,7 +89,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's bundled 8×8 digits, scaled to [−1, 1], split by class.
 
     The 1797 images (pixel values 0..16) are flattened to 64 values and scaled by
-    :math:`x/8 - 1`; ``sklearn.model_selection.train_test_split`` with
+    $x/8 - 1$; ``sklearn.model_selection.train_test_split`` with
     ``stratify=labels`` and ``random_state=seed`` makes the split (at the default
     ``test_fraction=0.2``: 1437 train, 360 test). No network access.
 

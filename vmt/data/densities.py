@@ -51,7 +51,7 @@ class Density2D:
     Attributes
     ----------
     name : str
-        Registry name (a key of :data:`DENSITIES`).
+        Registry name (a key of `DENSITIES`).
     bounds : tuple of float
         ``(low, high)``: the square box ``[low, high]²`` holds all but a negligible
         fraction (< 1e-6) of the mass. Used for plots, quadrature and uniform noise.
@@ -91,10 +91,10 @@ class Density2D:
 
 
 class _IsotropicMixture(Density2D):
-    r"""Equal mixture of isotropic Gaussians, :math:`\frac1m \sum_k \mathcal N(x; \mu_k, \sigma^2 I)`.
+    r"""Equal mixture of isotropic Gaussians, $\frac1m \sum_k \mathcal N(x; \mu_k, \sigma^2 I)$.
 
-    When the modes are at least :math:`20\sigma` apart their overlap is of order
-    :math:`e^{-50}` and the entropy is exactly :math:`\log m + \log(2\pi e \sigma^2)`;
+    When the modes are at least $20\sigma$ apart their overlap is of order
+    $e^{-50}$ and the entropy is exactly $\log m + \log(2\pi e \sigma^2)$;
     otherwise the class keeps the value computed at development time (or None).
     """
 
@@ -123,13 +123,15 @@ def _circle(num: int, radius: float) -> np.ndarray:
 
 
 class Grid25(_IsotropicMixture):
-    r"""25 Gaussians on the grid :math:`\{-4, -2, 0, 2, 4\}^2` with sd ``sd`` (PacGAN).
+    r"""25 Gaussians on the grid $\{-4, -2, 0, 2, 4\}^2$ with sd ``sd`` (PacGAN).
 
-    .. math:: p(x) = \frac{1}{25} \sum_{a, b \in \{-4,-2,0,2,4\}}
-              \mathcal{N}\big(x; (a, b), \sigma^2 I\big)
+    $$
+    p(x) = \frac{1}{25} \sum_{a, b \in \{-4,-2,0,2,4\}}
+    \mathcal{N}\big(x; (a, b), \sigma^2 I\big)
+    $$
 
-    Entropy :math:`\log 25 + \log(2\pi e\sigma^2) = 0.06529` nats at σ = 0.05
-    (checked at development time by quadrature of :math:`-\int p\log p`, 1000² grid:
+    Entropy $\log 25 + \log(2\pi e\sigma^2) = 0.06529$ nats at σ = 0.05
+    (checked at development time by quadrature of $-\int p\log p$, 1000² grid:
     0.065288, and Monte Carlo, 4e6 samples: 0.0643 ± 0.0005; REFERENCES.md:
     0.064 ± 0.002).
 
@@ -145,13 +147,13 @@ class Grid25(_IsotropicMixture):
 
 
 class EightGaussians(_IsotropicMixture):
-    r"""FFJORD's 8 Gaussians: :math:`(4 u_k + 0.5\,\varepsilon)/\sqrt2`, :math:`u_k` at angles k·45°.
+    r"""FFJORD's 8 Gaussians: $(4 u_k + 0.5\,\varepsilon)/\sqrt2$, $u_k$ at angles k·45°.
 
     Equivalently an equal mixture of 8 Gaussians with centres at radius
-    :math:`2\sqrt2` and sd :math:`0.5/\sqrt2 \approx 0.354`. Neighbouring modes are
+    $2\sqrt2$ and sd $0.5/\sqrt2 \approx 0.354$. Neighbouring modes are
     6.1 sd apart, so they overlap slightly and the entropy is below the
-    separated-mode value :math:`\log 8 + \log(2\pi e\sigma^2) = 2.8379`: quadrature
-    of :math:`-\int p \log p` on an 1800² grid of (−4.5, 4.5)² gives 2.831570, Monte
+    separated-mode value $\log 8 + \log(2\pi e\sigma^2) = 2.8379$: quadrature
+    of $-\int p \log p$ on an 1800² grid of (−4.5, 4.5)² gives 2.831570, Monte
     Carlo with 4e6 samples 2.8306 ± 0.0005 (REFERENCES.md's 2.833 is 0.0014 high).
     The box is wider than FFJORD's plotting box (−4, 4), which cuts ~2e-4 of the mass
     off the modes on the axes.
@@ -173,7 +175,7 @@ class EightGaussians(_IsotropicMixture):
 class Ring8(_IsotropicMixture):
     r"""8 Gaussians on the unit circle at angles k·45° with sd ``sd`` (PacGAN).
 
-    Entropy :math:`\log 8 + \log(2\pi e \sigma^2) = -4.29302` at σ = 0.01 (modes 77 sd
+    Entropy $\log 8 + \log(2\pi e \sigma^2) = -4.29302$ at σ = 0.01 (modes 77 sd
     apart; checked by quadrature, 1200² grid: −4.293022, and Monte Carlo, 4e6
     samples: −4.2940 ± 0.0005).
 
@@ -192,18 +194,20 @@ class Rings(Density2D):
 
     A circle is chosen with probability 1/4 each (FFJORD draws the same number of
     points per circle), the angle uniformly (FFJORD spaces them evenly; uniform
-    angles make the samples i.i.d.), and noise :math:`\mathcal N(0, s^2 I)` with
-    :math:`s = 0.08` is added. A circle of radius :math:`R` convolved with the noise
+    angles make the samples i.i.d.), and noise $\mathcal N(0, s^2 I)$ with
+    $s = 0.08$ is added. A circle of radius $R$ convolved with the noise
     has the exact density
 
-    .. math:: p_R(x) = \frac{1}{2\pi s^2}
-              \exp\!\Big(-\frac{r^2 + R^2}{2 s^2}\Big) I_0\!\Big(\frac{rR}{s^2}\Big),
-              \qquad r = |x|,
+    $$
+    p_R(x) = \frac{1}{2\pi s^2}
+    \exp\!\Big(-\frac{r^2 + R^2}{2 s^2}\Big) I_0\!\Big(\frac{rR}{s^2}\Big),
+    \qquad r = |x|,
+    $$
 
-    evaluated stably as :math:`-(r-R)^2/(2s^2) + \log \mathrm{i0e}(rR/s^2) -
-    \log(2\pi s^2)`, since :math:`\log I_0(u) = \log \mathrm{i0e}(u) + u`; then
-    :math:`p = \frac14 \sum_R p_R`. Entropy at s = 0.08 (computed at development
-    time): quadrature of :math:`-\int p \log p` on a 1600² grid of (−4, 4)² gives
+    evaluated stably as $-(r-R)^2/(2s^2) + \log \mathrm{i0e}(rR/s^2) -
+    \log(2\pi s^2)$, since $\log I_0(u) = \log \mathrm{i0e}(u) + u$; then
+    $p = \frac14 \sum_R p_R$. Entropy at s = 0.08 (computed at development
+    time): quadrature of $-\int p \log p$ on a 1600² grid of (−4, 4)² gives
     2.623183, Monte Carlo with 4e6 samples 2.6231 ± 0.0004. Other ``sd``: None.
 
     Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367.
@@ -236,26 +240,30 @@ class Rings(Density2D):
 class TwoSpirals(Density2D):
     r"""Two interleaved noisy spirals (after FFJORD's ``2spirals``).
 
-    :math:`x = \pm c(t) + s\,\varepsilon` with either sign with probability 1/2,
-    :math:`\varepsilon \sim \mathcal N(0, I)`, :math:`s = 0.1`, and
+    $x = \pm c(t) + s\,\varepsilon$ with either sign with probability 1/2,
+    $\varepsilon \sim \mathcal N(0, I)$, $s = 0.1$, and
 
-    .. math:: c(t) = \tfrac13\,(-t\cos t,\; t \sin t), \qquad
-              t = T\sqrt{u},\; u \sim U(0, 1),\; T = 3\pi,
+    $$
+    c(t) = \tfrac13\,(-t\cos t,\; t \sin t), \qquad
+    t = T\sqrt{u},\; u \sim U(0, 1),\; T = 3\pi,
+    $$
 
-    so :math:`t` has density :math:`2t/T^2` on :math:`[0, T]` (1.5 turns, radius up
+    so $t$ has density $2t/T^2$ on $[0, T]$ (1.5 turns, radius up
     to π). FFJORD adds a further uniform jitter, left out so that the density stays
     exact:
 
-    .. math:: p(x) = \int_0^T \frac{2t}{T^2}\, \tfrac12 \big[\mathcal N(x; c(t), s^2 I)
-              + \mathcal N(x; -c(t), s^2 I)\big]\, dt,
+    $$
+    p(x) = \int_0^T \frac{2t}{T^2}\, \tfrac12 \big[\mathcal N(x; c(t), s^2 I)
+    + \mathcal N(x; -c(t), s^2 I)\big]\, dt,
+    $$
 
-    by composite Gauss–Legendre quadrature in :math:`t`, ``num_panels`` panels of 8
-    nodes. The integrand's width in :math:`t` is at least :math:`s/|c'(T)| \approx
-    0.03`; with the default 64 panels (width 0.15) :math:`\log p` differs from 16× as
-    many panels by < 1e-5 wherever :math:`\log p > -10` and < 1e-4 wherever
-    :math:`\log p > -20` (more in the far tails: ~0.3 at :math:`\log p \approx -500`).
+    by composite Gauss–Legendre quadrature in $t$, ``num_panels`` panels of 8
+    nodes. The integrand's width in $t$ is at least $s/|c'(T)| \approx
+    0.03$; with the default 64 panels (width 0.15) $\log p$ differs from 16× as
+    many panels by < 1e-5 wherever $\log p > -10$ and < 1e-4 wherever
+    $\log p > -20$ (more in the far tails: ~0.3 at $\log p \approx -500$).
     Entropy at s = 0.1 (computed at development time): quadrature of
-    :math:`-\int p \log p` on an 800² grid of (−4, 4)² gives 2.540618, Monte Carlo
+    $-\int p \log p$ on an 800² grid of (−4, 4)² gives 2.540618, Monte Carlo
     with 1e6 samples 2.5395 ± 0.0007. Other ``sd``: None.
 
     Grathwohl et al., "FFJORD", ICLR 2019, arXiv:1810.01367.
@@ -314,7 +322,7 @@ DENSITIES = {
 
 
 def get_density(name: str) -> Density2D:
-    """The density registered as ``name`` in :data:`DENSITIES`, with default options."""
+    """The density registered as ``name`` in `DENSITIES`, with default options."""
     if name not in DENSITIES:
         raise ValueError(f"unknown density {name!r}; valid names: {sorted(DENSITIES)}")
     return DENSITIES[name]()

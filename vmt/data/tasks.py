@@ -1,7 +1,7 @@
 r"""Three supervised tasks with built-in data.
 
 NumPy and scikit-learn only (no torch, no jax); no network access. Each task is a
-set of pairs :math:`(x, y)` for learning :math:`p(y \mid x)` — the supervised
+set of pairs $(x, y)$ for learning $p(y \mid x)$ — the supervised
 setting of Xie, Zheng & Li (AAAI 2021, https://arxiv.org/abs/2012.14936), where a
 conditional EBM is trained with a conditional VAE as amortised sampler:
 
@@ -10,16 +10,16 @@ name             x (conditioning input)                 y (what is generated)
 ================ ====================================== ================================
 ``completion``   top half (rows 0–3) of an 8×8 digit    bottom half (rows 4–7), 32 values
 ``class``        the label, one-hot (10 values)         the 8×8 digit, 64 values
-``regression1d`` :math:`x \sim U[0, 4]`                 :math:`y = \pm\sqrt{x} + 0.1\,\varepsilon`
+``regression1d`` $x \sim U[0, 4]$                 $y = \pm\sqrt{x} + 0.1\,\varepsilon$
 ================ ====================================== ================================
 
-The digits are scikit-learn's bundled copy (:func:`vmt.data.load_digits`, pixels in
+The digits are scikit-learn's bundled copy ([`vmt.data.load_digits()`][vmt.data.datasets.load_digits], pixels in
 [−1, 1], 1437 train / 360 test); the 1-D task is drawn from a seed and has an exact
-conditional density (:class:`TwoBranch`), so the EBM's held-out conditional
-log-likelihood is computable by 1-D quadrature (:func:`conditional_log_likelihood`).
+conditional density ([`TwoBranch`][vmt.data.tasks.TwoBranch]), so the EBM's held-out conditional
+log-likelihood is computable by 1-D quadrature (`conditional_log_likelihood()`).
 
-Their scores are in :mod:`vmt.evaluation.task_metrics`, their baselines in
-:mod:`vmt.evaluation.baselines`.
+Their scores are in [`vmt.evaluation.task_metrics`][vmt.evaluation.task_metrics], their baselines in
+[`vmt.evaluation.baselines`][vmt.evaluation.baselines].
 """
 
 from __future__ import annotations
@@ -74,16 +74,18 @@ class ConditionalTask:
 
 
 class TwoBranch:
-    r"""The two-branch conditional: :math:`x \sim U[0, x_{max}]`, :math:`y = s\sqrt{x} + \sigma\varepsilon`.
+    r"""The two-branch conditional: $x \sim U[0, x_{max}]$, $y = s\sqrt{x} + \sigma\varepsilon$.
 
-    :math:`s = \pm 1` with probability 1/2 each, :math:`\varepsilon \sim \mathcal N(0, 1)`, so
+    $s = \pm 1$ with probability 1/2 each, $\varepsilon \sim \mathcal N(0, 1)$, so
 
-    .. math:: p(y \mid x) = \tfrac12\,\mathcal N(y; \sqrt x, \sigma^2) + \tfrac12\,\mathcal N(y; -\sqrt x, \sigma^2).
+    $$
+    p(y \mid x) = \tfrac12\,\mathcal N(y; \sqrt x, \sigma^2) + \tfrac12\,\mathcal N(y; -\sqrt x, \sigma^2).
+    $$
 
     Parameters
     ----------
     noise_sd : float
-        :math:`\sigma`.
+        $\sigma$.
     x_max : float
     """
 
@@ -101,7 +103,7 @@ class TwoBranch:
         return (sign * np.sqrt(x) + self.noise_sd * g.standard_normal(x.shape)).astype(np.float32)
 
     def log_prob(self, y, x) -> np.ndarray:
-        """:math:`\\log p(y \\mid x)`, shape ``(n,)``, for ``y`` and ``x`` of shape ``(n, 1)``."""
+        """$\\log p(y \\mid x)$, shape ``(n,)``, for ``y`` and ``x`` of shape ``(n, 1)``."""
         y, x = np.asarray(y, np.float64)[:, 0], np.asarray(x, np.float64)[:, 0]
         s, r = self.noise_sd, np.sqrt(x)
         comps = np.stack([-(y - r) ** 2, -(y + r) ** 2]) / (2 * s * s)
@@ -110,7 +112,7 @@ class TwoBranch:
 
 # ---------------------------------------------------------------------- loading
 def load_task(name: str, seed: int = 0, n_train: int = 2000, n_test: int = 1000) -> ConditionalTask:
-    """Load a built-in supervised task by name (one of :data:`TASKS`).
+    """Load a built-in supervised task by name (one of `TASKS`).
 
     ``seed`` is the split's seed for the digit tasks and the sampling seed of
     ``regression1d`` (train and test from the streams of

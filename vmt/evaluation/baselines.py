@@ -47,17 +47,19 @@ def fit_regressor(task: ConditionalTask, hidden: Sequence[int] = (256, 256), see
 class MixtureDensityNetwork:
     r"""A mixture density network (Bishop 1994) for 1-D ``y`` given ``x``, in NumPy.
 
-    One tanh hidden layer :math:`h = \tanh(x W_1 + b_1)` gives, per component
-    :math:`k = 1..K`, a logit, a mean and a log standard deviation
-    (:math:`h W_2 + b_2`), and
+    One tanh hidden layer $h = \tanh(x W_1 + b_1)$ gives, per component
+    $k = 1..K$, a logit, a mean and a log standard deviation
+    ($h W_2 + b_2$), and
 
-    .. math:: p(y \mid x) = \sum_k \pi_k(x)\,\mathcal N(y; \mu_k(x), \sigma_k(x)^2),
+    $$
+    p(y \mid x) = \sum_k \pi_k(x)\,\mathcal N(y; \mu_k(x), \sigma_k(x)^2),
+    $$
 
     trained by Adam on the mean negative log-likelihood with the exact gradient:
-    with responsibilities :math:`\gamma_k = \pi_k \mathcal N_k / p`,
-    :math:`\partial/\partial\,\mathrm{logit}_k = \pi_k - \gamma_k`,
-    :math:`\partial/\partial\mu_k = -\gamma_k (y - \mu_k)/\sigma_k^2`,
-    :math:`\partial/\partial\log\sigma_k = \gamma_k (1 - (y - \mu_k)^2/\sigma_k^2)` (per example).
+    with responsibilities $\gamma_k = \pi_k \mathcal N_k / p$,
+    $\partial/\partial\,\mathrm{logit}_k = \pi_k - \gamma_k$,
+    $\partial/\partial\mu_k = -\gamma_k (y - \mu_k)/\sigma_k^2$,
+    $\partial/\partial\log\sigma_k = \gamma_k (1 - (y - \mu_k)^2/\sigma_k^2)$ (per example).
     """
 
     def __init__(self, num_components: int = 3, hidden: int = 32, seed: int = 0):
@@ -90,7 +92,7 @@ class MixtureDensityNetwork:
         return float(-logsumexp(a, axis=1).mean()), grads
 
     def fit(self, x, y, num_iters: int = 3000, lr: float = 0.01, betas=(0.9, 0.999)) -> "MixtureDensityNetwork":
-        """Full-batch Adam on :meth:`loss_and_grad`."""
+        """Full-batch Adam on `loss_and_grad()`."""
         m = [np.zeros_like(p) for p in self.params]
         v = [np.zeros_like(p) for p in self.params]
         for t in range(1, as_count("num_iters", num_iters) + 1):
@@ -102,7 +104,7 @@ class MixtureDensityNetwork:
         return self
 
     def log_prob(self, y, x) -> np.ndarray:
-        """:math:`\\log p(y \\mid x)`, shape ``(n,)``."""
+        """$\\log p(y \\mid x)$, shape ``(n,)``."""
         _, logits, mu, log_sd = self._heads(x)
         z = (np.asarray(y, np.float64).reshape(-1, 1) - mu) * np.exp(-log_sd)
         return logsumexp(log_softmax(logits, axis=1) - 0.5 * z ** 2 - log_sd, axis=1) - 0.5 * math.log(2 * math.pi)

@@ -1,6 +1,6 @@
 """ArviZ export of sampler runs and training histories (numpy + arviz only).
 
-:func:`to_inference_data` turns what our samplers and trainers return into ArviZ
+[`to_inference_data()`][vmt.evaluation.diagnostics.to_inference_data] turns what our samplers and trainers return into ArviZ
 data, whichever ArviZ is installed:
 
 - arviz 0.x (``InferenceData``): ``arviz.from_dict(posterior=..., sample_stats=...)``;

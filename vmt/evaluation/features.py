@@ -2,7 +2,7 @@
 
 The Fréchet distance between Gaussian fits of two feature sets (as FID), improved
 precision/recall (Kynkäänniemi et al. 2019), and the small digit classifier whose
-hidden layer gives the features for the 8×8 digits (:func:`digit_scores`).
+hidden layer gives the features for the 8×8 digits ([`digit_scores()`][vmt.evaluation.features.digit_scores]).
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ def _features(x, name: str) -> np.ndarray:
 def frechet_distance(feat_a, feat_b) -> float:
     r"""Fréchet distance between Gaussians fitted to two feature sets.
 
-    .. math:: d^2 = |\mu_a - \mu_b|^2 + \operatorname{tr}\big(\Sigma_a + \Sigma_b
-              - 2 (\Sigma_a \Sigma_b)^{1/2}\big),
+    $$
+    d^2 = |\mu_a - \mu_b|^2 + \operatorname{tr}\big(\Sigma_a + \Sigma_b
+    - 2 (\Sigma_a \Sigma_b)^{1/2}\big),
+    $$
 
     with sample means and covariances (``ddof=1``); the matrix square root is
     ``scipy.linalg.sqrtm``. Round-off can give it a small imaginary part, which is
     dropped; a ``ValueError`` is raised instead of returning a number when that part
     exceeds 1e-3 relative to the largest real diagonal entry, when the root is not
-    finite, or when :math:`\|R^2 - \Sigma_a\Sigma_b\| > 10^{-6}\|\Sigma_a\Sigma_b\|`
+    finite, or when $\|R^2 - \Sigma_a\Sigma_b\| > 10^{-6}\|\Sigma_a\Sigma_b\|$
     (typically: fewer samples than feature dimensions). A singular product, e.g.
     from features that are constant, is fine as long as that residual is small.
 
@@ -115,8 +117,8 @@ class DigitClassifier:
     A thin wrapper of ``sklearn.neural_network.MLPClassifier(hidden_layer_sizes=
     (hidden_size,), max_iter=max_iter, random_state=seed)`` (ReLU, Adam; about 240
     epochs to converge on the default digits split, > 97 % test accuracy).
-    :meth:`features` recomputes the hidden activations :math:`\mathrm{relu}(x W_1 +
-    b_1)` from ``coefs_`` and ``intercepts_``. Training runs with a single BLAS
+    `features()` recomputes the hidden activations $\mathrm{relu}(x W_1 +
+    b_1)$ from ``coefs_`` and ``intercepts_``. Training runs with a single BLAS
     thread: the matrices are tiny, and several BLAS threads on a busy machine made it
     ten times slower.
     """
@@ -168,7 +170,7 @@ def digit_scores(samples, dataset: Dataset, classifier: Optional[DigitClassifier
     """Fréchet distance and precision/recall of generated digits, with their floor.
 
     Everything is measured in the hidden-layer features of ``classifier`` (by
-    default a :class:`DigitClassifier` with seed 0 fitted on ``dataset.train``).
+    default a [`DigitClassifier`][vmt.evaluation.features.DigitClassifier] with seed 0 fitted on ``dataset.train``).
     The generated ``samples`` are compared with ``dataset.test`` (the reference,
     "real" set). The *floor* is the same comparison with the training images in
     place of the samples: what real held-out digits score. The Fréchet distance is

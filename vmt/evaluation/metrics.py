@@ -3,7 +3,7 @@
 2-D: mode coverage and high-quality fraction (PacGAN), the exact held-out
 log-likelihood of an energy by quadrature, and the MMD. Digits: Fréchet distance and
 improved precision/recall in the feature space of a small classifier, from
-:mod:`vmt.evaluation.features` (re-exported here).
+[`vmt.evaluation.features`][vmt.evaluation.features] (re-exported here).
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ _CRITERIA = ("per_dimension", "radial")
 def mode_coverage(samples, modes, sd: float, threshold: float = 3.0, criterion: str = "per_dimension") -> dict:
     r"""Modes covered and fraction of high-quality samples (PacGAN).
 
-    Each sample is assigned to its nearest mode :math:`\mu` (Euclidean). With the
+    Each sample is assigned to its nearest mode $\mu$ (Euclidean). With the
     default ``criterion="per_dimension"`` it is *high quality* when
-    :math:`\max_j |x_j - \mu_j| / \sigma < \tau` (``threshold`` τ, the mode sd σ), the
-    definition of Lin et al. (2018); ``"radial"`` uses :math:`|x - \mu| / \sigma <
-    \tau` instead. A mode is *covered* when at least one high-quality sample is
+    $\max_j |x_j - \mu_j| / \sigma < \tau$ (``threshold`` τ, the mode sd σ), the
+    definition of Lin et al. (2018); ``"radial"`` uses $|x - \mu| / \sigma <
+    \tau$ instead. A mode is *covered* when at least one high-quality sample is
     assigned to it. Non-finite samples are never high quality and are counted.
 
-    For a perfect sampler of well separated isotropic modes in :math:`d`
+    For a perfect sampler of well separated isotropic modes in $d$
     dimensions the expected high-quality fraction is
-    :func:`high_quality_probability`: :math:`(2\Phi(3) - 1)^2 = 0.99461` per
-    dimension in 2-D, :math:`P(\chi^2_2 < 9) = 0.98889` radially (the 98.89 % that
+    [`high_quality_probability()`][vmt.evaluation.metrics.high_quality_probability]: $(2\Phi(3) - 1)^2 = 0.99461$ per
+    dimension in 2-D, $P(\chi^2_2 < 9) = 0.98889$ radially (the 98.89 % that
     papers quote).
 
     Parameters
@@ -100,8 +100,8 @@ def mode_coverage(samples, modes, sd: float, threshold: float = 3.0, criterion: 
 def high_quality_probability(dim: int = 2, threshold: float = 3.0, criterion: str = "per_dimension") -> float:
     r"""Probability that an exact sample of an isotropic Gaussian mode is high quality.
 
-    ``"per_dimension"``: :math:`(2\Phi(\tau) - 1)^d`; ``"radial"``:
-    :math:`P(\chi^2_d < \tau^2)`. See :func:`mode_coverage`.
+    ``"per_dimension"``: $(2\Phi(\tau) - 1)^d$; ``"radial"``:
+    $P(\chi^2_d < \tau^2)$. See [`mode_coverage()`][vmt.evaluation.metrics.mode_coverage].
     """
     dim, threshold = as_count("dim", dim), as_real("threshold", threshold, low=0, low_open=True)
     if criterion == "per_dimension":
@@ -112,7 +112,7 @@ def high_quality_probability(dim: int = 2, threshold: float = 3.0, criterion: st
 
 
 def _as_points(x, dim: int, name: str) -> np.ndarray:
-    """Points of shape ``(n, dim)`` as float64; unlike :func:`validate_data`, NaN/inf may pass."""
+    """Points of shape ``(n, dim)`` as float64; unlike [`validate_data()`][vmt.data.validation.validate_data], NaN/inf may pass."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "iuf" or arr.shape[1:] != (dim,) or not len(arr):
         raise ValueError(f"{name} must be a non-empty real array of shape (n, {dim}), "
@@ -205,18 +205,20 @@ def heldout_log_likelihood(energy_fn: EnergyFn, test, bounds, num_points: int = 
                            max_points: int = 4096, chunk_size: int = 65536) -> dict:
     r"""Exact held-out log-likelihood of a 2-D energy by quadrature of its normaliser.
 
-    The model is :math:`p(x) = e^{-E(x)}/Z` on the box :math:`[a, b]^2` of
-    ``bounds``; with the midpoint rule on an :math:`n \times n` grid of cells of
-    area :math:`h^2`, :math:`h = (b - a)/n`,
+    The model is $p(x) = e^{-E(x)}/Z$ on the box $[a, b]^2$ of
+    ``bounds``; with the midpoint rule on an $n \times n$ grid of cells of
+    area $h^2$, $h = (b - a)/n$,
 
-    .. math:: \log Z_n = \operatorname{logsumexp}_{ij}\big(-E(c_{ij})\big) + \log h^2,
-              \qquad \ell = \frac1{N}\sum_{k} \big(-E(x_k) - \log Z\big).
+    $$
+    \log Z_n = \operatorname{logsumexp}_{ij}\big(-E(c_{ij})\big) + \log h^2,
+    \qquad \ell = \frac1{N}\sum_{k} \big(-E(x_k) - \log Z\big).
+    $$
 
-    The grid error is estimated as :math:`|\log Z_n - \log Z_{n/2}|` (an upper
+    The grid error is estimated as $|\log Z_n - \log Z_{n/2}|$ (an upper
     bound for the finer grid once the rule converges); while it exceeds ``tol`` the
-    grid is doubled, up to ``max_points``, after which a :class:`QuadratureError` is
+    grid is doubled, up to ``max_points``, after which a [`QuadratureError`][vmt.evaluation.metrics.QuadratureError] is
     raised. A ``RuntimeWarning`` is issued when the outer ring of cells holds more
-    than 1e-3 of the mass: the box then cuts mass off and :math:`\log Z` is
+    than 1e-3 of the mass: the box then cuts mass off and $\log Z$ is
     underestimated.
 
     Parameters
@@ -231,12 +233,12 @@ def heldout_log_likelihood(energy_fn: EnergyFn, test, bounds, num_points: int = 
     num_points, max_points : int
         Initial and largest grid size per dimension (even numbers).
     tol : float
-        Accepted grid error of :math:`\log Z`, in nats.
+        Accepted grid error of $\log Z$, in nats.
 
     Returns
     -------
     dict
-        ``log_likelihood`` (mean of :math:`-E - \log Z` over ``test``),
+        ``log_likelihood`` (mean of $-E - \log Z$ over ``test``),
         ``standard_error`` (its Monte Carlo standard error), ``log_normalizer``,
         ``grid_error``, ``num_points`` (grid used) and ``boundary_mass``.
     """
@@ -279,16 +281,18 @@ def _subsample(x: np.ndarray, max_points: int, rng: np.random.Generator) -> np.n
 def mmd(x, y, bandwidths: Optional[Sequence[float]] = None, max_points: int = 2000, seed: int = 0) -> float:
     r"""Unbiased estimate of the squared MMD with a sum of Gaussian kernels.
 
-    .. math:: \widehat{\mathrm{MMD}}^2_u = \frac{1}{m(m-1)} \sum_{i \ne j} k(x_i, x_j)
-              + \frac{1}{n(n-1)} \sum_{i \ne j} k(y_i, y_j)
-              - \frac{2}{mn} \sum_{i, j} k(x_i, y_j),
-              \qquad k(a, b) = \sum_{h} e^{-|a - b|^2 / (2h^2)}.
+    $$
+    \widehat{\mathrm{MMD}}^2_u = \frac{1}{m(m-1)} \sum_{i \ne j} k(x_i, x_j)
+    + \frac{1}{n(n-1)} \sum_{i \ne j} k(y_i, y_j)
+    - \frac{2}{mn} \sum_{i, j} k(x_i, y_j),
+    \qquad k(a, b) = \sum_{h} e^{-|a - b|^2 / (2h^2)}.
+    $$
 
-    It is unbiased for :math:`\mathrm{MMD}^2`, so it can be slightly negative when
+    It is unbiased for $\mathrm{MMD}^2$, so it can be slightly negative when
     the two distributions agree. Each side is subsampled without replacement to at
     most ``max_points`` points (generator seeded by ``seed``) to bound the cost at
-    :math:`O(\text{max\_points}^2)`. The default bandwidths are the median pairwise
-    distance :math:`\tilde h` of the pooled (subsampled) points times (0.5, 1, 2);
+    $O(\text{max\_points}^2)$. The default bandwidths are the median pairwise
+    distance $\tilde h$ of the pooled (subsampled) points times (0.5, 1, 2);
     the median is taken over at most 1000 pooled points.
 
     Gretton, Borgwardt, Rasch, Schölkopf & Smola, "A kernel two-sample test", JMLR
@@ -326,7 +330,7 @@ def mmd(x, y, bandwidths: Optional[Sequence[float]] = None, max_points: int = 20
 def estimated_log_likelihood(teacher: Any, test, num_samples: int = 10_000, seed: int = 0) -> Dict[str, Any]:
     r"""Held-out log-likelihood of a teacher's EBM with ``log Z`` estimated from proposal paths.
 
-    :math:`\frac1m\sum_j -E(x_j) - \log\hat Z`, with ``teacher.log_partition`` (the
+    $\frac1m\sum_j -E(x_j) - \log\hat Z$, with ``teacher.log_partition`` (the
     extended-space importance weights of the teacher's own proposal paths; works in
     any dimension). ``log Ẑ`` is a log-mean-exp of unbiased weights, so it is biased
     *low* and this log-likelihood is biased *high* (optimistic); ``log_partition_se``

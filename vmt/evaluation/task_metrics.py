@@ -1,4 +1,4 @@
-r"""Scores of the supervised tasks (:mod:`vmt.data.tasks`): completion errors and
+r"""Scores of the supervised tasks ([`vmt.data.tasks`][vmt.data.tasks]): completion errors and
 diversity, per-class Fréchet distances, the exact conditional log-likelihood of a
 1-D energy by quadrature, and the branch balance of 1-D samples.
 """
@@ -54,7 +54,7 @@ def class_scores(samples, labels, task: ConditionalTask, classifier: DigitClassi
     """Does a class-conditional generator draw the digit it is asked for, and how well?
 
     ``accuracy``: fraction of ``samples`` that ``classifier`` assigns the requested
-    ``labels``. ``frechet``: per class, :func:`vmt.evaluation.metrics.frechet_distance` between
+    ``labels``. ``frechet``: per class, [`vmt.evaluation.metrics.frechet_distance()`][vmt.evaluation.metrics.frechet_distance] between
     the generated and the real *test* digits of that class (about 36), in the
     classifier's hidden features projected on their top ``pca_dim`` principal
     components (fitted on the training features): with ~36 reference images a
@@ -84,21 +84,21 @@ def class_scores(samples, labels, task: ConditionalTask, classifier: DigitClassi
 
 def conditional_log_likelihood(energy_fn: Callable, x, y, bounds: Sequence[float], num_points: int = 1024,
                                tol: float = 0.01, split: Optional[float] = None) -> dict:
-    r"""Exact held-out :math:`\frac1N\sum_i \log p(y_i \mid x_i)` of a conditional energy on 1-D ``y``.
+    r"""Exact held-out $\frac1N\sum_i \log p(y_i \mid x_i)$ of a conditional energy on 1-D ``y``.
 
-    :math:`p(y \mid x) = e^{-E(y \mid x)} / Z(x)` on the interval ``bounds``;
-    :math:`\log Z(x_i)` by the midpoint rule with ``num_points`` cells of width
-    :math:`h`: :math:`\log Z_n(x_i) = \operatorname{logsumexp}_j(-E(c_j \mid x_i)) + \log h`.
-    ``ValueError`` when :math:`\max_i |\log Z_n - \log Z_{n/2}| > ` ``tol`` (the
+    $p(y \mid x) = e^{-E(y \mid x)} / Z(x)$ on the interval ``bounds``;
+    $\log Z(x_i)$ by the midpoint rule with ``num_points`` cells of width
+    $h$: $\log Z_n(x_i) = \operatorname{logsumexp}_j(-E(c_j \mid x_i)) + \log h$.
+    ``ValueError`` when $\max_i |\log Z_n - \log Z_{n/2}| > $ ``tol`` (the
     energy is too sharp for the grid) or when more than 1e-3 of some
-    :math:`p(\cdot \mid x_i)` lies in the outermost cells (the interval cuts mass off).
+    $p(\cdot \mid x_i)$ lies in the outermost cells (the interval cuts mass off).
 
     ``energy_fn(y, x)`` maps two ``(m, 1)`` arrays to ``m`` energies.
 
-    With ``split`` (e.g. 0 for :class:`TwoBranch`) the result also has
-    ``mass_above``, :math:`P_\theta(y > \text{split} \mid x_i)` per row, and
+    With ``split`` (e.g. 0 for [`TwoBranch`][vmt.data.tasks.TwoBranch]) the result also has
+    ``mass_above``, $P_\theta(y > \text{split} \mid x_i)$ per row, and
     ``log_likelihood_balanced``, the log-likelihood of the model re-weighted to mass
-    1/2 on each side of ``split`` (:math:`\ell_i - \log(2 P_\theta(\text{side of } y_i \mid x_i))`):
+    1/2 on each side of ``split`` ($\ell_i - \log(2 P_\theta(\text{side of } y_i \mid x_i))$):
     it separates the shape of each branch from the relative weight of the branches.
     """
     x, y = validate_data(x, (1,), "x").astype(np.float64), validate_data(y, (1,), "y").astype(np.float64)
@@ -141,7 +141,7 @@ def conditional_log_likelihood(energy_fn: Callable, x, y, bounds: Sequence[float
 
 
 def branch_scores(samples, xs, density: TwoBranch, seed: int = 0) -> dict:
-    """Samples of ``y`` at fixed inputs against the truth of :class:`TwoBranch`.
+    """Samples of ``y`` at fixed inputs against the truth of [`TwoBranch`][vmt.data.tasks.TwoBranch].
 
     ``samples`` has shape ``(len(xs), m)``: ``m`` draws of ``y`` for each ``x`` in
     ``xs``. Per ``x``: ``positive_fraction`` (the truth is 1/2; its Monte Carlo
