@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from numpyro_vmt import correction
+from numpyro_vmt import correction, distributed
 from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
@@ -70,6 +70,10 @@ class VariationalMCMCTeaching:
     rng : int or jax.random key
         Seed (or key) of every random draw of training: minibatches, latents,
         Langevin noise, buffer resets and the VAE's reparameterised samples.
+    mesh : None, int, list of jax devices or jax.sharding.Mesh
+        Data-parallel teaching on several devices: the batch and the chains are split
+        along the mesh axis ``"data"``, the parameters replicated, one jitted iteration
+        ([`numpyro_vmt.distributed`][numpyro_vmt.distributed], ``docs/scaling.md``). ``None``: one device.
     **options
         Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
@@ -105,7 +109,8 @@ class VariationalMCMCTeaching:
     _energy_cls, _vae_cls = EnergyModel, VAE  # the conditional teacher swaps these
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
+        self.mesh = distributed.as_mesh(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "numpyro_vmt", self._energy_cls, self._vae_cls)
         self.config = config
         e_params, self._energy_static = eqx.partition(energy, eqx.is_inexact_array)
@@ -126,7 +131,7 @@ class VariationalMCMCTeaching:
             v_params = self._vae_static = v_opt = None
         # Everything static the jitted iteration depends on; equal specs share one
         # compilation (equinox's static parts compare and hash by value).
-        self._spec = Spec(config, self._energy_static, self._vae_static)
+        self._spec = Spec(config, self._energy_static, self._vae_static, self.mesh)
         try:
             hash(self._spec)
         except TypeError as e:
@@ -137,8 +142,9 @@ class VariationalMCMCTeaching:
         buffer = (uniform_points(self._spec, k_buffer, config.buffer_size, self.dtype)
                   if config.init == "persistent" else None)
         chains = no_chains(self._spec, self.dtype) if config.correction else None
-        self.state = TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
-                                   key, seed, buffer, jnp.asarray(0, jnp.int32), chains)
+        self.state = distributed.replicate(TeachingState(e_params, v_params, self.energy_optim.init(e_params), v_opt,
+                                                         key, seed, buffer, jnp.asarray(0, jnp.int32), chains),
+                                           self.mesh)
 
     # ------------------------------------------------------------------ views of the state
     @property
@@ -267,7 +273,7 @@ class VariationalMCMCTeaching:
         return jnp.asarray(batch, dtype=self.dtype)
 
     def _commit(self, new: TeachingState, info: TeachingInfo, diag: Diagnosis, n: int) -> TeachingInfo:
-        info_h, diag_h = jax.device_get((info, diag))
+        info_h, diag_h = distributed.to_host((info, diag))
         _raise_if_diverged(diag_h, n, self.config.step_size)
         _check_finite("energy loss", info_h.loss)
         if self.vae_optim is not None:
@@ -285,8 +291,13 @@ class VariationalMCMCTeaching:
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a data batch of shape ``(m, *event_shape)``; returns its diagnostics."""
         batch = self._as_batch(batch)
+        n = self.config.num_samples or context_and_data(batch)[1].shape[0]
+        if self.mesh is not None:
+            distributed.check_divisible("the batch size", context_and_data(batch)[1].shape[0], self.mesh)
+            distributed.check_divisible("the number of chains (num_samples)", n, self.mesh)
+            batch = distributed.shard(batch, self.mesh)
         new, info, diag = update_core(self._spec, self.state, batch)
-        self._commit(new, info, diag, self.config.num_samples or context_and_data(batch)[1].shape[0])
+        self._commit(new, info, diag, n)
         return info
 
     def fit(self, data: Any, num_iters: int = 1000, batch_size: int = 100, progress: bool = True,
@@ -309,6 +320,11 @@ class VariationalMCMCTeaching:
             data = self._as_batch(data, "data")
             check_batch_size(batch_size, context_and_data(data)[1].shape[0])
         n = self.config.num_samples or batch_size
+        if self.mesh is not None:
+            distributed.check_divisible("batch_size", batch_size, self.mesh)
+            distributed.check_divisible("the number of chains (num_samples)", n, self.mesh)
+            if stream is None:
+                data = distributed.replicate(data, self.mesh)
         rows = []
         bar = tqdm(range(num_iters), disable=not progress, desc="vmt", leave=True)
         for _ in bar:
@@ -385,8 +401,9 @@ class VariationalMCMCTeaching:
             chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
             if not bool(all_finite(chains)):
                 raise CheckpointError("checkpoint holds non-finite values in chains")
-        self.state = TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32),
-                                   chains=chains)
+        self.state = distributed.replicate(
+            TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32), chains=chains),
+            self.mesh)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
         """Write a checkpoint atomically (an interrupted save leaves the old file intact).
@@ -395,13 +412,16 @@ class VariationalMCMCTeaching:
         backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
         of [`TeachingState`][numpyro_vmt.teaching.TeachingState]. ``metadata`` must be JSON-serialisable. A state
         holding non-finite values is refused with
-        [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written.
+        [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written. On a mesh the
+        file holds the one replicated state, so it loads on any number of devices; in a
+        multi-host run only process 0 writes.
         """
         bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim", "buffer")
                if not bool(all_finite(getattr(self.state, f)))]
         if bad:
             raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad)}; nothing was written")
-        write_checkpoint(path, self.state, self.config.to_dict(), metadata)
+        if distributed.is_writer():
+            write_checkpoint(path, distributed.to_host(self.state), self.config.to_dict(), metadata)
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
         """Restore a checkpoint written by `save()` into this object; returns its metadata.

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from numpyro_vmt import correction
+from numpyro_vmt.distributed import constrain
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import _flat_sum, init, scan_steps
 from vmt.core.api import TeachingInfo
@@ -112,11 +113,12 @@ class Draws(NamedTuple):
 
 
 class Spec(NamedTuple):
-    """The static part of an iteration: options and the networks' non-array parts."""
+    """The static part of an iteration: options, the networks' non-array parts and the device mesh."""
 
     config: TeachingConfig
     energy: Any
     vae: Any
+    mesh: Any = None  # a jax.sharding.Mesh: batch and chains split along "data" (numpyro_vmt.distributed)
 
 
 def optimizers(config: TeachingConfig, with_vae: bool):
@@ -220,7 +222,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
     cfg = spec.config
     energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
-    ctx, batch = context_and_data(batch)
+    ctx, batch = constrain(context_and_data(batch), spec.mesh, sharded=True)
     n = cfg.num_samples or batch.shape[0]
     energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
     chains, minfo = state.chains, None
@@ -236,8 +238,8 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         langevin_acc, langevin_gnorm = nan, nan
     else:
         starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx, draws=draws)
-        lstate, sinfo, diag = revise(spec, energy, starts.position, k_run, cfg.num_steps,
-                                     None if draws is None else draws.noise)
+        x0 = constrain(starts.position, spec.mesh, sharded=True)  # each device revises its block of chains
+        lstate, sinfo, diag = revise(spec, energy, x0, k_run, cfg.num_steps, None if draws is None else draws.noise)
         x_tilde = jax.lax.stop_gradient(lstate.position)
         langevin_acc, langevin_gnorm = sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean()
 
@@ -262,7 +264,8 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
 
     diag = diag._replace(energy_params_finite=all_finite(new_energy), vae_params_finite=all_finite(new_vae))
     buffer = state.buffer.at[starts.slots].set(x_tilde) if cfg.init == "persistent" else state.buffer
-    new = TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1, chains)
+    new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1,
+                                  chains), spec.mesh, sharded=False)
     nan = jnp.full((), jnp.nan, loss.dtype)
     mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
     info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), v_loss, langevin_acc, langevin_gnorm, gnorm, *mh)

@@ -309,8 +309,8 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     _energy_cls, _vae_cls = ConditionalEnergyModel, ConditionalVAE
 
     def __init__(self, energy: ConditionalEnergyModel, vae: Optional[ConditionalVAE] = None,
-                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, **options: Any):
-        super().__init__(energy, vae, config, rng=rng, **options)
+                 config: Optional[TeachingConfig] = None, *, rng: RNG = 0, mesh: Any = None, **options: Any):
+        super().__init__(energy, vae, config, rng=rng, mesh=mesh, **options)
         check_conditional_config(self.config)
         if self.vae is not None and self.vae.cond_shape != energy.cond_shape:
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "

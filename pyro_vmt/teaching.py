@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vmt import correction
+from pyro_vmt import correction, distributed
 from pyro_vmt.capture import CompiledRun, resolve_compile
 from pyro_vmt.checkpoint import check_modules, nonfinite_entries, read_checkpoint, write_checkpoint
 from pyro_vmt.energy import EnergyModel
@@ -80,6 +80,11 @@ class VariationalMCMCTeaching:
         CUDA graphs on a GPU); ``"auto"``: on CUDA only. An uncapturable network falls back to
         eager with a one-line warning; `compile_seconds` is the compilation time. The
         noise is drawn differently (all K steps at once), so compiled and eager runs differ.
+    mesh : None, torch.distributed DeviceMesh or ProcessGroup
+        Data-parallel teaching over the ranks of a process group (a ``DeviceMesh``'s
+        ``"data"`` dimension): every rank revises its block of the chains, gradients are
+        averaged ([`pyro_vmt.distributed`][pyro_vmt.distributed], ``docs/scaling.md``). ``rng`` must then be
+        an int seed. ``None``: one process.
     **options
         Fields of [`TeachingConfig`][vmt.core.config.TeachingConfig], e.g. ``step_size=0.05``.
 
@@ -100,8 +105,12 @@ class VariationalMCMCTeaching:
 
     def __init__(self, energy: EnergyModel, vae: Optional[VAE] = None,
                  config: Optional[TeachingConfig] = None, *, rng: RNG = 0,
-                 compile: Union[str, bool] = "auto", **options: Any):
+                 compile: Union[str, bool] = "auto", mesh: Any = None, **options: Any):
+        self.mesh, self._group = mesh, distributed.as_group(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
+        if self._group is not None and config.correction:
+            raise NotImplementedError("correction='mh' with mesh= is not implemented: the persistent chains are not "
+                                      "split over the ranks yet")
         self.config = config
         self.energy = energy
         self.vae = vae
@@ -109,14 +118,20 @@ class VariationalMCMCTeaching:
         if param is None:
             raise ValueError("the energy model has no parameters to train")
         self.device, self.dtype = param.device, param.dtype
-        gen = as_rng(rng, self.device)
+        gen = as_rng(rng, self.device) if self._group is None else distributed.rank_generator(rng, self._group,
+                                                                                               self.device)
         if gen is None:
             raise ValueError("rng is required: pass a torch.Generator or an int seed")
         self.generator = gen
         self.sampler = Langevin(energy, config.step_size, config.num_steps, config.noise_scale, config.adjust)
         self.energy_optim = adam(energy, config.energy_lr, config.betas)
         self.vae_optim = adam(vae, config.vae_lr, config.betas) if vae is not None else None
-        self.buffer = (uniform_points(config, param, energy.event_shape, config.buffer_size, gen)
+        if self._group is not None:  # one set of starting parameters; each rank owns a block of the buffer
+            distributed.broadcast_parameters(self._group, [energy, vae])
+            if config.init == "persistent":
+                distributed.check_divisible("buffer_size", config.buffer_size, self._group)
+        self.buffer = (uniform_points(config, param, energy.event_shape,
+                                      config.buffer_size // distributed.num_shards(self._group), gen)
                        if config.init == "persistent" else None)
         self.chains: Optional[correction.Path] = None  # correction="mh": set by the first iteration
         self.iteration = 0
@@ -241,36 +256,56 @@ class VariationalMCMCTeaching:
         try:
             ctx, batch = context_and_data(tensors)
             cfg = self.config
-            n = cfg.num_samples or batch.shape[0]
-            chains, minfo = self.chains, None
-            if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
-                if ctx is not None:
-                    raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
-                chains, minfo = correction.update_chains(gen, self.chains, self.energy,
-                                                         self.vae if cfg.init == "vae" else None, n, cfg)
-                x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
-                zero = torch.zeros((), dtype=self.dtype, device=self.device)
-                diag, nan = (zero, zero, zero, zero - 1), torch.full((), math.nan, dtype=self.dtype, device=self.device)
-                langevin = (nan, nan)
-            else:
-                starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
-                state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen, None,
-                                            self._compiled if ctx is None else None)
-                x_tilde = state.position
-                langevin = (sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean())
+            ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
+            chains, minfo, diag = self.chains, None, None
+            failed: Optional[BaseException] = None  # on a mesh: this rank failed (told to every rank below)
             try:
+                if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
+                    if ctx is not None:
+                        raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
+                    chains, minfo = correction.update_chains(gen, self.chains, self.energy,
+                                                             self.vae if cfg.init == "vae" else None, n, cfg)
+                    x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
+                    zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                    diag = (zero, zero, zero, zero - 1)
+                    nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
+                    langevin = (nan, nan)
+                else:
+                    starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
+                    state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen, None,
+                                                self._compiled if ctx is None else None)
+                    x_tilde = state.position
+                    langevin = (sinfo.acceptance_rate.mean(), sinfo.grad_norm[-1].mean())
                 loss, e_data, e_samp = energy_loss(cfg, with_context(self.energy, ctx), batch, x_tilde)
                 v_loss = vae_loss(cfg, self.vae, x_tilde, starts, gen, ctx)
             except Exception as e:  # e.g. Pyro's validation of a NaN sample: name the cause if the run diverged
-                raise_if_diverged(torch.stack([d.to(x_tilde.dtype) for d in diag]).tolist(), n, cfg.step_size, e)
-                raise
+                if self._group is None:
+                    if diag is not None:
+                        raise_if_diverged(torch.stack([d.to(self.dtype) for d in diag]).tolist(), n,
+                                          cfg.step_size, e)
+                    raise
+                failed = e  # the other ranks are on their way to the collectives: join them, raise after
+                nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
+                loss = e_data = e_samp = v_loss = nan
+                langevin = (nan, nan)
+                if diag is None:
+                    zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                    diag = (zero, zero, zero, zero - 1)
             self.energy_optim.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.vae_optim is not None:
+                self.vae_optim.zero_grad(set_to_none=True)
+            if failed is None:  # both backward passes, then the gradients are averaged, then clipped
+                loss.backward()
+                if self.vae_optim is not None:
+                    v_loss.backward()
+            stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin]
+            if self._group is not None:  # gradients and reported means, averaged over the ranks (one all_reduce)
+                stats = distributed.average(self._group, [self.energy, self.vae], stats)
+            loss = stats[0]
             gnorm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.grad_clip or math.inf)
             v_gnorm = torch.zeros((), device=self.device, dtype=self.dtype)
             if self.vae_optim is not None:
-                self.vae_optim.zero_grad(set_to_none=True)
-                v_loss.backward()
+                v_loss = stats[3]
                 v_gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.vae.parameters() if p.grad is not None])
             self._undo.save()
             stepped = True
@@ -293,8 +328,22 @@ class VariationalMCMCTeaching:
                                    max_abs(list(self.energy.parameters()) + list(self.energy.buffers()), loss),
                                    max_abs([] if self.vae is None else list(self.vae.parameters()), loss)]
             wide = torch.float32 if self.device.type == "mps" else torch.float64
-            values = torch.stack([c.detach().reshape(()).to(wide) for c in checks]).tolist()  # the one host sync
-            self._raise_unless_finite(values, n, recheck)
+            stacked = torch.stack([c.detach().reshape(()).to(wide) for c in checks])
+            if self._group is None:
+                values = stacked.tolist()  # the one host sync
+                self._raise_unless_finite(values, n, recheck)
+            else:  # every rank sees every rank's checks, so all raise together (still one host sync)
+                flag = torch.full((1,), float(failed is not None), dtype=wide, device=stacked.device)
+                rows = distributed.all_checks(self._group, torch.cat([stacked, flag])).tolist()  # the one host sync
+                if failed is not None:
+                    raise_if_diverged(rows[distributed.rank(self._group)][:4], n, cfg.step_size, failed)
+                    raise failed
+                failures = sum(1 for row in rows if row[-1])
+                if failures:
+                    raise DivergenceError(f"{failures} of {len(rows)} ranks failed this iteration (a diverged chain "
+                                          "there); no parameter was updated")
+                for row in rows:
+                    self._raise_unless_finite(row[:-1], n, recheck)
         except BaseException:
             if stepped:
                 self._undo.restore()
@@ -306,9 +355,7 @@ class VariationalMCMCTeaching:
         self.iteration += 1
         nan = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
         mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
-        return TeachingInfo(
-            loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(),
-            *langevin, gnorm.detach(), *mh)
+        return TeachingInfo(*stats, gnorm.detach(), *mh)
 
     def _raise_unless_finite(self, values: list, n: int, recheck: Optional[Callable[[], Any]]) -> None:
         """The host side of the iteration's one check (``values`` as `_iterate()` stacks them)."""
@@ -342,6 +389,7 @@ class VariationalMCMCTeaching:
         """
         stream = batch_stream(data)
         num_iters, batch_size = as_count("num_iters", num_iters, minimum=0), as_count("batch_size", batch_size)
+        distributed.check_divisible("batch_size", batch_size, self._group)
         if stream is None:
             data = self._as_batch(data, "data")
             rows_in_data = context_and_data(data)[1].shape[0]
@@ -373,16 +421,28 @@ class VariationalMCMCTeaching:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        """Everything training depends on: networks, optimisers, RNG, buffer, iteration."""
+        """Everything training depends on: networks, optimisers, RNG, buffer, iteration.
+
+        On a mesh this is collective (call it on every rank): it holds every rank's
+        generator (``rank_rngs``) and the whole replay buffer.
+        """
+        state = self._local_state()
+        if self._group is not None:
+            state["rank_rngs"], state["buffer"] = distributed.gather(self._group, state["rng"], state["buffer"])
+        return state
+
+    def _local_state(self) -> Dict[str, Any]:
+        """`state_dict()` of this rank alone: its generator and its block of the buffer."""
+        rng, buffer = self.generator.get_state(), self.buffer
         return {
             "config": self.config.to_dict(),
             "energy": self.energy.state_dict(),
             "vae": None if self.vae is None else self.vae.state_dict(),
             "energy_optim": self.energy_optim.state_dict(),
             "vae_optim": None if self.vae_optim is None else self.vae_optim.state_dict(),
-            "rng": self.generator.get_state(),
+            "rng": rng,
             "rng_device": self.generator.device.type,
-            "buffer": self.buffer,
+            "buffer": buffer,
             "chains": None if self.chains is None else self.chains._asdict(),
             "iteration": self.iteration,
         }
@@ -410,7 +470,8 @@ class VariationalMCMCTeaching:
             raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
         buffer = state.get("buffer")
         if self.buffer is not None:
-            if not isinstance(buffer, torch.Tensor) or buffer.shape != self.buffer.shape:
+            if not isinstance(buffer, torch.Tensor) or buffer.shape[1:] != self.buffer.shape[1:] or \
+                    buffer.shape[0] != self.buffer.shape[0] * distributed.num_shards(self._group):
                 raise CheckpointError("checkpoint's replay buffer does not match this configuration")
         bad = nonfinite_entries({k: state.get(k) for k in ("energy", "vae", "energy_optim", "vae_optim", "buffer")})
         if bad:
@@ -418,6 +479,10 @@ class VariationalMCMCTeaching:
         rng = state.get("rng")
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
             raise CheckpointError(f"checkpoint has no valid training RNG state: {type(rng).__name__}")
+        rank_rngs = state.get("rank_rngs")
+        if rank_rngs is not None and (not isinstance(rank_rngs, (list, tuple)) or not all(
+                isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in rank_rngs)):
+            raise CheckpointError("checkpoint has no valid per-rank training RNG states (rank_rngs)")
         if self.config.correction:
             chains = state.get("chains")
             if chains is not None:
@@ -428,24 +493,30 @@ class VariationalMCMCTeaching:
                 if chains.position.shape[1:] != self.energy.event_shape:
                     raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this "
                                           "configuration")
-        before = self.state_dict()
+        # this rank's own state (no collective: the rollback must not wait for other ranks)
+        before = self._local_state()
         before = {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in before.items()}
         try:
             self._load(state, int(iteration))
         except Exception as e:
-            self._load(before, before["iteration"])
+            self._load(before, before["iteration"], local=True)
             raise CheckpointError(f"checkpoint does not match these networks: {one_line(e)}") from e
 
-    def _load(self, state: Dict[str, Any], iteration: int) -> None:
+    def _load(self, state: Dict[str, Any], iteration: int, local: bool = False) -> None:
+        """Restore a validated state; ``local``: this rank's own snapshot (its buffer block, its generator)."""
         self.energy.load_state_dict(state["energy"])
         if self.vae is not None:
             self.vae.load_state_dict(state["vae"])
         self.energy_optim.load_state_dict(state["energy_optim"])
         if self.vae_optim is not None:
             self.vae_optim.load_state_dict(state["vae_optim"])
-        self._restore_rng(state)
+        if local:
+            self.generator.set_state(state["rng"])
+        else:
+            self._restore_rng(state)
         if self.buffer is not None:
-            self.buffer = state["buffer"].to(self.device, self.dtype)
+            buffer = state["buffer"] if local else distributed.split_batch(self._group, None, state["buffer"], None)[1]
+            self.buffer = buffer.to(self.device, self.dtype)
         if self.config.correction:
             chains = state.get("chains")
             self.chains = None if chains is None else correction.Path(
@@ -457,13 +528,16 @@ class VariationalMCMCTeaching:
         checkpoint moved between the two keeps its weights but restarts the RNG from a
         seed made of its own (and warns: the resumed run will not repeat the original)."""
         saved = state.get("rng_device", "cpu")
-        if saved == self.generator.device.type:
-            self.generator.set_state(state["rng"].cpu())
+        rng = distributed.rank_rng_state(self._group, state)  # None: written by another number of ranks
+        if saved == self.generator.device.type and rng is not None:
+            self.generator.set_state(rng.cpu())
             return
         seed = (self.generator.initial_seed() * 1_000_003 + int(state["iteration"])) % 2 ** 63
         self.generator.manual_seed(seed)
-        warnings.warn(f"checkpoint's training RNG is a {saved} generator and this run's is a "
-                      f"{self.generator.device.type} one: the RNG is reseeded, so training resumed "
+        why = (f"a {saved} generator and this run's is a {self.generator.device.type} one" if rng is not None else
+               f"the generators of {len(state.get('rank_rngs') or [0])} ranks and this run has "
+               f"{distributed.num_shards(self._group)}")
+        warnings.warn(f"checkpoint's training RNG is {why}: the RNG is reseeded, so training resumed "
                       "here will not repeat the uninterrupted run", RuntimeWarning, stacklevel=3)
 
     def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
@@ -472,8 +546,16 @@ class VariationalMCMCTeaching:
         A ``torch.save`` archive with a SHA-256 checksum of its content
         ([`pyro_vmt.checkpoint`][pyro_vmt.checkpoint]); a state holding non-finite values is refused
         with [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written.
+        On a mesh, call it on every rank: rank 0 writes (see `state_dict()`).
         """
-        write_checkpoint(path, self.state_dict(), metadata)
+        state = self.state_dict()
+        if distributed.is_writer(self._group):
+            write_checkpoint(path, state, metadata)
+        else:  # the same refusal on every rank (the state is the same gathered one)
+            bad = nonfinite_entries(state)
+            if bad:
+                raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad[:3])}; "
+                                      "nothing was written")
 
     def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
         """Restore a checkpoint written by `save()` into this object; returns its metadata.

@@ -11,6 +11,8 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -212,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="any other recipe or TeachingConfig field, e.g. --set noise_fraction=0.1 --set "
                         "grad_clip=10 --set betas=0.9,0.999 --set lr_decay_steps=none (repeatable); fields: "
                         + ", ".join(_FIELDS))
+    t.add_argument("--nproc", type=_count("--nproc"), default=None, metavar="N",
+                   help="data-parallel teaching on N devices, the batch split over them (docs/scaling.md): "
+                        "numpyro, N devices of this process; pyro, N processes started with torchrun "
+                        "(gloo on CPU, nccl on GPU; checkpoints then only at the end)")
 
     s = sub.add_parser("sample", parents=[common], description="Draw samples from a trained run.",
                        help="draw samples from a trained run")
@@ -264,6 +270,7 @@ def _train(args: argparse.Namespace) -> None:
         given += [f"--{k.replace('_', '-')}" for k in _OVERRIDES if hasattr(args, k)]
         given += ["--set"] if args.set else []
         given += [f for f, on in (("--stale-paths", args.stale_paths), ("--anneal-paths", args.anneal_paths)) if on]
+        given += ["--nproc"] if args.nproc else []
         if given:
             raise ValueError(f"--resume continues a run with its own data, recipe and seed; {', '.join(given)} "
                              "cannot be combined with it (start a new run instead)")
@@ -283,11 +290,33 @@ def _train(args: argparse.Namespace) -> None:
         return
     backend = args.backend or default_backend()
     out = args.out or Path("runs") / f"{Path(name).stem if is_data_file(name) else name}-{backend}"
+    nproc = args.nproc
+    if backend == "pyro" and "LOCAL_RANK" in os.environ:  # one rank of torchrun: every rank teaches
+        nproc = int(os.environ["WORLD_SIZE"])
+    elif nproc and backend == "pyro":
+        return _torchrun(args, out)
     metrics = train_run(name, out, recipe, backend, args.seed, args.device, args.threads, progress=not args.quiet,
                         eval_samples=args.eval_samples,
                         checkpoint_every=CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every,
-                        overwrite=args.overwrite, test_fraction=args.test_fraction, image_shape=args.image_shape)
-    _print_summary(metrics)
+                        overwrite=args.overwrite, test_fraction=args.test_fraction, image_shape=args.image_shape,
+                        nproc=nproc)
+    if metrics:  # the other ranks of a torchrun write nothing
+        _print_summary(metrics)
+    return out
+
+
+def _torchrun(args: argparse.Namespace, out: Path) -> Path:
+    """``vmt train --nproc N`` with the pyro backend: the same command on N ranks, started by torchrun."""
+    argv, skip = [], False
+    for a in args.argv:  # the ranks learn N from torchrun (and its parser would take --nproc for its own)
+        if not skip and not a.startswith("--nproc"):
+            argv.append(a)
+        skip = a == "--nproc"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "vmt", *argv]
+    if subprocess.run(cmd).returncode:
+        raise ValueError(f"torchrun exited with an error: {' '.join(cmd)}")
+    return out
 
 
 def _print_summary(metrics: Dict[str, Any]) -> None:
@@ -330,6 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a refused option (its one line already printed)
         return e.code if isinstance(e.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         {"train": _train, "sample": _sample, "evaluate": _evaluate}[args.command](args)
     except (ValueError, ImportError, FileNotFoundError, FloatingPointError, OSError) as e:

@@ -217,7 +217,7 @@ def get_recipe(name: str) -> Recipe:
     return recipe
 
 
-def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0, device: Any = None):
+def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0, device: Any = None, mesh: Any = None):
     """A backend's teacher with the default networks of ``recipe`` for ``data``.
 
     ``data`` is a [`vmt.data.Dataset`][vmt.data.datasets.Dataset] (an unconditional
@@ -225,7 +225,7 @@ def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0,
     ``ConditionalVariationalMCMCTeaching``: energy, encoder and decoder take the
     task's ``x``). The networks are initialised from ``seed`` on the CPU, then placed
     on ``device`` (``backend.place``), so a seed gives the same initial weights on
-    every device.
+    every device. ``mesh``: data-parallel teaching (``docs/scaling.md``).
     """
     event, cond = data.event_shape, getattr(data, "cond_shape", None)
     if cond is None:
@@ -242,4 +242,5 @@ def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0,
         vae = backend.ConditionalVAE(encoder, decoder, recipe.latent_dim, event, cond, obs_scale=recipe.obs_scale,
                                      kl_weight=recipe.kl_weight)
         teacher_cls = backend.ConditionalVariationalMCMCTeaching
-    return teacher_cls(backend.place(energy, device), backend.place(vae, device), recipe.config, rng=seed)
+    return teacher_cls(backend.place(energy, device), backend.place(vae, device), recipe.config, rng=seed,
+                       mesh=mesh)

@@ -21,10 +21,12 @@ the names every backend exports.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -99,7 +101,8 @@ def check_out(out: Path, resume: bool = False, overwrite: bool = False) -> Optio
 def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Optional[str] = None, seed: int = 0,
               device: Optional[str] = None, threads: int = 1, progress: bool = True,
               eval_samples: int = 5000, command: Optional[str] = None, checkpoint_every: int = CHECKPOINT_EVERY,
-              overwrite: bool = False, test_fraction: float = 0.2, image_shape=None) -> Dict[str, Any]:
+              overwrite: bool = False, test_fraction: float = 0.2, image_shape=None,
+              nproc: Optional[int] = None) -> Dict[str, Any]:
     """Train on a built-in data set, a task or a data file and write the whole run folder; returns the metrics.
 
     Every argument is checked, the data loaded and the teacher built before anything
@@ -122,6 +125,12 @@ def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Op
         As ``select_device`` of the backend takes them.
     test_fraction, image_shape
         For a data file (`vmt.data.files.load_file()`).
+    nproc : int, optional
+        Data-parallel teaching on ``nproc`` devices (``docs/scaling.md``): JAX devices of
+        this process, or this process is one of ``nproc`` torchrun ranks. A torch run on
+        ranks saves collectively, so it checkpoints only at the end (``checkpoint_every``
+        is then 0); only rank 0 writes the run folder (and returns the metrics; the other
+        ranks save to a temporary file and return ``{}``).
     """
     seed, eval_samples = as_seed(seed), as_count("eval_samples", eval_samples)
     checkpoint_every = as_count("checkpoint_every", checkpoint_every, minimum=0)
@@ -139,11 +148,25 @@ def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Op
     backend = backend or default_backend()
     module = load_backend(backend)
     dev = module.select_device(device, threads)
-    teacher = build_teacher(module, data, recipe, seed, device=dev)
+    mesh = None
+    if nproc is not None:
+        nproc = as_count("nproc", nproc)
+        mesh, dev = importlib.import_module(f"{module.__name__}.distributed").launch(nproc, dev)
+    ranks = backend == "pyro" and mesh is not None  # torchrun ranks: save is collective
+    if ranks:
+        checkpoint_every = 0  # one collective save, at the end
+    writer = not ranks or int(os.environ.get("RANK", "0")) == 0  # the other ranks write nothing in the folder
+    teacher = build_teacher(module, data, recipe, seed, device=dev, mesh=mesh)
     kind = "task" if is_task(data) else "data"
+    if not writer:  # teach with rank 0, save with it (collective), keep nothing
+        teacher.fit(_train_arrays(data), recipe.num_iters, recipe.batch_size, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            teacher.save(Path(tmp) / CHECKPOINT)
+        return {}
     meta = {"backend": backend, kind: str(Path(name).resolve()) if is_data_file(name) else name, "seed": seed,
             "recipe": recipe.to_dict(), "command": command or " ".join(sys.argv), "python": platform.python_version(),
-            "machine": platform.machine(), "device": module.device_name(dev), "checkpoint_every": checkpoint_every}
+            "machine": platform.machine(), "device": module.device_name(dev), "checkpoint_every": checkpoint_every,
+            "nproc": nproc or 1}
     if is_data_file(name):
         meta["data_file"] = {"sha256": sha256(Path(name)), "test_fraction": test_fraction,
                              "image_shape": None if image_shape is None else list(data.image_shape)}
@@ -151,7 +174,8 @@ def train_run(name: str, out: Path, recipe: Optional[Recipe] = None, backend: Op
     with folder.writing("vmt train"):
         check_out(out, overwrite=overwrite)  # again, under the lock: another writer may have been first
         print(f"vmt train: {'task ' if kind == 'task' else ''}{name} with {backend} on {module.device_name(dev)}, "
-              f"init={recipe.config.init}, {recipe.num_iters} iterations -> {out}")
+              f"init={recipe.config.init}, {recipe.num_iters} iterations -> {out}"
+              + (f", data-parallel on {nproc} devices" if nproc else ""))
         return _train_and_evaluate(folder, teacher, data, recipe, meta, progress, eval_samples, checkpoint_every,
                                    _empty_history(), 0.0)
 
