@@ -15,6 +15,30 @@ from numpyro_vmt.vae import VAE
 from numpyro_vmt.warmstart import initial_params_from_guide
 from numpyro_vmt.device import device_name, numpy_call, place, select_device, to_numpy
 from numpyro_vmt.rng import RNG, as_rng
-from vmt.core.api import PUBLIC_NAMES
 
-__all__ = list(PUBLIC_NAMES)
+__all__ = [
+    "EnergyModel",
+    "VAE",
+    "VariationalMCMCTeaching",
+    "TeachingInfo",
+    "ConditionalEnergyModel",
+    "ConditionalVAE",
+    "ConditionalVariationalMCMCTeaching",
+    "EnergyDistribution",
+    "Langevin",
+    "LangevinState",
+    "LangevinInfo",
+    "init",
+    "step",
+    "LangevinKernel",
+    "initial_params_from_guide",
+    "RNG",
+    "as_rng",
+    "select_device",
+    "device_name",
+    "place",
+    "to_numpy",
+    "numpy_call",
+    "MCMCTeaching",
+    "MCMCTeachingInfo",
+]
