@@ -63,12 +63,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_vmt.langevin import LangevinState, _flat_sum, energy_and_grad
+from numpyro_vmt.langevin import LangevinState, _flat_sum, energy_and_grad, init, scan_steps
 from numpyro_vmt.rng import RNG, as_rng
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
-           "crossing_radius", "update_chains", "independent_mh"]
+           "crossing_radius", "update_chains", "local_moves", "independent_mh"]
 
 Array = jax.Array
 PotentialFn = Callable[[Array], Array]
@@ -108,12 +108,15 @@ class MHInfo(NamedTuple):
     crossing_rate : fraction of chains whose accepted path ends farther from the old
         state than ``radius`` (see [`crossing_radius()`][numpyro_vmt.correction.crossing_radius]): moves a local chain would
         not make in one revision, e.g. between modes.
+    local_acceptance : mean acceptance of the MALA moves of [`local_moves()`][numpyro_vmt.correction.local_moves]
+        before the test (NaN without them).
     """
 
     acceptance_rate: Array
     is_accepted: Array
     weight_ess: Array
     crossing_rate: Array
+    local_acceptance: Array
 
 
 def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: int) -> float:
@@ -290,7 +293,7 @@ def _propose(key, potential_fn, vae, n, step_size, num_steps, noise_scale, adjus
 def propose(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, step_size: float, num_steps: int,
             noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
             wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Path:
-    """``n`` fresh weighted proposal paths.
+    r"""``n`` fresh weighted proposal paths.
 
     Parameters
     ----------
@@ -379,8 +382,9 @@ def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
     new = Path(jnp.where(mask, proposal.position, current.position),
                *(jnp.where(taken, p, c) for p, c in zip(proposal[1:], current[1:])))
     dist = jnp.sqrt(_flat_sum((proposal.position - current.position) ** 2))
+    nan = jnp.full((), jnp.nan, current.energy.dtype)
     info = MHInfo(jnp.exp(log_alpha).mean(), taken, weight_ess(proposal.log_weight),
-                  (taken & (dist > radius)).mean(dtype=current.energy.dtype))
+                  (taken & (dist > radius)).mean(dtype=current.energy.dtype), nan)
     return new, info
 
 
@@ -455,13 +459,31 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
     proposal = propose(k_prop, potential_fn, vae, n, *opts)
     if chains is None or chains.position.shape[0] == 0:
         ones = jnp.ones((), proposal.energy.dtype)
-        return proposal, MHInfo(ones, jnp.ones((n,), bool), weight_ess(proposal.log_weight), 0 * ones)
+        return proposal, MHInfo(ones, jnp.ones((n,), bool), weight_ess(proposal.log_weight), 0 * ones,
+                                jnp.nan * ones)
     if chains.position.shape[0] != n:
         raise ValueError(f"{chains.position.shape[0]} persistent chains, but {n} negative samples per iteration")
     radius = crossing_radius(cfg.step_size, cfg.noise_scale, cfg.num_steps, math.prod(chains.position.shape[1:]))
-    current = (refresh(k_ref, potential_fn, vae, chains.position, *opts) if cfg.path_refresh
+    position, local = chains.position, None
+    if cfg.local_steps:
+        position, local = local_moves(jax.random.fold_in(k_ref, 1), potential_fn, position, cfg.step_size, cfg.local_steps, cfg.noise_scale)
+    current = (refresh(k_ref, potential_fn, vae, position, *opts) if cfg.path_refresh
                else restale(potential_fn, chains))
-    return accept(k_acc, current, proposal, radius)
+    new, info = accept(k_acc, current, proposal, radius)
+    return new, info if local is None else info._replace(local_acceptance=local)
+
+
+def local_moves(rng: RNG, potential_fn: PotentialFn, position: Array, step_size: float, num_steps: int,
+                noise_scale: float = 1.0) -> Tuple[Array, Array]:
+    r"""``num_steps`` MALA steps on chain states; returns ``(position, mean acceptance)``.
+
+    MALA leaves $e^{-E}$ invariant, so exact chains stay exact; between the accepted
+    path jumps (which move chains between modes) these moves sample each mode's shape
+    ([`TeachingConfig`][vmt.core.config.TeachingConfig]'s ``local_steps``).
+    """
+    state = init(position, potential_fn)
+    final, info = scan_steps(_key(rng), state, potential_fn, step_size, noise_scale, True, int(num_steps))
+    return final.position, info.acceptance_rate.mean()
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,

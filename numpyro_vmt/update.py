@@ -234,8 +234,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
         zero = jnp.zeros((), jnp.int32)
         diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype), jnp.asarray(True), jnp.asarray(True))
-        nan = jnp.full((), jnp.nan, x_tilde.dtype)
-        langevin_acc, langevin_gnorm = nan, nan
+        langevin_acc, langevin_gnorm = minfo.local_acceptance, jnp.full((), jnp.nan, x_tilde.dtype)
     else:
         starts = start_chains(spec, state, n, k_init, training=True, ctx=ctx, draws=draws)
         x0 = constrain(starts.position, spec.mesh, sharded=True)  # each device revises its block of chains

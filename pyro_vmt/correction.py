@@ -34,12 +34,12 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from pyro_vmt.langevin import LangevinState, _flat_sum, energy_and_grad
+from pyro_vmt.langevin import LangevinState, _flat_sum, _step, energy_and_grad
 from pyro_vmt.rng import RNG, as_rng
 
 __all__ = ["Path", "MHInfo", "run_path", "start_log_ratio", "wide_log_ratio", "path_log_weight",
            "schedule", "propose", "refresh", "restale", "accept", "weight_ess", "log_mean_exp", "log_partition",
-           "crossing_radius", "update_chains", "independent_mh"]
+           "crossing_radius", "update_chains", "local_moves", "independent_mh"]
 
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
@@ -78,12 +78,15 @@ class MHInfo(NamedTuple):
         $(\sum w)^2 / (n \sum w^2) \in [1/n, 1]$.
     crossing_rate : fraction of chains whose accepted path ends farther from the old
         state than ``radius`` (see [`crossing_radius()`][pyro_vmt.correction.crossing_radius]).
+    local_acceptance : mean acceptance of the MALA moves of [`local_moves()`][pyro_vmt.correction.local_moves]
+        before the test (NaN without them).
     """
 
     acceptance_rate: Tensor
     is_accepted: Tensor
     weight_ess: Tensor
     crossing_rate: Tensor
+    local_acceptance: Tensor
 
 
 def crossing_radius(step_size: float, noise_scale: float, num_steps: int, dim: int) -> float:
@@ -322,8 +325,9 @@ def accept(rng: RNG, current: Path, proposal: Path, radius: float = 0.0,
     new = Path(torch.where(mask, proposal.position, current.position),
                *(torch.where(taken, p, c) for p, c in zip(proposal[1:], current[1:])))
     dist = _flat_sum((proposal.position - current.position) ** 2).sqrt()
+    nan = torch.full((), math.nan, dtype=current.energy.dtype, device=current.energy.device)
     info = MHInfo(log_alpha.exp().mean(), taken, weight_ess(proposal.log_weight),
-                  (taken & (dist > radius)).to(current.energy.dtype).mean())
+                  (taken & (dist > radius)).to(current.energy.dtype).mean(), nan)
     return new, info
 
 
@@ -381,13 +385,33 @@ def update_chains(rng: RNG, chains: Optional[Path], potential_fn: PotentialFn, v
     if chains is None or chains.position.shape[0] == 0:
         ones = torch.ones((), dtype=proposal.energy.dtype, device=proposal.energy.device)
         taken = torch.ones(n, dtype=torch.bool, device=ones.device)
-        return proposal, MHInfo(ones, taken, weight_ess(proposal.log_weight), 0 * ones)
+        return proposal, MHInfo(ones, taken, weight_ess(proposal.log_weight), 0 * ones, math.nan * ones)
     if chains.position.shape[0] != n:
         raise ValueError(f"{chains.position.shape[0]} persistent chains, but {n} negative samples per iteration")
     radius = crossing_radius(cfg.step_size, cfg.noise_scale, cfg.num_steps, math.prod(chains.position.shape[1:]))
-    current = (refresh(gen, potential_fn, vae, chains.position, *opts) if cfg.path_refresh
+    position, local = chains.position, None
+    if cfg.local_steps:
+        position, local = local_moves(gen, potential_fn, position, cfg.step_size, cfg.local_steps, cfg.noise_scale)
+    current = (refresh(gen, potential_fn, vae, position, *opts) if cfg.path_refresh
                else restale(potential_fn, chains))
-    return accept(gen, current, proposal, radius)
+    new, info = accept(gen, current, proposal, radius)
+    return new, info if local is None else info._replace(local_acceptance=local)
+
+
+def local_moves(rng: RNG, potential_fn: PotentialFn, position: Tensor, step_size: float, num_steps: int,
+                noise_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """``num_steps`` MALA steps on chain states; returns ``(position, mean acceptance)`` (see
+    [`numpyro_vmt.correction.local_moves()`][numpyro_vmt.correction.local_moves])."""
+    gen = as_rng(rng, position.device)
+    if gen is None:
+        raise ValueError("rng is required: pass a torch.Generator or an int seed")
+    state = LangevinState(position.detach(), *energy_and_grad(potential_fn, position))
+    h, scale = 0.5 * step_size * step_size, step_size * noise_scale
+    total = torch.zeros((), dtype=position.dtype, device=position.device)
+    for _ in range(int(num_steps)):
+        state, info = _step(gen, state, potential_fn, h, scale, True, None, None)
+        total = total + info.acceptance_rate.mean()
+    return state.position, total / int(num_steps)
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,

@@ -268,8 +268,7 @@ class VariationalMCMCTeaching:
                     x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
                     zero = torch.zeros((), dtype=self.dtype, device=self.device)
                     diag = (zero, zero, zero, zero - 1)
-                    nan = torch.full((), math.nan, dtype=self.dtype, device=self.device)
-                    langevin = (nan, nan)
+                    langevin = (minfo.local_acceptance, torch.full((), math.nan, dtype=self.dtype, device=self.device))
                 else:
                     starts = start_chains(cfg, self.energy, self.vae, self.buffer, n, gen, True, ctx)
                     state, sinfo, diag = revise(self._sampler(ctx), starts.position, gen, None,

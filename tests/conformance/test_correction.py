@@ -234,6 +234,38 @@ def test_corrected_chains_find_the_mode_weights(backend, refresh, anneal):
     assert float(info.crossing_rate) > 0.01
 
 
+def within_mode_variance(x):
+    """Pooled variance per coordinate of the offsets from each point's nearest mean."""
+    x = to_np(x)
+    d2 = ((x[:, None, :] - MEANS) ** 2).sum(-1)
+    return float(((x - MEANS[d2.argmin(1)]) ** 2).mean())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_moves_keep_the_chains_exact(backend):
+    """``local_steps`` MALA moves between the path tests: the mode weights and the modes'
+    variance stay exact (the first proposals have neither)."""
+    from vmt import TeachingConfig
+
+    mod, energy, _, vae, rng = kit(backend)
+    cfg = TeachingConfig(step_size=0.15, num_steps=8, correction="mh", local_steps=5)
+    n = 2000
+    gen = torch.Generator().manual_seed(0) if backend == "pyro" else None
+    key = (lambda t: gen) if backend == "pyro" else (lambda t: jax.random.fold_in(rng, t))
+    chains, _ = mod.update_chains(key(0), None, energy, vae, n, cfg)
+    first_var = within_mode_variance(chains.position)
+    local = []
+    for t in range(1, 21):
+        chains, info = mod.update_chains(key(t), chains, energy, vae, n, cfg)
+        local.append(float(info.local_acceptance))
+    # pooled over 2n offsets: the variance estimate's relative sd is sqrt(2 / 2n)
+    tol = 4 * math.sqrt(1.0 / n)
+    assert chi2(mode_counts(chains.position)) < CHI2_2DF_999
+    assert abs(within_mode_variance(chains.position) / SD ** 2 - 1) < tol, within_mode_variance(chains.position)
+    assert abs(first_var / SD ** 2 - 1) > tol, first_var  # power: the same test rejects the proposals
+    assert 0.3 < np.mean(local) <= 1.0
+
+
 # ---------------------------------------------------------------- log Z
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("adjust, anneal", [(False, False), (True, False), (False, True)])

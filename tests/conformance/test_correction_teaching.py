@@ -36,10 +36,15 @@ def data(n=64, seed=0):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("refresh", [True, False])
-def test_history_has_the_mh_diagnostics(backend, refresh):
-    t = make(backend, path_refresh=refresh)
+@pytest.mark.parametrize("refresh, local", [(True, 0), (False, 0), (True, 2)])
+def test_history_has_the_mh_diagnostics(backend, refresh, local):
+    t = make(backend, path_refresh=refresh, local_steps=local)
     h = t.fit(data(), num_iters=4, batch_size=16, progress=False)
+    if local:  # the MALA moves' acceptance is the history's Langevin acceptance (none before chains exist)
+        acc = h["acceptance_rate"]
+        assert np.isnan(acc[0]) and (0 < acc[1:]).all() and (acc[1:] <= 1).all(), acc
+    else:
+        assert np.isnan(h["acceptance_rate"]).all()
     assert h["path_acceptance"][0] == 1.0  # the first proposals become the chains
     for name in ("path_acceptance", "weight_ess", "crossing_rate"):
         assert np.isfinite(h[name]).all() and (0 <= h[name]).all() and (h[name] <= 1).all(), (name, h[name])
@@ -88,4 +93,9 @@ def test_config_rejects_what_cannot_work():
         TeachingConfig(correction="mh", init="generator")
     with pytest.raises(ValueError, match="noise_scale > 0"):
         TeachingConfig(correction="mh", noise_scale=0.0)
+    for bad in (dict(local_steps=2), dict(correction="mh", path_refresh=False, local_steps=2)):
+        with pytest.raises(ValueError, match="local_steps=2 needs correction='mh' with path_refresh=True"):
+            TeachingConfig(**bad)
+    with pytest.raises(ValueError, match="local_steps"):
+        TeachingConfig(correction="mh", local_steps=-1)
     assert TeachingConfig(init_bounds=(-1.0, 3.0)).wide_proposal() == (1.0, 2.0)

@@ -96,7 +96,8 @@ class TeachingInfo(NamedTuple):
     energy_samples : ``mean E(x̃)`` of the revised samples.
     vae_loss : negative ELBO per sample (``init="vae"``), the generator's
         ``−log p(x̃, z)`` per sample (``"generator"``), NaN otherwise.
-    acceptance_rate : mean Metropolis acceptance over steps and chains (1 if unadjusted).
+    acceptance_rate : mean Metropolis acceptance over steps and chains (1 if unadjusted);
+        under ``correction="mh"`` that of the ``local_steps`` MALA moves (NaN without them).
     grad_norm : mean ``‖∇ₓE‖`` over chains at the end of the revision.
     energy_grad_norm : global norm of the energy's parameter gradient (before clipping).
     path_acceptance : ``correction="mh"``: mean ``min(1, w'/w)`` of the path proposals

@@ -98,6 +98,12 @@ class TeachingConfig:
         (``N(g(z), σ²)`` of the decoder, or the wide one) to ``E`` with inverse
         temperatures ``k/K`` (annealed importance sampling, Neal 2001) instead of
         running every step on ``E``; the encoder then reads the path's end point.
+    local_steps : int
+        With ``correction="mh"``: this many MALA steps (step size ``step_size``, noise
+        scale ``noise_scale``) on the chain states every iteration, before the accept
+        test. Each leaves $e^{-E}$ invariant, so the chains stay exact; they explore each
+        mode's shape and tails between the (rarer) accepted jumps. Needs
+        ``path_refresh=True`` (a stale path term does not lead to a moved state).
     """
 
     init: str = "vae"
@@ -120,6 +126,7 @@ class TeachingConfig:
     correction: Optional[str] = None
     path_refresh: bool = True
     path_anneal: bool = False
+    local_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -143,6 +150,7 @@ class TeachingConfig:
             noise_fraction=as_real("noise_fraction", self.noise_fraction, low=0, high=1, high_open=True),
             lr_decay_steps=None if self.lr_decay_steps is None else as_count("lr_decay_steps", self.lr_decay_steps),
             lr_final_ratio=as_real("lr_final_ratio", self.lr_final_ratio, low=0, high=1),
+            local_steps=as_count("local_steps", self.local_steps, minimum=0),
         )
         low, high = clean["init_bounds"]
         if not low < high:
@@ -158,6 +166,9 @@ class TeachingConfig:
         for name in ("path_refresh", "path_anneal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if clean["local_steps"] and (self.correction is None or not self.path_refresh):
+            raise ValueError(f"local_steps={clean['local_steps']} needs correction='mh' with path_refresh=True "
+                             "(the MALA moves act on the MH chains and need their paths redrawn)")
         # Plain Python numbers and tuples, so configs compare and serialise alike
         # whatever scalar types (NumPy, torch, JAX) they were given.
         for name, value in clean.items():
