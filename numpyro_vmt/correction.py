@@ -481,16 +481,23 @@ def local_moves(rng: RNG, potential_fn: PotentialFn, position: Array, step_size:
     path jumps (which move chains between modes) these moves sample each mode's shape
     ([`TeachingConfig`][vmt.core.config.TeachingConfig]'s ``local_steps``).
     """
-    state = init(position, potential_fn)
-    final, info = scan_steps(_key(rng), state, potential_fn, step_size, noise_scale, True, int(num_steps))
+    return _local_moves(_key(rng), potential_fn, position, step_size, int(num_steps), noise_scale)
+
+
+@eqx.filter_jit
+def _local_moves(key, potential_fn, position, step_size, num_steps, noise_scale):
+    final, info = scan_steps(key, init(position, potential_fn), potential_fn, step_size, noise_scale, True, num_steps)
     return final.position, info.acceptance_rate.mean()
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Array]:
+                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False,
+                   local_steps: int = 0) -> Tuple[Path, Array]:
     """``n`` chains of the independence sampler on paths for a *fixed* energy: the first
     proposals, then ``num_iters`` rounds of [`propose()`][numpyro_vmt.correction.propose] and [`accept()`][numpyro_vmt.correction.accept] (the weights
-    of a fixed energy never go stale). Returns the final [`Path`][numpyro_vmt.correction.Path] and the mean
+    of a fixed energy never go stale). With ``local_steps``, each round first moves the
+    chains by that many MALA steps ([`local_moves()`][numpyro_vmt.correction.local_moves]) and redraws their paths
+    ([`refresh()`][numpyro_vmt.correction.refresh]). Returns the final [`Path`][numpyro_vmt.correction.Path] and the mean
     acceptance of each round, shape ``(num_iters,)``."""
     key = _key(rng)
     opts = (step_size, num_steps, noise_scale, adjust, num_wide, wide, anneal)
@@ -498,6 +505,10 @@ def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_it
     rates = []
     for t in range(1, int(num_iters) + 1):
         k_prop, k_acc = jax.random.split(jax.random.fold_in(key, t))
+        if local_steps:
+            moved, _ = local_moves(jax.random.fold_in(k_acc, 1), potential_fn, chains.position, step_size,
+                                   local_steps, noise_scale)
+            chains = refresh(jax.random.fold_in(k_acc, 2), potential_fn, vae, moved, *opts)
         chains, info = _accept_jit(k_acc, chains, propose(k_prop, potential_fn, vae, n, *opts))
         rates.append(info.acceptance_rate)
     return chains, jnp.stack(rates) if rates else jnp.zeros((0,), chains.energy.dtype)

@@ -182,7 +182,8 @@ class VariationalMCMCTeaching:
         count, so it is reproducible and leaves training unaffected.
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
         whole proposal paths (the decoder with its observation noise, or the wide
-        Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each
+        Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each, each
+        after the config's ``local_steps`` MALA moves
         (see [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh]); they are samples of
         ``exp(−E)/Z`` as far as the chains have mixed.
         """
@@ -190,7 +191,8 @@ class VariationalMCMCTeaching:
             vae, opts = self._proposal(num_steps)
             path, _ = correction.independent_mh(self._key(rng, 1), self.energy, vae, as_count("n", n),
                                                 as_count("mh_steps", mh_steps), *opts, 0,
-                                                self.config.wide_proposal(), anneal=self.config.path_anneal)
+                                                self.config.wide_proposal(), anneal=self.config.path_anneal,
+                                                local_steps=self.config.local_steps)
             return path.position
         return self._sample(as_count("n", n), num_steps, rng)
 

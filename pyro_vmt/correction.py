@@ -415,8 +415,10 @@ def local_moves(rng: RNG, potential_fn: PotentialFn, position: Tensor, step_size
 
 def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_iters: int, step_size: float,
                    num_steps: int, noise_scale: float = 1.0, adjust: bool = False, num_wide: int = 0,
-                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False) -> Tuple[Path, Tensor]:
-    """``n`` chains of the independence sampler on paths for a *fixed* energy (see
+                   wide: Tuple[float, float] = (0.0, 1.0), anneal: bool = False,
+                   local_steps: int = 0) -> Tuple[Path, Tensor]:
+    """``n`` chains of the independence sampler on paths for a *fixed* energy, with
+    ``local_steps`` MALA moves and a path refresh before each test (see
     [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh])."""
     gen = as_rng(rng, _like(potential_fn)["device"])
     if gen is None:
@@ -425,6 +427,9 @@ def independent_mh(rng: RNG, potential_fn: PotentialFn, vae: Any, n: int, num_it
     chains = propose(gen, potential_fn, vae, n, *opts)
     rates = []
     for _ in range(int(num_iters)):
+        if local_steps:
+            moved, _ = local_moves(gen, potential_fn, chains.position, step_size, local_steps, noise_scale)
+            chains = refresh(gen, potential_fn, vae, moved, *opts)
         chains, info = accept(gen, chains, propose(gen, potential_fn, vae, n, *opts))
         rates.append(info.acceptance_rate)
     return chains, torch.stack(rates) if rates else chains.energy.new_zeros(0)

@@ -157,14 +157,16 @@ class VariationalMCMCTeaching:
         Without ``rng`` the draw is seeded from the training RNG's seed and the
         iteration count, so it is reproducible and leaves training unaffected.
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
-        whole proposal paths, ``mh_steps`` accept tests each (see
+        whole proposal paths, ``mh_steps`` accept tests each, each after the config's
+        ``local_steps`` MALA moves (see
         [`pyro_vmt.correction.independent_mh()`][pyro_vmt.correction.independent_mh]).
         """
         if mh_steps:
             vae, opts = self._proposal(num_steps)
             path, _ = correction.independent_mh(self._generator(rng, 1), self.energy, vae, as_count("n", n),
                                                 as_count("mh_steps", mh_steps), *opts, 0,
-                                                self.config.wide_proposal(), anneal=self.config.path_anneal)
+                                                self.config.wide_proposal(), anneal=self.config.path_anneal,
+                                                local_steps=self.config.local_steps)
             return path.position
         return self._sample(as_count("n", n), num_steps, rng)
 

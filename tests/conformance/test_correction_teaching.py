@@ -72,8 +72,9 @@ def test_resume_carries_the_chains(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_likelihood_estimate_and_exact_samples(backend):
-    t = make(backend)
+@pytest.mark.parametrize("local", [0, 2])
+def test_likelihood_estimate_and_exact_samples(backend, local):
+    t = make(backend, local_steps=local)
     t.fit(data(), num_iters=2, batch_size=16, progress=False)
     log_z, se = t.log_partition(500, rng=0)
     assert np.isfinite(log_z) and 0 <= se < 1
