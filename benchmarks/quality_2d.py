@@ -59,7 +59,7 @@ def _loglik(energy_fn, dataset, quick: bool) -> Dict[str, Any]:
 
 def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool, trained=None) -> Dict[str, Any]:
     """The metrics of one set of samples (and of its energy, if any)."""
-    from vmt.evaluation.metrics import mmd, mode_coverage
+    from vmt.evaluation.metrics import mmd, mode_coverage, mode_mass_kl
 
     density = dataset.density
     finite = np.isfinite(samples).all(1)
@@ -71,6 +71,8 @@ def evaluate(samples: np.ndarray, dataset, energy_fn, quick: bool, trained=None)
                    high_quality=round(cov["high_quality_fraction"], 4))
     if energy_fn is not None:
         row.update(_loglik(energy_fn, dataset, quick))
+        if density.modes is not None:
+            row["mode_kl"] = round(mode_mass_kl(energy_fn, density.modes, density.bounds)["kl"], 4)
         if trained is not None:
             row.update(methods.estimated_loglik(trained, dataset.test, 1000 if quick else 10_000))
     if trained is not None:
@@ -115,7 +117,7 @@ def run_one(backend: str, name: str, seed: int, quick: bool, keep: Dict, which) 
                     keep["densities"][(backend, name, label)] = density_grid(efn, dataset.bounds)
             r = rows[-1]
             print(f"quality {backend:5s} {name:10s} seed {seed} {label:10s}: modes {r.get('modes', '-')}, "
-                  f"hq {r.get('high_quality', '-')}, loglik {r.get('loglik', '-')} (best {-dataset.density.entropy:.3f}),"
+                  f"hq {r.get('high_quality', '-')}, mode kl {r.get('mode_kl', '-')}, loglik {r.get('loglik', '-')} (best {-dataset.density.entropy:.3f}),"
                   f" est {r.get('est_loglik', '-')} ± {r.get('est_loglik_se', '-')}, acc {r.get('path_acceptance', '-')},"
                   f" mmd {r['mmd']:.4f}, {r['seconds']:.1f}s {r['error']}", flush=True)
     return rows

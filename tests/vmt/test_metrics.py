@@ -362,3 +362,23 @@ def test_digit_scores_default_classifier(digits):
     scores = digit_scores(digits.train[:400], digits)
     assert set(scores) == {"frechet", "precision", "recall", "frechet_floor", "precision_floor", "recall_floor"}
     assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_mode_mass_kl_weighs_the_modes():
+    from vmt.evaluation.metrics import mode_mass_kl
+
+    means = np.array([[-2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    weights = np.array([0.7, 0.2, 0.1])
+
+    def energy(x, w=weights, sd=0.2):
+        d2 = ((x[:, None, :] - means) ** 2).sum(-1)
+        return -np.log((w * np.exp(-d2 / (2 * sd * sd))).sum(1))
+
+    right = mode_mass_kl(energy, means, (-4.0, 4.0), weights=weights, num_points=256)
+    np.testing.assert_allclose(right["masses"], weights, atol=1e-6)
+    assert abs(right["kl"]) < 1e-6
+    # against equal true weights the same model is off by KL(u || w) in closed form
+    wrong = mode_mass_kl(energy, means, (-4.0, 4.0), num_points=256)
+    np.testing.assert_allclose(wrong["kl"], np.mean(np.log((1 / 3) / weights)), rtol=1e-6)
+    with pytest.raises(ValueError, match="weights"):
+        mode_mass_kl(energy, means, (-4.0, 4.0), weights=[0.5, 0.5, 0.5])

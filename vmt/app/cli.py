@@ -324,7 +324,7 @@ def _print_summary(metrics: Dict[str, Any]) -> None:
     print(f"trained in {seconds:.1f}s" + (":" if "ebm" in metrics else ""), end="")
     if "ebm" in metrics:
         keys = ["modes_covered", "high_quality_fraction", "heldout_log_likelihood", "estimated_log_likelihood",
-                "mmd", "frechet", "precision", "recall"]
+                "mode_mass_kl", "mmd", "frechet", "precision", "recall"]
         print(" " + ", ".join(f"{k}={metrics['ebm'][k]:.4g}" for k in keys if k in metrics["ebm"]))
     else:
         print()

@@ -18,7 +18,8 @@ from vmt.app.runfolder import fault
 from vmt.core.api import backend_of
 from vmt.data import Dataset
 from vmt.evaluation import plots
-from vmt.evaluation.metrics import digit_scores, estimated_log_likelihood, heldout_log_likelihood, mmd, mode_coverage
+from vmt.evaluation.metrics import (digit_scores, estimated_log_likelihood, heldout_log_likelihood, mmd,
+                                    mode_coverage, mode_mass_kl)
 
 __all__ = ["evaluate_run", "evaluate", "is_task"]
 
@@ -61,7 +62,8 @@ EVAL_MH_STEPS = 30
 def evaluate(teacher, dataset: Dataset, num_samples: int = 5000, seed: int = 0) -> Dict[str, Any]:
     """Sample metrics of the EBM (and of its VAE alone), the EBM's held-out log-likelihood
     with ``log Z`` estimated from proposal paths (any data set), and for 2-D data its
-    exact held-out log-likelihood by quadrature beside it. A teacher trained with
+    exact held-out log-likelihood by quadrature beside it (and, for a mixture, the
+    KL between the true and the EBM's mode masses). A teacher trained with
     ``correction="mh"`` is sampled exactly (``mh_steps=EVAL_MH_STEPS``)."""
     to_numpy = backend_of(teacher).to_numpy
     extra = {"mh_steps": EVAL_MH_STEPS} if getattr(teacher.config, "correction", None) else {}
@@ -75,6 +77,9 @@ def evaluate(teacher, dataset: Dataset, num_samples: int = 5000, seed: int = 0) 
         ll = heldout_log_likelihood(teacher.energy.numpy_energy, dataset.test, dataset.density.bounds)
         out["ebm"].update(heldout_log_likelihood=ll["log_likelihood"], quadrature=ll)
         out["true_entropy"] = dataset.density.entropy
+        if dataset.density.modes is not None:  # the EBM's own mode weights, by quadrature
+            kl = mode_mass_kl(teacher.energy.numpy_energy, dataset.density.modes, dataset.density.bounds)
+            out["ebm"]["mode_mass_kl"] = kl["kl"]
     return out | {"samples": samples}
 
 
