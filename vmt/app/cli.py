@@ -41,6 +41,7 @@ _OVERRIDES = {
     "init": "init", "step_size": "step_size", "num_steps": "num_steps",
     "noise_scale": "noise_scale", "energy_lr": "energy_lr", "vae_lr": "vae_lr",
     "energy_reg": "energy_reg", "adjust": "adjust", "hidden": "hidden", "correction": "correction",
+    "local_steps": "local_steps",
 }
 _FIELDS = [f.name for f in dataclasses.fields(Recipe) if f.name != "config"] + \
     [f.name for f in dataclasses.fields(TeachingConfig)]
@@ -195,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(cheaper, exact only for a fixed energy)")
     r.add_argument("--anneal-paths", action="store_true",
                    help="with --correction mh: anneal each proposal path from its start Gaussian to the energy")
+    r.add_argument("--local-steps", default=argparse.SUPPRESS, type=_count("--local-steps", 0),
+                   help="with --correction mh: MALA steps on the chains between the path tests"
+                   + _default("local_steps"))
     r.add_argument("--energy-lr", default=argparse.SUPPRESS, type=_real("--energy-lr", low=0, low_open=True),
                    help="Adam learning rate of the energy" + _default("energy_lr"))
     r.add_argument("--vae-lr", default=argparse.SUPPRESS, type=_real("--vae-lr", low=0, low_open=True), help="Adam learning rate of the VAE"
