@@ -150,10 +150,12 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
             table.append((backend, method, len(rs), None if modes is None else f"{modes:.1f}/{num_modes}",
                           _pm([r.get("high_quality") for r in rs]), _pm(lls, 2) or (ll_err or "–"),
                           f"{-rs[0]['entropy']:.3f}" if rs[0].get("entropy") is not None else None,
+                          _pm([r.get("est_loglik") for r in rs], 2), _pm([r.get("mode_kl") for r in rs], 3),
                           _pm([r.get("mmd") for r in rs], 4), _pm([r.get("seconds") for r in rs], 0),
                           " ".join(x for x in (errors, warn) if x)))
         out += [md_table(["backend", "method", "seeds", "modes", "high quality", "held-out log-lik",
-                          "best (−H)", "MMD²", "train s", "notes"], table), ""]
+                          "best (−H)", "est. log-lik (paths)", "mode-mass KL", "MMD²", "train s", "notes"],
+                         table), ""]
     for f in files:
         for key, path in f.get("figures", {}).items():
             if Path(path).exists():
