@@ -96,13 +96,18 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-NOT_CODE = (":(exclude)benchmarks/results", ":(exclude)docs")
+#: The paths whose code produces the numbers (git pathspecs): the three packages, the
+#: benchmark scripts, the examples a benchmark runs (``kernels_ess.py``) and
+#: ``pyproject.toml`` (the dependencies). An edit anywhere else (tests, docs, other
+#: examples, the results themselves) leaves every result current.
+CODE = ("vmt", "pyro_vmt", "numpyro_vmt", ":(glob)benchmarks/*.py", ":(glob)examples/logistic_regression_*.py",
+        "pyproject.toml")
 
 
 def same_code(commit: str) -> bool:
-    """Whether HEAD's tree equals ``commit``'s outside results and docs (so its results still hold)."""
+    """Whether HEAD's tree equals ``commit``'s in every path of `CODE` (so its results still hold)."""
     try:
-        r = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", ".", *NOT_CODE], cwd=ROOT,
+        r = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE], cwd=ROOT,
                            capture_output=True, text=True)
         return r.returncode == 0
     except OSError:
@@ -112,8 +117,9 @@ def same_code(commit: str) -> bool:
 def provenance(meta: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """``{"current": bool, "text": str}``: whether a result came from this code (HEAD, clean tree).
 
-    Current: recorded at HEAD, or at a commit whose code (outside ``benchmarks/results``
-    and ``docs``) equals HEAD's, from a clean tree. Stale otherwise: another commit, an
+    Current: recorded at HEAD, or at a commit whose code (the paths of `CODE`: the
+    packages, the benchmark scripts, the examples they run, ``pyproject.toml``) equals
+    HEAD's, from a clean tree. Stale otherwise: another commit, an
     uncommitted tree, or no commit recorded.
     """
     git = dict((meta or {}).get("git") or {})
@@ -129,11 +135,14 @@ def provenance(meta: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def git_state() -> Dict[str, Any]:
-    """``{"commit": HEAD's sha or None, "dirty": whether tracked or untracked files differ}``."""
+    """``{"commit": HEAD's sha or None, "dirty": whether tracked or untracked files in `CODE` differ}``.
+
+    Only the code that produces the numbers counts: results and the pages made from them
+    (a benchmark run rewrites them), tests and docs do not.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        # results and the pages made from them do not count: a benchmark run rewrites them
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *NOT_CODE], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE], cwd=ROOT,
                                capture_output=True, text=True).stdout
         return {"commit": head or None, "dirty": bool(dirty.strip())}
     except OSError:

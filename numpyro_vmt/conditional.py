@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.contrib.module import eqx_module
 from numpyro.distributions import constraints
 from numpyro.handlers import condition
 from numpyro.infer import Trace_ELBO
@@ -51,7 +50,7 @@ from numpyro.infer.util import log_density
 from numpyro_vmt.rng import RNG
 from numpyro_vmt.nets import MLP
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
-from numpyro_vmt.vae import VAE, _dtype_of, _require_key
+from numpyro_vmt.vae import VAE, _require_key
 from vmt.core.batch import check_conditional_config, shape_text, split_pair
 from vmt.core.config import TeachingConfig
 
@@ -254,15 +253,7 @@ class ConditionalVAE(VAE):
               num_samples: Optional[int] = None) -> Array:
         """``z ~ N(0, I)``, ``y ~ N(g(z, x), σ²)``; observe ``y`` if given, else draw one per row of ``x``."""
         y, x, n = self._inputs(y, x, num_samples, "model")
-        decoder = eqx_module(self._pname("decoder"), self.decoder)
-        log_scale = self._log_obs_scale()
-        dtype = _dtype_of(self.decoder)
-        with numpyro.plate("data", n):
-            with numpyro.handlers.scale(scale=self.kl_weight):
-                z = numpyro.sample("z", dist.Normal(jnp.zeros((n, self.latent_dim), dtype), 1.0).to_event(1))
-            loc = self._decode(decoder, jnp.concatenate([z, _flat(jnp.asarray(x, z.dtype))], 1))
-            scale = jnp.broadcast_to(jnp.exp(jnp.asarray(log_scale, dtype=loc.dtype)), loc.shape[1:])
-            return numpyro.sample("y", dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=y)
+        return self._generate(n, "y", y, lambda z: jnp.concatenate([z, _flat(jnp.asarray(x, z.dtype))], 1))
 
     def guide(self, y: Optional[Array] = None, x: Optional[Array] = None,
               num_samples: Optional[int] = None) -> Array:
@@ -270,11 +261,7 @@ class ConditionalVAE(VAE):
         if y is None:
             raise ValueError("ConditionalVAE.guide needs data y")
         y, x, n = self._inputs(y, x, num_samples, "guide")
-        encoder = eqx_module(self._pname("encoder"), self.encoder)
-        loc, scale = self._encode(encoder, jnp.concatenate([_flat(y), _flat(jnp.asarray(x, y.dtype))], 1))
-        with numpyro.plate("data", n):
-            with numpyro.handlers.scale(scale=self.kl_weight):
-                return numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        return self._posterior(jnp.concatenate([_flat(y), _flat(jnp.asarray(x, y.dtype))], 1))
 
     def sample(self, x: Array, rng: RNG) -> Array:
         """Decoder means ``g(z, x)``, one prior draw ``z`` per row of ``x`` (VMT's starting points)."""

@@ -28,8 +28,7 @@ raises [`vmt.core.errors.DivergenceError`][vmt.core.errors.DivergenceError] and 
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import equinox as eqx
 import jax
@@ -37,27 +36,27 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from numpyro_vmt import correction, distributed
-from numpyro_vmt.checkpoint import read_state, restore_leaves, write_checkpoint
+from numpyro_vmt import distributed
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import Langevin
+from numpyro_vmt.persistence import PersistenceMixin
 from numpyro_vmt.rng import RNG, as_rng
-from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, all_finite, fit_core, no_chains, optimizers,
-                                 sample_core, uniform_points, update_core)
+from numpyro_vmt.sampling import SamplingMixin, raise_if_diverged
+from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, no_chains, optimizers, uniform_points,
+                                 update_core)
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import batch_stream, check_batch_size, context_and_data
-from vmt.core.checkpoint import config_mismatch, one_line
-from vmt.core.checks import as_count, check_num_steps
+from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
-from vmt.core.errors import CheckpointError, DivergenceError, divergence_message, nonfinite_message, parameters_message
+from vmt.core.errors import DivergenceError, nonfinite_message, parameters_message
 
 __all__ = ["VariationalMCMCTeaching", "TeachingInfo", "TeachingState"]
 
 Array = jax.Array
 
 
-class VariationalMCMCTeaching:
+class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
     """Train an [`EnergyModel`][numpyro_vmt.energy.EnergyModel] with a [`VAE`][numpyro_vmt.vae.VAE] as amortised Langevin sampler.
 
     Parameters
@@ -173,79 +172,6 @@ class VariationalMCMCTeaching:
         cfg = self.config
         return Langevin(self.energy, cfg.step_size, cfg.num_steps, cfg.noise_scale, cfg.adjust)
 
-    # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Array:
-        """``n`` samples of the EBM: the configured initialisation, then ``num_steps`` Langevin steps.
-
-        ``num_steps=0`` returns the starting points (e.g. the VAE's own samples).
-        Without ``rng`` the draw is seeded from the training seed and the iteration
-        count, so it is reproducible and leaves training unaffected.
-        ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
-        whole proposal paths (the decoder with its observation noise, or the wide
-        Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each, each
-        after the config's ``local_steps`` MALA moves
-        (see [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh]); they are samples of
-        ``exp(−E)/Z`` as far as the chains have mixed.
-        """
-        if mh_steps:
-            vae, opts = self._proposal(num_steps)
-            path, _ = correction.independent_mh(self._key(rng, 1), self.energy, vae, as_count("n", n),
-                                                as_count("mh_steps", mh_steps), *opts, 0,
-                                                self.config.wide_proposal(), anneal=self.config.path_anneal,
-                                                local_steps=self.config.local_steps)
-            return path.position
-        return self._sample(as_count("n", n), num_steps, rng)
-
-    def _proposal(self, num_steps: Optional[int]):
-        cfg = self.config
-        vae = self.vae if cfg.init == "vae" else None
-        num_steps = cfg.num_steps if num_steps is None else check_num_steps(num_steps)
-        noise_scale = cfg.noise_scale if cfg.noise_scale > 0 else 1.0
-        return vae, (cfg.step_size, num_steps, noise_scale, cfg.adjust)
-
-    def _key(self, rng: RNG, salt: int) -> Array:
-        key = as_rng(rng)
-        return jax.random.fold_in(jax.random.fold_in(self.state.seed, self.state.iteration), salt) if key is None else key
-
-    def log_partition(self, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None,
-                      batch_size: int = 2000) -> Tuple[float, float]:
-        r"""Estimate $\log Z = \log\int e^{-E(x)}dx$ and its standard error from proposal paths.
-
-        The paths are this teacher's own proposals: the VAE's decoder with its
-        observation noise (``init="vae"``), else the Gaussian over ``init_bounds``
-        (every other ``init``), followed by ``num_steps`` Langevin steps (default: the
-        configured ``K``; ``noise_scale=0`` is replaced by 1, a noise-free run has no
-        density), annealed when ``path_anneal`` is set. See
-        [`numpyro_vmt.correction.log_partition()`][numpyro_vmt.correction.log_partition]: the log-mean-exp is biased *low*,
-        so likelihoods from it are biased *high*, by an amount the standard error does
-        not capture when the weights' ESS is small.
-        """
-        vae, opts = self._proposal(num_steps)
-        return correction.log_partition(self._key(rng, 2), self.energy, vae, as_count("num_samples", num_samples),
-                                        *opts, 0, self.config.wide_proposal(), batch_size,
-                                        anneal=self.config.path_anneal)
-
-    def log_prob(self, x: Any, num_samples: int = 10_000, rng: RNG = None, num_steps: Optional[int] = None
-                 ) -> Tuple[np.ndarray, float]:
-        """``log p(x) = −E(x) − log Ẑ`` per row of ``x`` (numpy), and the standard error of
-        ``log Ẑ`` (shared by every row; see `log_partition()` for the bias)."""
-        x = self._as_batch(x, "x")
-        log_z, se = self.log_partition(num_samples, rng, num_steps)
-        return -self.energy.numpy_energy(np.asarray(x)) - log_z, se
-
-    def _sample(self, n: int, num_steps: Optional[int], rng: RNG, ctx: Optional[Array] = None) -> Array:
-        key = as_rng(rng)
-        if key is None:
-            key = jax.random.fold_in(self.state.seed, self.state.iteration)
-        if num_steps is None:
-            num_steps = self.config.num_steps
-        elif num_steps != 0:
-            num_steps = check_num_steps(num_steps)
-        x, diag = sample_core(self._spec, self.state, key, n, int(num_steps), ctx)
-        if diag is not None:
-            _raise_if_diverged(jax.device_get(diag), n, self.config.step_size)
-        return x
-
     # ------------------------------------------------------------------ training (host)
     def update(self, state: TeachingState, batch: Array) -> Tuple[TeachingState, TeachingInfo]:
         """The pure iteration: ``(state, batch) -> (new_state, info)``, jitted, no host check.
@@ -276,7 +202,7 @@ class VariationalMCMCTeaching:
 
     def _commit(self, new: TeachingState, info: TeachingInfo, diag: Diagnosis, n: int) -> TeachingInfo:
         info_h, diag_h = distributed.to_host((info, diag))
-        _raise_if_diverged(diag_h, n, self.config.step_size)
+        raise_if_diverged(diag_h, n, self.config.step_size)
         _check_finite("energy loss", info_h.loss)
         if self.vae_optim is not None:
             _check_finite("VAE loss", info_h.vae_loss)
@@ -350,99 +276,6 @@ class VariationalMCMCTeaching:
                                 e_samples=f"{float(info_h.energy_samples):.3g}", **extra, refresh=False)
         table = np.stack(rows) if rows else np.zeros((0, len(TeachingInfo._fields)))
         return {name: table[:, i] for i, name in enumerate(TeachingInfo._fields)}
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> Dict[str, Any]:
-        """Everything training depends on: networks, optimisers, RNG, buffer, iteration."""
-        out = {"config": self.config.to_dict()}
-        out.update(self.state._asdict())
-        out["iteration"] = int(self.state.iteration)
-        return out
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore `state_dict()`; raises [`CheckpointError`][vmt.core.errors.CheckpointError] on any mismatch.
-
-        Each entry may be the pytree `state_dict()` returns or the list of its
-        leaves in flattening order; shapes and dtypes must match this object's.
-        """
-        diff = config_mismatch(state.get("config", {}), self.config.to_dict(), TeachingConfig().to_dict())
-        if diff:
-            raise CheckpointError(f"checkpoint was written with another configuration: {diff}")
-        cur = self.state
-        try:
-            restored = {f: restore_leaves(f, state[f], getattr(cur, f))
-                        for f in ("energy", "vae", "energy_optim", "vae_optim", "rng", "seed")}
-        except KeyError as e:
-            raise CheckpointError(f"checkpoint does not match these networks: missing entry {e}") from e
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"checkpoint does not match these networks: {one_line(e)}") from e
-        buffer = None
-        if cur.buffer is not None:
-            given = state.get("buffer")
-            given = given[0] if isinstance(given, (list, tuple)) and len(given) == 1 else given
-            if given is None or tuple(np.shape(given)) != cur.buffer.shape:
-                raise CheckpointError("checkpoint's replay buffer does not match this configuration")
-            buffer = jnp.asarray(given, dtype=cur.buffer.dtype)
-        iteration = state.get("iteration")
-        iteration = iteration[0] if isinstance(iteration, (list, tuple)) and iteration else iteration
-        if (iteration is None or isinstance(iteration, bool) or np.shape(iteration) != ()
-                or not np.issubdtype(np.asarray(iteration).dtype, np.integer) or int(iteration) < 0
-                or int(iteration) > np.iinfo(np.int32).max):
-            raise CheckpointError(f"checkpoint has no valid iteration count: {iteration!r}")
-        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim") if not bool(all_finite(restored[f]))]
-        bad += ["buffer"] if buffer is not None and not bool(all_finite(buffer)) else []
-        if bad:
-            raise CheckpointError(f"checkpoint holds non-finite values in {', '.join(bad)}")
-        chains = None
-        if cur.chains is not None:
-            given = jax.tree.leaves(state.get("chains"))
-            event = cur.chains.position.shape[1:]
-            if (len(given) != 4 or tuple(np.shape(given[0])[1:]) != event
-                    or any(np.shape(a) != (np.shape(given[0])[0],) for a in given[1:])):
-                raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this configuration")
-            chains = correction.Path(*(jnp.asarray(a, dtype=self.dtype) for a in given))
-            if not bool(all_finite(chains)):
-                raise CheckpointError("checkpoint holds non-finite values in chains")
-        self.state = distributed.replicate(
-            TeachingState(**restored, buffer=buffer, iteration=jnp.asarray(int(iteration), jnp.int32), chains=chains),
-            self.mesh)
-
-    def save(self, path: Union[str, os.PathLike], **metadata: Any) -> None:
-        """Write a checkpoint atomically (an interrupted save leaves the old file intact).
-
-        The file is an ``.npz`` archive (no pickle): a JSON header (format, version,
-        backend, configuration, ``metadata``, leaf shapes and dtypes) and the leaves
-        of [`TeachingState`][numpyro_vmt.teaching.TeachingState]. ``metadata`` must be JSON-serialisable. A state
-        holding non-finite values is refused with
-        [`CheckpointError`][vmt.core.errors.CheckpointError] and nothing is written. On a mesh the
-        file holds the one replicated state, so it loads on any number of devices; in a
-        multi-host run only process 0 writes.
-        """
-        bad = [f for f in ("energy", "vae", "energy_optim", "vae_optim", "buffer")
-               if not bool(all_finite(getattr(self.state, f)))]
-        if bad:
-            raise CheckpointError(f"refusing to save: non-finite values in {', '.join(bad)}; nothing was written")
-        if distributed.is_writer():
-            write_checkpoint(path, distributed.to_host(self.state), self.config.to_dict(), metadata)
-
-    def load(self, path: Union[str, os.PathLike]) -> Dict[str, Any]:
-        """Restore a checkpoint written by `save()` into this object; returns its metadata.
-
-        The object must have been built with the same configuration and networks.
-        """
-        state, metadata = read_state(path)
-        self.load_state_dict(state)
-        return metadata
-
-
-def _raise_if_diverged(diag: Diagnosis, n: int, step_size: float) -> None:
-    if diag.bad_start:
-        raise ValueError(f"initial position is non-finite in {int(diag.bad_start)} of {n} chains")
-    if diag.bad_start_energy:
-        raise ValueError(f"energy or its gradient is non-finite at the initial position of "
-                         f"{int(diag.bad_start_energy)} of {n} chains")
-    if diag.num_divergent:
-        raise DivergenceError(divergence_message(int(diag.first_divergent), int(diag.num_divergent), n, step_size))
 
 
 def _check_finite(what: str, value: Any) -> None:

@@ -25,7 +25,7 @@ as SVI's and is differentiable with respect to the module's array leaves.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import equinox as eqx
 import jax
@@ -155,24 +155,35 @@ class VAE(eqx.Module):
         if x is not None:
             self._check(x)
         n = x.shape[0] if x is not None else int(num_samples)
+        return self._generate(n, "x", x, lambda z: z)
+
+    def _generate(self, n: int, site: str, obs: Optional[jax.Array],
+                  decoder_input: Callable[[jax.Array], jax.Array]) -> jax.Array:
+        """The generative model of `model()` (and of the conditional VAE's, whose decoder also
+        reads the condition): ``n`` latents ``z ~ N(0, I)`` (KL-weighted),
+        ``site ~ N(g(decoder_input(z)), σ²)``."""
         decoder = eqx_module(self._pname("decoder"), self.decoder)
         log_scale = self._log_obs_scale()
         dtype = _dtype_of(self.decoder)
         with numpyro.plate("data", n):
             with numpyro.handlers.scale(scale=self.kl_weight):
                 z = numpyro.sample("z", dist.Normal(jnp.zeros((n, self.latent_dim), dtype), 1.0).to_event(1))
-            loc = self._decode(decoder, z)
+            loc = self._decode(decoder, decoder_input(z))
             scale = jnp.broadcast_to(jnp.exp(jnp.asarray(log_scale, dtype=loc.dtype)), loc.shape[1:])
-            return numpyro.sample("x", dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=x)
+            return numpyro.sample(site, dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=obs)
 
     def guide(self, x: Optional[jax.Array] = None, num_samples: Optional[int] = None) -> jax.Array:
         """``z ~ q(z | x)``, the amortised posterior."""
         if x is None:
             raise ValueError("VAE.guide needs data x")
         self._check(x)
+        return self._posterior(x)
+
+    def _posterior(self, encoder_input: jax.Array) -> jax.Array:
+        """The guide's site: ``z ~ q(z | encoder_input)`` per row (KL-weighted), shared with the conditional VAE."""
         encoder = eqx_module(self._pname("encoder"), self.encoder)
-        loc, scale = self._encode(encoder, x)
-        with numpyro.plate("data", x.shape[0]):
+        loc, scale = self._encode(encoder, encoder_input)
+        with numpyro.plate("data", encoder_input.shape[0]):
             with numpyro.handlers.scale(scale=self.kl_weight):
                 return numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

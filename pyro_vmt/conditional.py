@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import pyro_method
@@ -234,13 +233,7 @@ class ConditionalVAE(VAE):
               num_samples: Optional[int] = None) -> Tensor:
         """``z ~ N(0, I)``, ``y ~ N(g(z, x), σ²)``; observe ``y`` if given, else draw one per row of ``x``."""
         y, x, n = self._inputs(y, x, num_samples, "model")
-        like = self._like()
-        with pyro.plate("data", n):
-            with poutine.scale(scale=self.kl_weight):
-                z = pyro.sample("z", dist.Normal(torch.zeros(n, self.latent_dim, **like), 1.0).to_event(1))
-            loc = self.decode(z, x)
-            scale = self.scale().expand(loc.shape[1:])
-            return pyro.sample("y", dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=y)
+        return self._generate(n, "y", y, lambda z: self.decode(z, x))
 
     @pyro_method
     def guide(self, y: Optional[Tensor] = None, x: Optional[Tensor] = None,
@@ -249,10 +242,7 @@ class ConditionalVAE(VAE):
         if y is None:
             raise ValueError("ConditionalVAE.guide needs data y")
         y, x, n = self._inputs(y, x, num_samples, "guide")
-        loc, scale = self.encode(y, x)
-        with pyro.plate("data", n):
-            with poutine.scale(scale=self.kl_weight):
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        return self._posterior(*self.encode(y, x))
 
     @torch.no_grad()
     def sample(self, x: Tensor, rng: RNG) -> Tensor:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -120,13 +120,19 @@ class VAE(PyroModule):
         if x is not None:
             self._check(x)
         n = x.shape[0] if x is not None else int(num_samples)
+        return self._generate(n, "x", x, self.decode)
+
+    def _generate(self, n: int, site: str, obs: Optional[torch.Tensor],
+                  decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The generative model of `model()` (and of the conditional VAE's, with its own
+        ``decode`` and site): ``n`` latents ``z ~ N(0, I)`` (KL-weighted), ``site ~ N(decode(z), σ²)``."""
         like = self._like()
         with pyro.plate("data", n):
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", dist.Normal(torch.zeros(n, self.latent_dim, **like), 1.0).to_event(1))
-            loc = self.decode(z)
+            loc = decode(z)
             scale = self.scale().expand(loc.shape[1:])
-            return pyro.sample("x", dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=x)
+            return pyro.sample(site, dist.Normal(loc, scale).to_event(len(self.event_shape)), obs=obs)
 
     @pyro_method
     def guide(self, x: Optional[torch.Tensor] = None, num_samples: Optional[int] = None) -> torch.Tensor:
@@ -134,8 +140,11 @@ class VAE(PyroModule):
         if x is None:
             raise ValueError("VAE.guide needs data x")
         self._check(x)
-        loc, scale = self.encode(x)
-        with pyro.plate("data", x.shape[0]):
+        return self._posterior(*self.encode(x))
+
+    def _posterior(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The guide's site: ``z ~ N(loc, scale²)`` per row (KL-weighted), shared with the conditional VAE."""
+        with pyro.plate("data", loc.shape[0]):
             with poutine.scale(scale=self.kl_weight):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

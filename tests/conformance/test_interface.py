@@ -41,9 +41,14 @@ def _params(fn, drop=()):
     return [(p.name, p.kind, p.default) for p in sig.parameters.values() if p.name not in drop]
 
 
+MIXIN_MODULES = {f"{B.__name__}.{m}" for B in BACKENDS.values() for m in ("sampling", "persistence")}
+
+
 def _members(cls):
-    """Public methods defined by the class itself (attributes are compared on instances)."""
-    return {n for n, v in vars(cls).items()
+    """Public methods defined by the class itself or its mixins (the teacher's sampling and
+    persistence modules); attributes are compared on instances."""
+    own = [cls] + [k for k in getattr(cls, "__mro__", ())[1:] if k.__module__ in MIXIN_MODULES]
+    return {n for k in own for n, v in vars(k).items()
             if (not n.startswith("_") or n in ("__init__", "__call__")) and callable(v)}
 
 

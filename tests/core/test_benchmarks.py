@@ -115,6 +115,35 @@ def test_results_from_other_code_are_marked_stale(tmp_path):
     assert all(n in strict.stderr for n in ("gpu_smoke.json", "a.json", "b.json")) and "c.json" not in strict.stderr
 
 
+def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monkeypatch):
+    """``same_code`` compares the packages, the benchmark scripts, the examples a benchmark
+    runs and ``pyproject.toml``; an edit to tests, docs, results or another example does not
+    make a result from the earlier commit stale."""
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    files = ["vmt/a.py", "pyro_vmt/a.py", "numpyro_vmt/a.py", "benchmarks/speed.py", "benchmarks/results/s.json",
+             "pyproject.toml", "tests/test_a.py", "docs/a.md", "examples/plot.py", "examples/logistic_regression_pyro.py"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base")
+    base = git("rev-parse", "HEAD")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    for name in files:
+        (tmp_path / name).write_text("1\n")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", name)
+        produces = not name.startswith(("benchmarks/results", "tests", "docs", "examples/plot"))
+        assert common.same_code(base) is not produces, name
+        git("reset", "-q", "--hard", base)
+    assert common.same_code("0" * 40) is False  # a commit git does not know
+
+
 def test_report_is_built_from_the_results(results, tmp_path):
     if not all((results / f).exists() for f in ("speed.json", "quality_2d.json", "quality_digits.json")):
         pytest.skip("needs the quick results of the tests above (run the whole file)")
