@@ -11,8 +11,6 @@ import pytest
 from vmt.core.errors import CheckpointError, DivergenceError
 from toy import gaussian_data as data
 
-INITS = ["vae", "noise", "persistent", "generator"]
-
 
 def make(B, init="vae", seed=0, **options):
     energy = B.api.EnergyModel(B.mlp(2, 1, (16, 16), seed=seed), (2,))
@@ -28,7 +26,9 @@ def assert_same_params(B, a, b):
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
-RESUME_CASES = [(init, {}) for init in INITS] + [
+# every init once; the two with a VAE also with a learning-rate schedule and a noise fraction
+# (a superset of their plain code path, and one compilation fewer each in JAX)
+RESUME_CASES = [(init, {}) for init in ("noise", "persistent")] + [
     (init, dict(noise_fraction=0.25, lr_decay_steps=4, lr_final_ratio=0.2)) for init in ("vae", "generator")]
 
 

@@ -9,6 +9,7 @@ import pytest
 from kernel_checks import assert_mcse
 
 NARROW, WIDE = 0.01, 1.0  # the two modes' standard deviations
+DRAWS = 500  # per chain after warm-up: the moment checks' tolerances follow from their ESS
 
 
 @pytest.fixture(params=["pyro", "numpyro"])
@@ -57,7 +58,7 @@ def test_each_chain_tunes_its_own_step_size(backend):
     sizes); each chain's own dual averaging gives every chain its target acceptance and
     its mode's spread."""
     init = np.array([[-10.0], [-10.0], [10.0], [10.0]])
-    x, steps, _, accept = _run(backend, _two_curvatures, init, 500, 1000, 1, step_size=0.1,
+    x, steps, _, accept = _run(backend, _two_curvatures, init, 500, DRAWS, 1, step_size=0.1,
                                adapt_mass_matrix=False)
     assert steps.shape == (4,) and steps[2:].min() > 20 * steps[:2].max(), steps
     assert (np.abs(accept - 0.574) < 0.15).all(), accept
@@ -85,12 +86,12 @@ def test_mass_matrix_adaptation_recovers_badly_scaled_variances(backend, dense):
     else:
         chains = 4
     init = np.zeros((chains, 2))
-    x, _, imm, _ = _run(backend, _badly_scaled, init, 600, 1000, 3, step_size=0.1, dense_mass=dense)
+    x, _, imm, _ = _run(backend, _badly_scaled, init, 600, DRAWS, 3, step_size=0.1, dense_mass=dense)
     diag = np.diagonal(imm, axis1=-2, axis2=-1) if dense else imm
     diag = diag.reshape(-1, 2)
     ratio = diag / [1.0, 1e4]  # one window's Welford estimate from a few hundred correlated draws
     assert ((ratio > 1 / 3) & (ratio < 3)).all(), diag
     for i, var in enumerate((1.0, 1e4)):
         assert_mcse(x[..., i] ** 2, var, np.sqrt(2) * var, f"var[{i}]")
-    x_id, *_ = _run(backend, _badly_scaled, init, 600, 1000, 3, step_size=0.1, adapt_mass_matrix=False)
+    x_id, *_ = _run(backend, _badly_scaled, init, 600, DRAWS, 3, step_size=0.1, adapt_mass_matrix=False)
     assert (x_id[..., 1] ** 2).mean() < 0.5 * 1e4, "the identity mass matrix should not mix here"
