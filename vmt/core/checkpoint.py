@@ -46,8 +46,13 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], Non
     `write_error()`'s ``OSError``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        failed = OSError(f"cannot write {str(path)!r}: its folder cannot be used ({one_line(e)})")
+        failed.errno = e.errno
+        raise failed from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
