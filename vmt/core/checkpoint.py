@@ -60,10 +60,10 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        failed = write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else None
+        failed = write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else e
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if failed is not None:
+        if failed is not e:
             raise failed from e
         raise
     return path
@@ -73,7 +73,7 @@ _TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "file write failed")
 _FULL = 1 << 20  # a disk with less free space than this after a failed write counts as full
 
 
-def write_error(path: Union[str, os.PathLike], error: BaseException) -> Optional[OSError]:
+def write_error(path: Union[str, os.PathLike], error: BaseException) -> BaseException:
     """The one-line ``OSError`` for a failed write of ``path``, or ``error`` itself when it is none.
 
     ``error`` is an ``OSError`` of the write (``errno`` kept) or torch's ``RuntimeError``
