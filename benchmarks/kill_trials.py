@@ -7,7 +7,7 @@ with a random ``k``), half by SIGKILL after a random delay up to the length of a
 uninterrupted run. Each iteration the child finishes is traced (``VMT_TRACE``). Then,
 in this process:
 
-- *unusable*: the folder holds a run (or trained at least one published chunk) but
+- *unusable*: the folder holds a run (or trained past its first checkpoint) but
   its manifest, ``run.json`` or checkpoint cannot be read and loaded;
 - *corrupt files*: files the manifest lists whose hash does not match;
 - *iterations lost*: the last traced iteration minus the published one (must be ≤ 5);
@@ -62,7 +62,8 @@ def judge(out: Path, trace: Path) -> dict:
     except RunFolderError as e:
         return dict(row, unusable=True, error=str(e))
     if m is None:
-        return dict(row, unusable=last >= EVERY, no_run_yet=True, lost=last)
+        # no run published: fine while at most the first chunk was lost (a kill while its generation was written)
+        return dict(row, unusable=last > EVERY, no_run_yet=True, lost=last)
     bad = []
     for name in m["files"]:
         try:
