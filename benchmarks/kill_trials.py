@@ -7,7 +7,7 @@ with a random ``k``), half by SIGKILL after a random delay up to the length of a
 uninterrupted run. Each iteration the child finishes is traced (``VMT_TRACE``). Then,
 in this process:
 
-- *unusable*: the folder holds a run (or trained at least one published chunk) but
+- *unusable*: the folder holds a run (or trained past its first checkpoint) but
   its manifest, ``run.json`` or checkpoint cannot be read and loaded;
 - *corrupt files*: files the manifest lists whose hash does not match;
 - *iterations lost*: the last traced iteration minus the published one (must be ≤ 5);
@@ -24,7 +24,6 @@ Writes one JSON line per trial and a summary to ``benchmarks/results/kill_trials
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -39,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
 from vmt.app import runs  # noqa: E402
 from vmt.app.runfolder import RunFolder, RunFolderError  # noqa: E402
 
@@ -62,7 +62,8 @@ def judge(out: Path, trace: Path) -> dict:
     except RunFolderError as e:
         return dict(row, unusable=True, error=str(e))
     if m is None:
-        return dict(row, unusable=last >= EVERY, no_run_yet=True, lost=last)
+        # no run published: fine while at most the first chunk was lost (a kill while its generation was written)
+        return dict(row, unusable=last > EVERY, no_run_yet=True, lost=last)
     bad = []
     for name in m["files"]:
         try:
@@ -102,17 +103,22 @@ def _cheap_evaluation() -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.parser(__doc__.split("\n\n")[0], "kill_trials_<backend>.json")
     p.add_argument("--backend", default="pyro")
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    out_json = args.out or ROOT / "benchmarks" / "results" / f"kill_trials_{args.backend}.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.repeats = 1
+    if args.out == common.RESULTS / "kill_trials_<backend>.json":
+        args.out = common.RESULTS / f"kill_trials_{args.backend}.json"
+    if args.quick:
+        args.trials = min(args.trials, 4)
+    meta = common.meta(args)  # the commit is stamped at the start: the trials take long
     _cheap_evaluation()
     rng = random.Random(args.seed)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    threads = {"OMP_NUM_THREADS": str(args.threads),
+               "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **threads)
     work = Path(tempfile.mkdtemp(prefix="kill_trials_"))
     start = time.perf_counter()
     proc = subprocess.Popen(command(args.backend, work / "calibrate"), env=dict(env, VMT_TRACE=str(work / "c.trace")),
@@ -147,7 +153,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         shutil.rmtree(out, ignore_errors=True)
         summary = summarise(rows, args.backend, full)
-        out_json.write_text(json.dumps({"summary": summary, "trials": rows}, indent=1))  # after every trial
+        common.finish({"meta": meta, "summary": summary, "trials": rows}, args.out)  # after every trial
     print(json.dumps(summary, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -24,6 +24,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from vmt.core.errors import energy_dtype_message
+
 __all__ = ["EnergyModel"]
 
 
@@ -78,6 +80,8 @@ class EnergyModel(eqx.Module):
                 f"got {tuple(x.shape)}"
             )
         out = self.net(x)
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(energy_dtype_message(out.dtype))
         n = x.shape[0]
         if out.shape == (n, 1):
             out = out[:, 0]

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmt.core.checks import as_seed
+from vmt.core.errors import ArgumentTypeError
+
 __all__ = ["RNG", "as_rng"]
 
 #: What every ``rng`` argument of the JAX backend takes.
@@ -24,8 +27,9 @@ def as_rng(rng: RNG, device: Any = None) -> Optional[jax.Array]:
     if rng is None:
         return None
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        as_seed(rng, "rng")
         return jax.random.PRNGKey(int(rng))
     if isinstance(rng, (jax.Array, np.ndarray)) and (
             jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.dtype == jnp.uint32):
         return rng
-    raise TypeError(f"rng must be a jax.random key or an int seed, got {type(rng).__name__}")
+    raise ArgumentTypeError(f"rng must be a jax.random key or an int seed, got {type(rng).__name__}")

@@ -47,7 +47,7 @@ from numpyro_vmt.update import (Diagnosis, Spec, TeachingState, fit_core, no_cha
 from numpyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import batch_stream, check_batch_size, context_and_data
-from vmt.core.checks import as_count
+from vmt.core.checks import as_count, check_batch_shape, host_numbers, overflow_message
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
 from vmt.core.errors import DivergenceError, nonfinite_message, parameters_message
 
@@ -189,15 +189,16 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
         return self._as_array(batch, name, self._energy_static.event_shape)
 
     def _as_array(self, batch: Any, name: str, event: tuple) -> Array:
-        arr = np.asarray(batch)
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"{name} must hold floating-point numbers, got dtype {arr.dtype}")
-        if arr.ndim != len(event) + 1 or tuple(arr.shape[1:]) != event or arr.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(arr.shape)}")
+        arr = host_numbers(batch, name)
+        check_batch_shape(name, arr.shape, event)
         bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1)
         if bad.any():
             raise ValueError(f"{name} has non-finite values in {int(bad.sum())} rows "
                              f"(first: row {int(np.flatnonzero(bad)[0])})")
+        if arr.dtype != self.dtype:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(arr.astype(self.dtype)).all():
+                    raise ValueError(overflow_message(name, self.dtype))
         return jnp.asarray(batch, dtype=self.dtype)
 
     def _commit(self, new: TeachingState, info: TeachingInfo, diag: Diagnosis, n: int) -> TeachingInfo:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from vmt.core.errors import energy_dtype_message
+
 __all__ = ["EnergyModel"]
 
 
@@ -65,6 +67,8 @@ class EnergyModel(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         out = self.net(x)
+        if not out.is_floating_point():
+            raise ValueError(energy_dtype_message(out.dtype))
         n = x.shape[0]
         if out.shape == (n, 1):
             out = out[:, 0]

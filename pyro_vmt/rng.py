@@ -7,6 +7,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from vmt.core.checks import as_seed
+from vmt.core.errors import ArgumentTypeError
+
 __all__ = ["RNG", "as_rng"]
 
 #: What every ``rng`` argument of the Torch backend takes.
@@ -22,5 +25,6 @@ def as_rng(rng: RNG, device: Optional[torch.device] = None) -> Optional[torch.Ge
     if rng is None or isinstance(rng, torch.Generator):
         return rng
     if not isinstance(rng, bool) and isinstance(rng, (int, np.integer)):
+        as_seed(rng, "rng")
         return torch.Generator(device=device or "cpu").manual_seed(int(rng))
-    raise TypeError(f"rng must be a torch.Generator or an int seed, got {type(rng).__name__}")
+    raise ArgumentTypeError(f"rng must be a torch.Generator or an int seed, got {type(rng).__name__}")

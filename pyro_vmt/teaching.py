@@ -50,7 +50,7 @@ from pyro_vmt.sampling import SamplingMixin
 from pyro_vmt.vae import VAE
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import batch_stream, check_batch_size, context_and_data, with_context
-from vmt.core.checks import as_count
+from vmt.core.checks import as_count, check_batch_shape, host_numbers, overflow_message
 from vmt.core.config import TeachingConfig, resolve_teacher_parts
 from vmt.core.errors import DivergenceError, nonfinite_message, parameters_message
 
@@ -148,19 +148,17 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
     def _as_array(self, batch: Any, name: str, event: tuple, finite: bool = True) -> Tensor:
         """``batch`` checked (dtype, shape; with ``finite``, values: one host sync) and placed."""
         if not isinstance(batch, Tensor):
-            batch = torch.as_tensor(np.asarray(batch))
+            batch = torch.as_tensor(host_numbers(batch, name))
         if not (batch.is_floating_point()):
             raise ValueError(f"{name} must hold floating-point numbers, got dtype {str(batch.dtype).replace('torch.', '')}")
-        if batch.ndim != len(event) + 1 or tuple(batch.shape[1:]) != event or batch.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {tuple(batch.shape)}")
+        check_batch_shape(name, batch.shape, event)
         if finite:
             bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(1)
             if bad.any():
                 raise ValueError(f"{name} has non-finite values in {int(bad.sum())} rows (first: row {int(bad.nonzero()[0, 0])})")
         out = batch.to(device=self.device, dtype=self.dtype)
         if finite and out.dtype != batch.dtype and not bool(torch.isfinite(out).all()):
-            raise ValueError(f"{name} has values too large for the model's dtype "
-                             f"{str(self.dtype).replace('torch.', '')} (they overflow to infinity)")
+            raise ValueError(overflow_message(name, self.dtype))
         return out
 
     def step(self, batch: Any) -> TeachingInfo:

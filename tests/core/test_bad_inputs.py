@@ -133,6 +133,20 @@ API_CASES = [
     ("fit num_iters=-1", lambda t, x: t.fit(x, -1, 10, progress=False), "num_iters must be a non-negative integer"),
     ("fit NaN row", lambda t, x: t.fit(np.where(np.arange(50)[:, None] == 7, np.nan, x), 1, 10, progress=False),
      "(first: row 7)"),
+    # found by benchmarks/bad_inputs.py
+    ("fit no rows", lambda t, x: t.fit(x[:0], 1, 10, progress=False), "data has no rows (shape (0, 2))"),
+    ("fit object array", lambda t, x: t.fit(x.astype(object), 1, 10, progress=False),
+     "data must hold floating-point numbers, got dtype object"),
+    ("fit strings", lambda t, x: t.fit(np.full((50, 2), "a"), 1, 10, progress=False),
+     "data must hold floating-point numbers, got dtype <U1"),
+    ("fit ragged list", lambda t, x: t.fit([[1.0, 2.0], [3.0]], 1, 1, progress=False),
+     "data cannot be read as an array of numbers"),
+    ("fit float64 1e39", lambda t, x: t.fit(x.astype(np.float64) * 1e39, 1, 10, progress=False),
+     "data has values too large for the model's dtype float32 (they overflow to infinity"),
+    ("sample(rng=-1)", lambda t, x: t.sample(3, rng=-1), "rng must be a non-negative int seed, got -1"),
+    ("sample(rng=2.5)", lambda t, x: t.sample(3, rng=2.5), "or an int seed, got float"),
+    ("unknown option", lambda t, x: type(t)(t.energy, t.vae, bogus=1), "unknown option bogus; the options are init,"),
+    ("energy=None", lambda t, x: type(t)(None), "energy must be a "),
 ]
 
 
@@ -143,6 +157,34 @@ def test_api_refuses_bad_numbers(teacher, what, call, message):
         call(teacher, x)
     assert message in str(e.value)
     assert teacher.iteration == 0
+
+
+def test_an_energy_net_returning_integers_is_named(backend):
+    """Before: a RuntimeError deep in autograd (torch) or a wrong dot product (JAX) at the first step."""
+    if backend.__name__ == "pyro_vmt":
+        import torch
+
+        class IntNet(torch.nn.Module):
+            def forward(self, v):
+                return v.sum(-1).round().long()
+        energy, x = backend.EnergyModel(IntNet(), (2,)), torch.zeros(3, 2)
+    else:
+        import equinox as eqx
+        import jax.numpy as jnp
+
+        class IntNet(eqx.Module):
+            def __call__(self, v):
+                return jnp.round(v.sum(-1)).astype(jnp.int32)
+        energy, x = backend.EnergyModel(IntNet(), (2,)), jnp.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"the energy network must return floating-point energies, got dtype int"):
+        energy(x)
+
+
+def test_a_save_into_a_file_s_place_is_one_line(teacher, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError, match=r"cannot write .*afile/ck.*: its folder cannot be used") as e:
+        teacher.save(tmp_path / "afile" / "ck")
+    assert "\n" not in str(e.value)
 
 
 def test_api_accepts_array_library_scalars(teacher, backend, tmp_path):

@@ -185,3 +185,61 @@ def test_one_writer_at_a_time(tmp_path, capsys, monkeypatch):
         holder.wait()
     train(out, "pyro")  # the killed holder's lock is gone
     assert RunFolder(out).published()["stage"] == "evaluated"
+
+
+TORCH_FULL = ("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file "
+              "write failed\nframe #0: c10::ThrowEnforceNotMet(...)")
+
+
+def fail_second_checkpoint_write(monkeypatch, backend, disk_full=True):
+    """Make the 2nd checkpoint write fail as a full disk does: torch's writer error, or ``ENOSPC`` for numpyro."""
+    import errno
+
+    module = __import__(f"{backend}_vmt.checkpoint", fromlist=["x"])
+    name = "torch" if backend == "pyro" else "np"
+    lib = getattr(module, name)
+    real = lib.save if backend == "pyro" else lib.savez
+    calls = {"n": 0}
+
+    def writer(f, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            f.write(b"half an archive")  # a partial write, then the failure
+            if backend == "pyro":
+                raise RuntimeError(TORCH_FULL)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *args, **kw) if backend == "numpyro" else real(args[0], f, **kw)
+
+    class Library:  # the backend's torch or numpy, with its writer replaced
+        def __getattr__(self, attr):
+            return getattr(lib, attr)
+
+    proxy = Library()
+    if backend == "pyro":  # torch.save(payload, f): the file comes second
+        proxy.save = lambda obj, f, **kw: writer(f, obj, **kw)
+    else:
+        proxy.savez = writer
+    monkeypatch.setattr(module, name, proxy)
+    free = 0 if disk_full else 1 << 30
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": free})())
+
+
+@pytest.mark.parametrize("disk_full", [True, False], ids=["full", "io-error"])
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_generation(backend, disk_full, tmp_path,
+                                                                              capsys, monkeypatch):
+    if backend == "numpyro" and not disk_full:
+        pytest.skip("an OSError keeps its own errno: only torch's writer error needs the disk check")
+    from vmt.app.cli import main
+
+    cheap_evaluation(monkeypatch)
+    fail_second_checkpoint_write(monkeypatch, backend, disk_full)
+    out = tmp_path / "run"
+    code = main(["train", "--backend", backend, "--out", str(out), *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    cause = "no space left on device" if disk_full else "write failed ([enforce fail at inline_container.cc:664]"
+    assert f"vmt train: error: cannot write '{out / 'gen-0002.tmp' / 'checkpoint.ckpt'}': {cause}" in err, err
+    assert f"{out} keeps its last published generation (iteration {EVERY}, stage 'training')" in err, err
+    assert leftovers(out) == [] and not list(out.glob("gen-*.tmp"))
+    assert RunFolder(out).published()["iteration"] == EVERY
+    assert runs.load_run(out)[3].iteration == EVERY

@@ -151,6 +151,30 @@ class Generation:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def __enter__(self) -> "Generation":
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        """An error before `RunFolder.publish()` (a full disk, a failed evaluation) discards the folder.
+
+        (A kill leaves it: the next writer's `RunFolder.clean()` removes it.) A failed
+        write is reported as one ``OSError`` that says what the folder still holds.
+        """
+        if not isinstance(error, Exception) or not self.path.name.endswith(".tmp"):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        if isinstance(error, OSError):
+            try:
+                m = self.folder.published(verify=False)
+            except RunFolderError:
+                m = None
+            held = (f"{self.folder.path} keeps its last published generation (iteration {m['iteration']}, "
+                    f"stage {m['stage']!r}); `vmt train --resume {self.folder.path}` continues it once the cause "
+                    "is fixed") if m else f"{self.folder.path} holds no published run yet"
+            failed = OSError(f"{error}; {held}")
+            failed.errno = error.errno
+            raise failed from error
+
     def write_text(self, name: str, text: str, point: Optional[str] = None) -> None:
         """Write a text file; a fault at ``point`` stops the process halfway through it."""
         with open(self.path / name, "w") as f:
@@ -281,7 +305,11 @@ class RunFolder:
         return removed
 
     def begin(self) -> Generation:
-        """A new, private generation folder (numbered after every existing one)."""
+        """A new, private generation folder (numbered after every existing one).
+
+        Use it as ``with folder.begin() as gen:``: an exception before it is published
+        removes it, so the folder shows its last published generation and nothing else.
+        """
         numbers = [int(_GEN.match(p.name).group(1)) for p in self._generations()]
         return Generation(self, max(numbers, default=0) + 1)
 

@@ -223,14 +223,14 @@ def _train_and_evaluate(folder: RunFolder, teacher, data, recipe: Recipe, meta: 
         part = teacher.fit(_train_arrays(data), chunk, recipe.batch_size, progress=progress, callback=trace)
         seconds += time.perf_counter() - start
         history = {k: np.concatenate([history[k], part[k]]) for k in history}
-        gen = folder.begin()
-        teacher.save(gen / CHECKPOINT, **{kind: meta[kind]}, seed=meta["seed"])
-        fault("checkpoint")
-        gen.write_text("run.json", json.dumps(meta, indent=2), point="run-json")
-        np.savez(gen / "history.npz", **history)
-        manifest = folder.publish(gen, stage="trained" if teacher.iteration >= total else "training",
-                                  iteration=teacher.iteration, num_iters=total, backend=meta["backend"],
-                                  train_seconds=seconds)
+        with folder.begin() as gen:
+            teacher.save(gen / CHECKPOINT, **{kind: meta[kind]}, seed=meta["seed"])
+            fault("checkpoint")
+            gen.write_text("run.json", json.dumps(meta, indent=2), point="run-json")
+            np.savez(gen / "history.npz", **history)
+            manifest = folder.publish(gen, stage="trained" if teacher.iteration >= total else "training",
+                                      iteration=teacher.iteration, num_iters=total, backend=meta["backend"],
+                                      train_seconds=seconds)
     header = {kind: meta[kind], "backend": meta["backend"], "init": recipe.config.init, "train_seconds": seconds}
     return _evaluate_into(folder, manifest, teacher, data, recipe, meta, eval_samples, header, history)
 
@@ -238,15 +238,15 @@ def _train_and_evaluate(folder: RunFolder, teacher, data, recipe: Recipe, meta: 
 def _evaluate_into(folder: RunFolder, manifest: dict, teacher, data, recipe: Recipe, meta: dict, eval_samples: int,
                    header: dict, history: Optional[dict]) -> Dict[str, Any]:
     """Evaluate into a new generation that carries over the checkpoint, and publish it."""
-    gen = folder.begin()
-    for name in ("checkpoint.ckpt", "run.json", "history.npz"):
-        if name in manifest["files"]:
-            gen.carry(folder.file(manifest, name))
-    metrics = evaluate_run(teacher, data, recipe, meta["seed"], gen.path, eval_samples, header)
-    if history is not None:
-        plots.plot_history(history, gen / "history.png")
-    folder.publish(gen, stage="evaluated", iteration=teacher.iteration, num_iters=recipe.num_iters,
-                   backend=meta["backend"], train_seconds=header.get("train_seconds", float("nan")))
+    with folder.begin() as gen:
+        for name in ("checkpoint.ckpt", "run.json", "history.npz"):
+            if name in manifest["files"]:
+                gen.carry(folder.file(manifest, name))
+        metrics = evaluate_run(teacher, data, recipe, meta["seed"], gen.path, eval_samples, header)
+        if history is not None:
+            plots.plot_history(history, gen / "history.png")
+        folder.publish(gen, stage="evaluated", iteration=teacher.iteration, num_iters=recipe.num_iters,
+                       backend=meta["backend"], train_seconds=header.get("train_seconds", float("nan")))
     return metrics
 
 

@@ -4,7 +4,10 @@ telling the two backends' files apart.
 A checkpoint is first written to a temporary file in the target directory, flushed
 to disk, then renamed over the target (``os.replace`` is atomic on POSIX and
 Windows), so an interrupted save leaves either the old file or the new one, never
-a truncated mix.
+a truncated mix. A write that fails (a full disk, an I/O error, torch's
+``PytorchStreamWriter failed writing file``) removes the temporary file and raises
+one ``OSError`` naming the path and the cause, nothing written there (`write_error()`), whichever backend
+wrote.
 
 Both formats are zip archives: the Torch backend's is a ``torch.save`` archive (a
 pickle read with ``weights_only=True``, its content hashed with SHA-256 since format
@@ -16,7 +19,9 @@ other's reader.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import IO, Callable, Optional, Union
 
 from vmt.core.errors import CheckpointError
 
-__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "atomic_write", "config_mismatch", "sniff_backend",
+__all__ = ["FORMAT", "VERSION", "READABLE_VERSIONS", "atomic_write", "write_error", "config_mismatch", "sniff_backend",
            "check_header", "one_line"]
 
 FORMAT = "pyro-vmt"
@@ -35,21 +40,58 @@ READABLE_VERSIONS = (1, 2)
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary binary file, then move it to ``path``."""
+    """Call ``write(f)`` on a temporary binary file, then move it to ``path``.
+
+    A failed write leaves ``path`` as it was, removes the temporary file and raises
+    `write_error()`'s ``OSError``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        failed = OSError(f"cannot write {str(path)!r}: its folder cannot be used ({one_line(e)})")
+        failed.errno = e.errno
+        raise failed from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        failed = write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else e
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if failed is not e:
+            raise failed from e
         raise
     return path
+
+
+_TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "file write failed")
+_FULL = 1 << 20  # a disk with less free space than this after a failed write counts as full
+
+
+def write_error(path: Union[str, os.PathLike], error: BaseException) -> BaseException:
+    """The one-line ``OSError`` for a failed write of ``path``, or ``error`` itself when it is none.
+
+    ``error`` is an ``OSError`` of the write (``errno`` kept) or torch's ``RuntimeError``
+    of its archive writer, which carries no ``errno``: when the disk then has less than
+    1 MiB free it is reported as ``ENOSPC``, otherwise as ``EIO`` with torch's first line.
+    """
+    if isinstance(error, RuntimeError) and not any(s in str(error) for s in _TORCH_WRITER):
+        return error  # not a failed write: a bug to see as it is
+    code = getattr(error, "errno", None)
+    if code is None:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < _FULL else errno.EIO
+        except OSError:
+            code = errno.EIO
+    cause = "no space left on device" if code in (errno.ENOSPC, errno.EDQUOT) else f"write failed ({one_line(error)})"
+    failed = OSError(f"cannot write {str(path)!r}: {cause}")
+    failed.errno = code  # (without strerror it prints as the message alone, not "[Errno n] ...")
+    return failed
 
 
 def config_mismatch(saved: dict, current: dict, defaults: Optional[dict] = None) -> str:

@@ -90,12 +90,13 @@ def as_shape(name: str, value: Any) -> Tuple[int, ...]:
     return shape
 
 
-def as_seed(seed: Any) -> int:
+def as_seed(seed: Any, name: str = "seed") -> int:
     """A seed: a non-negative integer (``None`` is refused: no hidden entropy)."""
     try:
-        return as_count("seed", seed, minimum=0)
+        return as_count(name, seed, minimum=0)
     except ValueError:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}") from None
+        raise ValueError(f"{name} must be a non-negative int{' seed' if name != 'seed' else ''}, got {seed!r}") \
+            from None
 
 
 def check_step_size(step_size: Any) -> float:
@@ -114,3 +115,37 @@ def check_noise_scale(noise_scale: Any, adjust: bool = False) -> float:
     if adjust and value == 0:
         raise ValueError("adjust=True (MALA) needs noise_scale > 0: a noise-free proposal has no density")
     return value
+
+
+def host_numbers(batch: Any, name: str = "data"):
+    """``batch`` as a NumPy array of floating-point numbers, else ``ValueError`` naming the problem.
+
+    Ragged lists, strings, objects, integers, booleans and complex numbers are refused
+    (nothing is cast silently); a float array is returned as it is, without a copy.
+    """
+    import numpy as np
+
+    try:
+        arr = np.asarray(batch)
+    except (ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} cannot be read as an array of numbers ({first})") from None
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must hold floating-point numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_batch_shape(name: str, shape: Tuple[int, ...], event: Tuple[int, ...]) -> None:
+    """``ValueError`` unless ``shape`` is ``(n, *event)`` with ``n ≥ 1``."""
+    shape, event = tuple(shape), tuple(event)
+    if shape[1:] == event and len(shape) == len(event) + 1 and shape[0] == 0:
+        raise ValueError(f"{name} has no rows (shape {shape})")
+    if len(shape) != len(event) + 1 or shape[1:] != event:
+        raise ValueError(f"{name} must have shape (n, {', '.join(map(str, event))}), got {shape}")
+
+
+def overflow_message(name: str, dtype: Any) -> str:
+    """The one wording both backends use for finite data that overflows the model's dtype."""
+    dtype = str(dtype).replace("torch.", "")
+    return (f"{name} has values too large for the model's dtype {dtype} (they overflow to infinity; "
+            f"the largest {dtype} is about {'3.4e38' if dtype == 'float32' else 'its finfo.max'}): rescale the data")

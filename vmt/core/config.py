@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 
 from vmt.core.batch import is_conditional
 from vmt.core.checks import as_count, as_pair, as_real, check_noise_scale, check_num_steps, check_step_size
+from vmt.core.errors import ArgumentTypeError
 
 __all__ = ["INITS", "CORRECTIONS", "TeachingConfig", "resolve_teacher_parts"]
 
@@ -197,7 +198,12 @@ class TeachingConfig:
         return (0.5 * (low + high), 0.5 * (high - low))
 
     def replace(self, **changes: Any) -> "TeachingConfig":
-        """A copy with ``changes`` applied (and validated)."""
+        """A copy with ``changes`` applied (and validated); an unknown name raises `ArgumentTypeError`."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise ArgumentTypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                                    f"the options are {', '.join(names)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -224,7 +230,7 @@ def resolve_teacher_parts(energy: Any, vae: Any, config: Optional[TeachingConfig
     for ``init="vae"``/``"generator"`` and dropped otherwise.
     """
     if not isinstance(energy, energy_cls):
-        raise TypeError(f"energy must be a {package}.{energy_cls.__name__}, got {type(energy).__name__}")
+        raise ArgumentTypeError(f"energy must be a {package}.{energy_cls.__name__}, got {type(energy).__name__}")
     config = config or TeachingConfig()
     config = config.replace(**options) if options else config
     if config.init not in ("vae", "generator"):

@@ -1,6 +1,7 @@
 """Exceptions shared by both backends, so callers catch the same types."""
 
-__all__ = ["DivergenceError", "CheckpointError", "divergence_message", "nonfinite_message", "parameters_message"]
+__all__ = ["DivergenceError", "CheckpointError", "ArgumentTypeError", "divergence_message", "nonfinite_message", "parameters_message",
+           "energy_dtype_message"]
 
 
 class DivergenceError(FloatingPointError):
@@ -18,6 +19,20 @@ class CheckpointError(ValueError):
     Raised before anything is changed: a load that fails leaves the object exactly as
     it was, a save that is refused writes nothing.
     """
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong kind (not an energy model, not a seed, an unknown option).
+
+    A ``TypeError``, as Python raises for such arguments, and a ``ValueError``, the one
+    type callers (and the command line) catch for every refused input.
+    """
+
+
+def energy_dtype_message(dtype: object) -> str:
+    """The one wording both backends use when an energy network returns no floating-point values."""
+    return (f"the energy network must return floating-point energies, got dtype "
+            f"{str(dtype).replace('torch.', '')} (cast its output, e.g. to float32)")
 
 
 def divergence_message(first_step: int, num_bad: int, num_chains: int, step_size: float) -> str:

@@ -1,0 +1,568 @@
+"""Probe both backends with a table of bad inputs; classify what each one gets back.
+
+Every case runs a bad (or a tricky but valid) input through the API of a backend
+(`VariationalMCMCTeaching`, ``fit``, ``sample``, ``save``, ``load``, `Langevin`,
+`LangevinKernel`, `TeachingConfig`, `Recipe`, the data-file reader) or through the
+command line (``vmt.app.cli.main`` in this process; a few through a real
+``python -m vmt`` subprocess for the exit status and the absence of a traceback).
+Each outcome is classified automatically:
+
+- ``clear``: refused with a project error type, ``ValueError``, ``OSError`` raised by
+  the project's own code, or a non-zero exit, in one line that holds the table's
+  expected words;
+- ``deep``: any other exception type, an exception raised inside torch/jax/numpy, a
+  multi-line message or a traceback;
+- ``silent``: accepted although it should have been refused;
+- ``misleading``: refused in one line that lacks the expected words (or a valid input
+  refused);
+- ``ok``: a valid input accepted.
+
+Numeric options are generated systematically: each count flag and argument with
+``0, -1, nan, inf, abc, 2.5`` and each real with ``0, -1, nan, inf, abc``.
+Writes ``benchmarks/results/bad_inputs.json`` (one row per case, counts per class and
+backend).
+
+    python benchmarks/bad_inputs.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402  (before jax: it fixes the thread counts)
+
+import numpy as np  # noqa: E402
+
+BACKENDS = ("pyro", "numpyro")
+OK = None  # the expectation of a valid input
+CLASSES = ("clear", "deep", "silent", "misleading", "ok")
+
+
+# ---------------------------------------------------------------------- classification
+def _project_frame(tb) -> bool:
+    """Whether the innermost frame of a traceback lies in this repository (not in a library)."""
+    frames = traceback.extract_tb(tb)
+    return bool(frames) and frames[-1].filename.startswith(str(ROOT)) and "site-packages" not in frames[-1].filename
+
+
+def classify_exception(e: BaseException, expect) -> tuple:
+    text = str(e).strip()
+    if isinstance(e, SystemExit):
+        return ("misleading" if expect is OK else "clear"), f"SystemExit({e.code})"
+    allowed = isinstance(e, (ValueError, FloatingPointError, OSError))
+    if not allowed or not _project_frame(e.__traceback__) or "\n" in text or not text:
+        return "deep", f"{type(e).__name__}: {text[:300]}"
+    return _judge_line(text, expect), f"{type(e).__name__}: {text}"
+
+
+def _judge_line(text: str, expect) -> str:
+    if expect is OK:
+        return "misleading"
+    return "clear" if re.search(expect, text) else "misleading"
+
+
+def run_api(fn, expect) -> tuple:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn()
+    except BaseException as e:  # noqa: BLE001 - every outcome is a finding
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return classify_exception(e, expect)
+    return ("ok" if expect is OK else "silent"), "accepted"
+
+
+def run_cli(args, expect) -> tuple:
+    from vmt.app.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = main([str(a) for a in args])
+    except BaseException as e:  # noqa: BLE001 - an exception out of main is a traceback for the user
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return "deep", f"{type(e).__name__} escaped main: {str(e)[:300]}"
+    return _judge_exit(code, err.getvalue(), expect)
+
+
+def _judge_exit(code: int, err: str, expect) -> tuple:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if code == 0:
+        return ("ok" if expect is OK else "silent"), "exit 0"
+    if len(lines) != 1 or "Traceback" in err:
+        return "deep", f"exit {code}: {' | '.join(lines[-3:])[:400]}"
+    return _judge_line(lines[0], expect), f"exit {code}: {lines[0]}"
+
+
+def run_subprocess(args, expect) -> tuple:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "vmt", *map(str, args)], capture_output=True, text=True, env=env)
+    return _judge_exit(r.returncode, r.stderr, expect)
+
+
+# ---------------------------------------------------------------------- fixtures
+class World:
+    """What the cases need, built once: teachers, checkpoints, data files, a trained run per backend."""
+
+    def __init__(self, tmp: Path):
+        from vmt.core.api import load_backend
+
+        self.tmp = tmp
+        self.B = {b: load_backend(b) for b in BACKENDS}
+        self.x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+        self._teachers, self._runs, self._ckpts, self._saved_weight = {}, {}, {}, {}
+        self.files = self._data_files()
+
+    def teacher(self, b: str, **options):
+        if options or b not in self._teachers:
+            B = self.B[b]
+            e_net, enc, dec = B.nets.default_networks((2,), 2, hidden=(8,), rng=0)
+            t = B.VariationalMCMCTeaching(B.EnergyModel(e_net, (2,)), B.VAE(enc, dec, 2, (2,)), rng=0,
+                                          **{"step_size": 0.05, "num_steps": 2, **options})
+            if options:
+                return t
+            self._teachers[b] = t
+        return self._teachers[b]
+
+    def checkpoint(self, b: str) -> Path:
+        if b not in self._ckpts:
+            t = self.teacher(b)
+            t.fit(self.x, 1, 10, progress=False)
+            self._ckpts[b] = self.tmp / f"{b}.ckpt"
+            t.save(self._ckpts[b])
+            self._saved_weight[b] = self._first_weight(b).tobytes()
+        return self._ckpts[b]
+
+    def damaged(self, b: str, how: str) -> Path:
+        raw = bytearray(self.checkpoint(b).read_bytes())
+        path = self.tmp / f"{b}-{how}.ckpt"
+        if how == "truncated":
+            raw = raw[: len(raw) // 2]
+        elif how == "flipped":
+            raw[raw.find(self._saved_weight[b]) + 5] ^= 0x10  # inside the first energy weight
+        elif how == "empty":
+            raw = bytearray()
+        elif how == "text":
+            raw = bytearray(b"not a checkpoint")
+        path.write_bytes(bytes(raw))
+        if how == "nan":
+            self._nan_weights(b, path)
+        return path
+
+    def _first_weight(self, b: str) -> np.ndarray:
+        t = self.teacher(b)
+        if b == "pyro":
+            return next(t.energy.parameters()).detach().numpy()
+        import jax
+
+        return np.asarray(jax.tree.leaves(t.state.energy)[0])
+
+    def _nan_weights(self, b: str, path: Path) -> None:
+        """A checkpoint of valid format (checksum recomputed) whose first energy weight is NaN."""
+        if b == "pyro":
+            import torch
+
+            from pyro_vmt.checkpoint import checksum
+
+            payload = torch.load(path, weights_only=True)
+            next(iter(payload["state"]["energy"].values())).view(-1)[0] = float("nan")
+            payload["checksum"] = checksum({"state": payload["state"], "metadata": payload["metadata"]})
+            torch.save(payload, path)
+            return
+        with np.load(path) as z:
+            header, arrays = str(z["header"][()]), {k: z[k] for k in z.files if k != "header"}
+        arrays["energy.0"] = arrays["energy.0"] * np.nan
+        with open(path, "wb") as f:
+            np.savez(f, header=np.array(header), **arrays)
+
+    def run(self, b: str) -> Path:
+        """A finished tiny run folder (metrics and plots stubbed out)."""
+        if b not in self._runs:
+            from vmt.app import runs
+            from vmt.app.recipes import get_recipe
+
+            out = self.tmp / f"run-{b}"
+            recipe = get_recipe("grid25").replace(num_iters=2, batch_size=16, num_steps=2, hidden=(16,))
+            with contextlib.redirect_stdout(io.StringIO()):
+                runs.train_run("grid25", out, recipe, b, eval_samples=50, progress=False)
+            self._runs[b] = out
+        return self._runs[b]
+
+    def _data_files(self) -> dict:
+        d, f = self.tmp, {}
+        rng = np.random.default_rng(0)
+        good = rng.normal(size=(200, 2))
+        f["ragged.csv"] = "1,2\n3,4,5\n6,7\n"
+        f["nan.csv"] = "1,2\nnan,4\n5,6\n" * 20
+        f["inf.csv"] = "1,2\ninf,4\n5,6\n" * 20
+        f["text.csv"] = "1,2\na,b\n"
+        f["empty.csv"] = ""
+        f["onerow.csv"] = "1,2\n"
+        for name, text in list(f.items()):
+            (d / name).write_text(text)
+            f[name] = d / name
+        np.save(d / "big.npy", good * 1e39)
+        np.save(d / "objects.npy", np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+        np.save(d / "nan.npy", np.where(np.arange(200)[:, None] == 3, np.nan, good))
+        np.save(d / "strings.npy", np.array([["a", "b"]] * 20))
+        np.save(d / "scalar.npy", np.array(3.0))
+        np.save(d / "complex.npy", good.astype(np.complex64))
+        np.savez(d / "two.npz", a=good, b=good)
+        np.save(d / "small.npy", good[:30])
+        (d / "afile").write_text("x")
+        (d / "foreign").mkdir()
+        (d / "foreign" / "thesis.tex").write_text("x")
+        for name in ("big.npy", "objects.npy", "nan.npy", "strings.npy", "scalar.npy", "complex.npy", "two.npz",
+                     "small.npy", "afile", "foreign"):
+            f[name] = d / name
+        return f
+
+
+# ---------------------------------------------------------------------- the table
+COUNT_VALUES = ["0", "-1", "nan", "inf", "abc", "2.5"]
+COUNTS = {"num_steps", "buffer_size", "lr_decay_steps", "num_samples", "latent_dim", "num_iters", "batch_size"}
+REAL_VALUES = ["0", "-1", "nan", "inf", "abc"]
+# flag -> (minimum, words expected in its message) for counts
+COUNT_FLAGS = {"--iters": 0, "--batch-size": 1, "--num-steps": 1, "--latent-dim": 1, "--eval-samples": 1,
+               "--checkpoint-every": 0, "--threads": 0, "--seed": 0, "--nproc": 1}
+# flag -> which of 0 is valid
+REAL_FLAGS = {"--step-size": False, "--noise-scale": True, "--energy-lr": False, "--vae-lr": False,
+              "--energy-reg": True, "--kl-weight": True, "--ref-scale": False, "--obs-scale": False,
+              "--test-fraction": False}
+
+
+def cli_cases(w: World) -> list:
+    """``(backend, name, args, expect)`` of the command line (in this process)."""
+    cases = []
+    for b in BACKENDS:
+        # a small run in case an input is (wrongly) accepted; each case's own options come after and win
+        base = ["train", "--backend", b, "--quiet", "--out", w.tmp / f"never-{b}", "--iters", "1", "--eval-samples", "10"]
+        for flag, minimum in COUNT_FLAGS.items():
+            for v in COUNT_VALUES:
+                valid = v == "0" and minimum == 0
+                expect = OK if valid else re.escape(f"argument {flag}: must be")
+                extra = ["--print-recipe"] if valid else []
+                cases.append((b, f"train {flag} {v}", base + [flag, v] + extra, expect))
+        for flag, zero_ok in REAL_FLAGS.items():
+            for v in REAL_VALUES:
+                valid = v == "0" and zero_ok
+                expect = OK if valid else re.escape(f"argument {flag}: must")
+                cases.append((b, f"train {flag} {v}", base + [flag, v] + (["--print-recipe"] if valid else []),
+                              expect))
+        for v in ["0", "-1", "a,b", "", "8,,8", "2.5"]:
+            cases.append((b, f"train --hidden {v!r}", base + ["--hidden", v], "argument --hidden: must be"))
+        for v in ["0,0", "a", "28", "-1,4"]:
+            cases.append((b, f"train --image-shape {v}", base + ["--image-shape", v], "argument --image-shape"))
+        for s, words in [("step_size=-1", "step_size must be"), ("num_steps=2.5", "num_steps must be"),
+                         ("betas=0.5", "betas must be"), ("grad_clip=nan", "grad_clip must be"),
+                         ("buffer_size=0", "buffer_size must be"), ("reinit_prob=2", "reinit_prob must"),
+                         ("lr_decay_steps=-1", "lr_decay_steps must"), ("correction=foo", "correction must"),
+                         ("init=foo", "init must"), ("hidden=0", "hidden must"), ("latent_dim=abc", "latent_dim must"),
+                         ("nonsense=1", "argument --set: must be KEY=VALUE"), ("num_iters=-5", "num_iters must"),
+                         ("batch_size=0", "batch_size must"), ("init_bounds=1,-1", "init_bounds"),
+                         ("noise_fraction=1.5", "noise_fraction must"), ("lr_final_ratio=2", "lr_final_ratio must"),
+                         ("kl_weight=inf", "kl_weight must"), ("num_samples=-1", "num_samples must"),
+                         ("step_size", "argument --set: must be KEY=VALUE")]:
+            cases.append((b, f"train --set {s}", base + ["--set", s], re.escape(words)))
+        f = w.files
+        for name, words in [("ragged.csv", r"ragged\.csv.*(row|column|line)"), ("nan.csv", r"(NaN|non-finite|not finite)"),
+                            ("inf.csv", r"(inf|non-finite|not finite)"), ("text.csv", r"text\.csv"),
+                            ("empty.csv", r"empty\.csv.*(empty|no (data|rows))"), ("onerow.csv", r"(row|too few)"),
+                            ("big.npy", r"float32"), ("objects.npy", r"(object|pickle)"),
+                            ("nan.npy", r"(NaN|non-finite|not finite)"), ("strings.npy", r"(number|numeric|dtype)"),
+                            ("scalar.npy", r"(shape|row|dimension)"), ("complex.npy", r"(complex|real)"),
+                            ("two.npz", r"(array|one)"), ("afile", r"(extension|\.npy|format|suffix)")]:
+            cases.append((b, f"train --data {name}", base + ["--data", f[name]], words))
+        cases += [
+            (b, "train --data missing.csv", base + ["--data", w.tmp / "missing.csv"], "does not exist"),
+            (b, "train --data nosuchset", base + ["--data", "nosuchset"], "neither a built-in data set"),
+            (b, "train --batch-size > file rows", base + ["--data", f["small.npy"], "--batch-size", "1000"],
+             "larger than the training data"),
+            (b, "train --batch-size > built-in rows", base + ["--batch-size", "20000"], "larger than the training data"),
+            (b, "train --out a file", ["train", "--backend", b, "--out", f["afile"]], "is a file"),
+            (b, "train --out a foreign folder", ["train", "--backend", b, "--out", f["foreign"]], "holds no vmt run"),
+            (b, "train --task with --data", base + ["--task", "class", "--data", "digits"], "either --data"),
+            (b, "train --init bogus", base + ["--init", "bogus"], "argument --init: invalid choice"),
+            (b, "train --correction bogus", base + ["--correction", "bogus"], "argument --correction: invalid choice"),
+            (b, "train --bogus", base + ["--bogus"], "unrecognized arguments: --bogus"),
+            (b, "train --resume missing", ["train", "--resume", w.tmp / "nothing"], "does not exist"),
+            (b, "train --resume with --step-size", ["train", "--resume", w.run(b), "--step-size", "0.1"],
+             "cannot be combined"),
+        ]
+        run = w.run(b)
+        for v in COUNT_VALUES:
+            cases.append((b, f"sample -n {v}", ["sample", run, "-n", v], re.escape("argument -n/--num-samples: must")))
+            if v != "0":
+                cases.append((b, f"sample --num-steps {v}", ["sample", run, "--num-steps", v],
+                              re.escape("argument --num-steps: must")))
+                cases.append((b, f"sample --mh-steps {v}", ["sample", run, "--mh-steps", v],
+                              re.escape("argument --mh-steps: must")))
+                cases.append((b, f"sample --seed {v}", ["sample", run, "--seed", v], re.escape("argument --seed: must")))
+            cases.append((b, f"evaluate --eval-samples {v}", ["evaluate", run, "--eval-samples", v],
+                          re.escape("argument --eval-samples: must")))
+        cases += [
+            (b, "sample --out a folder", ["sample", run, "-n", "3", "--out", w.tmp], "(folder|directory)"),
+            (b, "sample --out in a missing folder", ["sample", run, "-n", "3", "--out", w.tmp / "no" / "s.npy"],
+             OK),
+            (b, "sample of a missing run", ["sample", w.tmp / "nothing"], "does not exist"),
+            (b, "sample of a non-run folder", ["sample", f["foreign"]], "not a vmt run folder"),
+            (b, "sample of a file", ["sample", f["afile"]], "is a file"),
+            (b, "evaluate of a missing run", ["evaluate", w.tmp / "nothing"], "does not exist"),
+            (b, "sample --bogus", ["sample", run, "--bogus"], "unrecognized arguments"),
+        ]
+    cases.append(("cli", "no command", [], "required: command"))
+    cases.append(("cli", "unknown command", ["fly"], "invalid choice: 'fly'"))
+    return cases
+
+
+def subprocess_cases(w: World) -> list:
+    return [
+        ("cli", "subprocess train --iters -5", ["train", "--iters", "-5"], "--iters: must be"),
+        ("cli", "subprocess train --bogus", ["train", "--bogus"], "unrecognized arguments"),
+        ("cli", "subprocess sample -n 0", ["sample", w.tmp / "x", "-n", "0"], "must be a positive integer"),
+        ("pyro", "subprocess train --data objects.npy", ["train", "--backend", "pyro", "--out", w.tmp / "sp",
+                                                         "--data", w.files["objects.npy"]], "(object|pickle)"),
+        ("numpyro", "subprocess train --data big.npy", ["train", "--backend", "numpyro", "--out", w.tmp / "sp",
+                                                        "--data", w.files["big.npy"]], "float32"),
+    ]
+
+
+def api_cases(w: World) -> list:
+    """``(backend, name, fn, expect)`` of the API."""
+    import jax.numpy as jnp
+    import torch
+
+    from vmt.app.recipes import Recipe
+    from vmt.core.config import TeachingConfig
+
+    cases = []
+    numbers = {"0": 0, "-1": -1, "nan": float("nan"), "inf": float("inf"), "abc": "abc", "2.5": 2.5, "None": None}
+    scalars = {"np.float32": lambda v: np.float32(v), "np.float64": lambda v: np.float64(v),
+               "torch": lambda v: torch.tensor(v), "jnp": lambda v: jnp.float32(v)}
+    ints = {"np.int64": lambda v: np.int64(v), "np.int32": lambda v: np.int32(v),
+            "torch": lambda v: torch.tensor(v), "jnp": lambda v: jnp.int32(v)}
+    for b in BACKENDS:
+        B, x = w.B[b], w.x
+        T = lambda b=b: w.teacher(b)  # noqa: E731
+        for k, v in numbers.items():
+            cases.append((b, f"sample({k})", lambda v=v, T=T: T().sample(v), r"\bn must be a positive integer"))
+            if k != "0":  # (0 Langevin steps: the VAE's samples; mh_steps=0: none; None: the default)
+                cases.append((b, f"sample(num_steps={k})", lambda v=v, T=T: T().sample(3, num_steps=v),
+                              OK if k == "None" else "num_steps must be"))
+                if k != "None":
+                    cases.append((b, f"sample(mh_steps={k})", lambda v=v, T=T: T().sample(3, mh_steps=v),
+                                  "mh_steps must be"))
+                cases.append((b, f"sample(rng={k})", lambda v=v, T=T: T().sample(3, rng=v),
+                              OK if k == "None" else "rng must be"))
+            cases.append((b, f"fit(num_iters={k})", lambda v=v, T=T: T().fit(x, v, 10, progress=False),
+                          "num_iters must be") if k != "0" else
+                         (b, "fit(num_iters=0)", lambda T=T: T().fit(x, 0, 10, progress=False), OK))
+            cases.append((b, f"fit(batch_size={k})", lambda v=v, T=T: T().fit(x, 1, v, progress=False),
+                          "batch_size must be"))
+        for name, make in ints.items():
+            cases.append((b, f"sample({name} 3)", lambda make=make, T=T: T().sample(make(3)), OK))
+            cases.append((b, f"fit(num_iters={name} 1)", lambda make=make, T=T: T().fit(x, make(1), 10, progress=False),
+                          OK))
+        bad_data = {
+            "NaN row": (np.where(np.arange(50)[:, None] == 7, np.nan, x), r"row 7"),
+            "inf row": (np.where(np.arange(50)[:, None] == 9, np.inf, x), r"row 9"),
+            "float64 1e39": (x.astype(np.float64) * 1e39, "float32"),
+            "wrong width": (np.zeros((50, 3), np.float32), r"(shape|event_shape|\(2,\))"),
+            "1-D": (np.zeros(50, np.float32), r"(shape|event_shape|\(2,\))"),
+            "no rows": (np.zeros((0, 2), np.float32), r"(no rows|empty|0 rows|larger than)"),
+            "object array": (np.array([[{"a": 1}, 2]] * 50, dtype=object), r"(object|number|numeric|dtype)"),
+            "strings": (np.array([["a", "b"]] * 50), r"(number|numeric|dtype|str)"),
+            "complex": (x.astype(np.complex64), r"(complex|real)"),
+            "batch_size > rows": (x, r"larger than the data \(50 rows\)"),
+        }
+        for name, (data, words) in bad_data.items():
+            bs = 10 ** 6 if "batch_size" in name else 10
+            cases.append((b, f"fit data {name}", lambda data=data, bs=bs, T=T: T().fit(data, 1, bs, progress=False),
+                          words))
+        cases.append((b, "fit data list of lists", lambda T=T: T().fit(x.tolist(), 1, 10, progress=False), OK))
+        cases.append((b, "fit data float64 normal", lambda T=T: T().fit(x.astype(np.float64), 1, 10, progress=False),
+                      OK))
+        # the teacher's own numbers
+        for opt, zero_ok in [("step_size", False), ("noise_scale", True), ("energy_lr", False), ("vae_lr", False),
+                             ("energy_reg", True), ("num_steps", False)]:
+            for k, v in numbers.items():
+                if k == "None" or (k == "0" and zero_ok) or (k == "2.5" and opt not in COUNTS):
+                    continue
+                cases.append((b, f"teacher({opt}={k})", lambda opt=opt, v=v, b=b: w.teacher(b, **{opt: v}),
+                              f"{opt} must"))
+        for name, make in scalars.items():
+            cases.append((b, f"teacher(step_size={name} 0.05)", lambda make=make, b=b: w.teacher(
+                b, step_size=make(0.05)), OK))
+        cases += [
+            (b, "teacher(init='bogus')", lambda b=b: w.teacher(b, init="bogus"), "init must"),
+            (b, "teacher(bogus=1)", lambda b=b: w.teacher(b, bogus=1), "bogus"),
+            (b, "teacher(rng=-1)", lambda T=T, B=B: B.VariationalMCMCTeaching(T().energy, T().vae, rng=-1), "(seed|rng) must"),
+            (b, "teacher(energy=None)", lambda B=B: B.VariationalMCMCTeaching(None), "energy"),
+            (b, "teacher(adjust=True, noise_scale=0)", lambda b=b: w.teacher(b, adjust=True, noise_scale=0),
+             "noise_scale > 0"),
+        ]
+        # Langevin and its kernel
+        pot = (lambda z: (z ** 2).sum(-1) / 2)
+        for opt, zero_ok in [("step_size", False), ("num_steps", False), ("noise_scale", True)]:
+            for k, v in numbers.items():
+                if k == "None" or (k == "0" and zero_ok) or (k == "2.5" and opt not in COUNTS):
+                    continue
+                kw = {"step_size": 0.1, **{opt: v}}
+                cases.append((b, f"Langevin({opt}={k})", lambda kw=kw, B=B: B.Langevin(pot, **kw), f"{opt} must"))
+        for name, make in scalars.items():
+            cases.append((b, f"Langevin(step_size={name} 0.1)", lambda make=make, B=B: B.Langevin(pot, make(0.1)), OK))
+            cases.append((b, f"LangevinKernel(step_size={name} 0.1)",
+                          lambda make=make, B=B: B.LangevinKernel(potential_fn=pot, step_size=make(0.1)), OK))
+        for k in ("0", "-1", "nan", "inf", "abc"):
+            cases.append((b, f"LangevinKernel(step_size={k})",
+                          lambda v=numbers[k], B=B: B.LangevinKernel(potential_fn=pot, step_size=v), "step_size must"))
+        for k, v in [("0", 0.0), ("1.5", 1.5), ("nan", float("nan"))]:
+            cases.append((b, f"LangevinKernel(target_accept_prob={k})",
+                          lambda v=v, B=B: B.LangevinKernel(potential_fn=pot, target_accept_prob=v), "target_accept_prob"))
+        cases.append((b, "LangevinKernel() without model or potential", lambda B=B: B.LangevinKernel(),
+                      "(model|potential_fn)"))
+        cases.append((b, "LangevinKernel(adjust, noise_scale=0)",
+                      lambda B=B: B.LangevinKernel(potential_fn=pot, adjust=True, noise_scale=0), "noise_scale > 0"))
+        # an energy net that returns integers
+        cases.append((b, "energy net returning integers", lambda b=b: _integer_energy(w, b), "(integer|float)"))
+        # checkpoints
+        other = "numpyro" if b == "pyro" else "pyro"
+        cases += [
+            (b, "load the other backend's checkpoint", lambda T=T, o=other: T().load(w.checkpoint(o)),
+             f"written by the '{other}' backend"),
+            (b, "load a truncated checkpoint", lambda T=T, b=b: T().load(w.damaged(b, "truncated")),
+             "(truncated|not a complete)"),
+            (b, "load a checkpoint with a flipped byte", lambda T=T, b=b: T().load(w.damaged(b, "flipped")),
+             "(checksum|CRC|damaged|cannot read)"),
+            (b, "load a checkpoint with NaN weights", lambda T=T, b=b: T().load(w.damaged(b, "nan")), "non-finite"),
+            (b, "load an empty file", lambda T=T, b=b: T().load(w.damaged(b, "empty")), "(not a complete|cannot read)"),
+            (b, "load a text file", lambda T=T, b=b: T().load(w.damaged(b, "text")), "(not a complete|cannot read)"),
+            (b, "load a missing file", lambda T=T: T().load(w.tmp / "missing.ckpt"), "no checkpoint file"),
+            (b, "load a folder", lambda T=T: T().load(w.tmp), "(folder|directory|not a complete|cannot read)"),
+            (b, "load into other widths", lambda b=b: _other_widths(w, b).load(w.checkpoint(b)), "does not match"),
+            (b, "save under a file", lambda T=T: T().save(w.files["afile"] / "ck"), "(afile|Not a directory|cannot)"),
+            (b, "save to a folder", lambda T=T: T().save(w.tmp), "(folder|directory|cannot write)"),
+        ]
+        cases.append((b, "load_file objects.npy", lambda: _load_file(w.files["objects.npy"]), "(object|pickle)"))
+    # backend-neutral configuration
+    for field, zero_ok in [("step_size", False), ("num_steps", False), ("noise_scale", True), ("energy_lr", False),
+                           ("vae_lr", False), ("energy_reg", True), ("buffer_size", False), ("reinit_prob", True),
+                           ("noise_fraction", True), ("lr_decay_steps", False), ("grad_clip", False),
+                           ("num_samples", False), ("lr_final_ratio", True)]:
+        for k, v in numbers.items():
+            if (k == "0" and zero_ok) or (k == "2.5" and field not in COUNTS) or (k == "None" and field in ("lr_decay_steps", "grad_clip", "num_samples")):
+                continue
+            cases.append(("core", f"TeachingConfig({field}={k})", lambda f=field, v=v: TeachingConfig(**{f: v}),
+                          f"{field} must"))
+    for field in ("latent_dim", "num_iters", "batch_size", "kl_weight"):
+        for k, v in numbers.items():
+            if (k == "0" and field in ("num_iters", "kl_weight")) or (k == "2.5" and field not in COUNTS):
+                continue
+            cases.append(("core", f"Recipe({field}={k})", lambda f=field, v=v: Recipe(**{f: v}), f"{field} must"))
+    for name, v in [("(0,)", (0,)), ("(-1,)", (-1,)), ("'a,b'", "a,b"), ("()", ()), ("(2.5,)", (2.5,))]:
+        cases.append(("core", f"Recipe(hidden={name})", lambda v=v: Recipe(hidden=v), "hidden must"))
+    for name, make in {**scalars}.items():
+        cases.append(("core", f"TeachingConfig(step_size={name} 0.1)",
+                      lambda make=make: TeachingConfig(step_size=make(0.1)), OK))
+    cases.append(("core", "TeachingConfig(betas=(0.5, 2))", lambda: TeachingConfig(betas=(0.5, 2)), "betas must"))
+    cases.append(("core", "TeachingConfig(init_bounds=(1, -1))", lambda: TeachingConfig(init_bounds=(1, -1)),
+                  "init_bounds"))
+    cases.append(("core", "TeachingConfig(correction='foo')", lambda: TeachingConfig(correction="foo"),
+                  "correction must"))
+    return cases
+
+
+def _integer_energy(w: World, b: str):
+    B = w.B[b]
+    e_net, enc, dec = B.nets.default_networks((2,), 2, hidden=(8,), rng=0)
+    if b == "pyro":
+        import torch
+
+        class IntNet(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(2, 1)
+
+            def forward(self, x):
+                return self.lin(x).squeeze(-1).round().long()
+        net = IntNet()
+    else:
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+
+        class IntNet(eqx.Module):
+            lin: eqx.nn.Linear
+
+            def __call__(self, x):
+                return jnp.round(jax.vmap(self.lin)(x)[:, 0]).astype(jnp.int32)
+        net = IntNet(eqx.nn.Linear(2, 1, key=jax.random.PRNGKey(0)))
+    t = B.VariationalMCMCTeaching(B.EnergyModel(net, (2,)), B.VAE(enc, dec, 2, (2,)), rng=0, step_size=0.05,
+                                  num_steps=2)
+    t.fit(w.x, 1, 10, progress=False)
+
+
+def _other_widths(w: World, b: str):
+    B = w.B[b]
+    e_net, enc, dec = B.nets.default_networks((2,), 2, hidden=(4,), rng=0)
+    return B.VariationalMCMCTeaching(B.EnergyModel(e_net, (2,)), B.VAE(enc, dec, 2, (2,)), rng=0, step_size=0.05,
+                                     num_steps=2)
+
+
+def _load_file(path):
+    from vmt.data.files import load_file
+
+    return load_file(path)
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0], "bad_inputs.json")
+    p.add_argument("--no-subprocess", action="store_true", help="skip the few real `python -m vmt` cases")
+    args = p.parse_args()
+    common.setup(args)
+    meta = common.meta(args)
+    rows, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bad_inputs_") as tmp:
+        w = World(Path(tmp))
+        table = [("api", *c) for c in api_cases(w)] + [("cli", *c) for c in cli_cases(w)]
+        if not args.no_subprocess:
+            table += [("subprocess", *c) for c in subprocess_cases(w)]
+        if args.quick:
+            table = table[::10]
+        for via, backend, name, what, expect in table:
+            t0 = time.perf_counter()
+            runner = {"api": run_api, "cli": run_cli, "subprocess": run_subprocess}[via]
+            outcome, got = runner(what, expect)
+            rows.append({"via": via, "backend": backend, "case": name, "expect": "accept" if expect is OK else expect,
+                         "outcome": outcome, "got": got, "seconds": round(time.perf_counter() - t0, 3)})
+            if outcome not in ("clear", "ok"):
+                print(f"{outcome:10s} {backend:8s} {name}: {got}", flush=True)
+    summary = {"cases": len(rows), "seconds": round(time.perf_counter() - start, 1),
+               "by_class": {c: sum(r["outcome"] == c for r in rows) for c in CLASSES},
+               "by_backend": {b: {c: sum(r["outcome"] == c and r["backend"] == b for r in rows) for c in CLASSES}
+                              for b in sorted({r["backend"] for r in rows})}}
+    print(json.dumps(summary, indent=1))
+    common.finish({"meta": meta, "summary": summary, "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
