@@ -12,7 +12,7 @@ vmt_mh      exact Metropolis–Hastings teaching (``correction="mh"``): persiste
             chains accept whole annealed proposal paths (VAE + Langevin,
             ``path_anneal``) with min(1, w'/w), every chain from the VAE
             (``noise_fraction=0``), 10 MALA steps on the chains between tests
-            (``local_steps``); sampled exactly (``mh_steps=MH_SAMPLE_STEPS``)
+            (``local_steps``), learning rates decayed to 1 % (``lr_final_ratio``); sampled exactly (``mh_steps=MH_SAMPLE_STEPS``)
 noise       short-run EBM (``init="noise"``, Nijkamp et al. 2019)
 persistent  replay buffer of persistent chains (``init="persistent"``, Du & Mordatch 2019)
 generator   CoopNets (``init="generator"``, Xie et al. 2018): no encoder
@@ -39,9 +39,10 @@ INIT = {"vmt": "vae", "vmt_paper": "vae", "vmt_mh": "vae", "noise": "noise", "pe
         "generator": "generator"}
 #: what each method changes in the recipe besides ``init``
 CHANGES = {"vmt_paper": dict(noise_fraction=0.0),
-           # the best of the grid25 pilots (docs/benchmarks.md): annealed paths, refreshed, no noise chains,
-           # and MALA moves on the chains between the path tests
-           "vmt_mh": dict(correction="mh", path_anneal=True, noise_fraction=0.0, local_steps=10)}
+           # the best of the grid25 pilots (docs/theory.md): annealed paths, refreshed, no noise chains,
+           # MALA moves on the chains between the path tests, learning rates decayed to 1 %
+           "vmt_mh": dict(correction="mh", path_anneal=True, noise_fraction=0.0, local_steps=10,
+                          lr_final_ratio=0.01)}
 #: accept tests of the exact sampler that draws a corrected method's samples
 MH_SAMPLE_STEPS = 30
 

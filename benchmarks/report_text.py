@@ -144,7 +144,8 @@ Variational MCMC teaching (`vmt`) against the baselines that share its code path
 selected by `TeachingConfig.init`. `vmt` is the recipe (a quarter of its chains start
 from noise), `vmt_paper` the paper's plain algorithm (every chain from the VAE),
 `vmt_mh` exact Metropolis–Hastings teaching (`correction="mh"`, annealed refreshed
-paths, 10 MALA steps on the chains between tests, sampled with 30 exact accept tests).
+paths, 10 MALA steps on the chains between tests, learning rates decayed to 1 %;
+sampled with 30 exact accept tests).
 Baselines: short-run EBM from uniform noise (`noise`),
 persistent chains in a replay buffer (`persistent`), CoopNets' generator without an
 encoder (`generator`), and the VAE alone, fitted by its own `elbo_loss` on the data
