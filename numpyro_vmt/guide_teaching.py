@@ -25,9 +25,14 @@ https://arxiv.org/abs/1702.08343) proposed. One [`MCMCTeaching.update()`][numpyr
 
 A guide whose family contains the posterior has it as a fixed point; MALA
 (``adjust=True``, the default) keeps that exact, ULA shifts it by its discretisation
-bias. During the first ``adapt_iterations`` updates MALA's step size follows dual
-averaging (``numpyro.infer.hmc_util.dual_averaging``, as in the kernel) toward
-``target_accept_prob``; it is then fixed at the averaged value.
+bias. With ``precondition=True`` (the default) the revision uses a diagonal mass
+matrix from the guide: it runs in coordinates divided by the per-coordinate standard
+deviations of ``n`` further guide draws, independent of the revised ones (a constant
+change of variables for the revision, so MALA stays exact). MALA's step size follows
+dual averaging (``numpyro.infer.hmc_util.dual_averaging``, as in the kernel) toward
+``target_accept_prob``: at every update by default (the guide, and with it the best
+step size, keeps changing), or during the first ``adapt_iterations`` updates and
+then fixed at the averaged value.
 
 The state is one value, [`MCMCTeachingState`][numpyro_vmt.guide_teaching.MCMCTeachingState] (the ``SVIState`` of the guide's
 parameters, the step size and its tuner, the diagnostics of the last update), and
@@ -44,7 +49,7 @@ latent, any other guide (``AutoNormal``, hand-written) at the model's site names
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -99,9 +104,15 @@ class MCMCTeachingState(NamedTuple):
     info: MCMCTeachingInfo
 
 
+def _guide_scale(x):
+    """Per-coordinate standard deviation of draws ``(n, D)``; 1 where it is 0 or not finite."""
+    s = x.std(0)
+    return jnp.where(jnp.isfinite(s) & (s > 0), s, jnp.ones_like(s))
+
+
 def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
     return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
-            as_count("adapt_iterations", adapt_iterations, minimum=0),
+            None if adapt_iterations is None else as_count("adapt_iterations", adapt_iterations, minimum=0),
             as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
 
 
@@ -132,10 +143,18 @@ class MCMCTeaching:
         ``n``, guide draws revised per update.
     elbo_weight : float
         ``w ≥ 0``, weight of the mixed-in ``−ELBO`` (default 0, the paper's update).
-    adapt_iterations : int
-        Updates during which MALA's ``δ`` is tuned by dual averaging (0: fixed).
+    adapt_iterations : int or None
+        Updates during which MALA's ``δ`` is tuned by dual averaging, then fixed at its
+        average (0: never tuned). ``None`` (default): tuned at every iteration — the
+        guide, and with it the best ``δ``, keeps changing while it learns; ``δ`` never
+        depends on the draws it revises, so tuning costs the revision no exactness.
     target_accept_prob : float
         Target of the tuning, 0.574 (Roberts & Rosenthal 1998).
+    precondition : bool
+        ``True`` (default): a diagonal mass matrix from the guide: each revision runs
+        in coordinates divided by the standard deviations of ``n`` further guide draws
+        (independent of the revised ones, so the revision stays exact), and ``δ`` is
+        in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
 
     Examples
     --------
@@ -151,8 +170,8 @@ class MCMCTeaching:
 
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
-                 num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: int = 100,
-                 target_accept_prob: float = 0.574):
+                 num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
+                 target_accept_prob: float = 0.574, precondition: bool = True):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -163,8 +182,9 @@ class MCMCTeaching:
         self.adjust = bool(adjust)
         self.noise_scale = check_noise_scale(noise_scale, adjust)
         self.num_particles, self.elbo_weight = num_particles, float(elbo_weight)
-        self.adapt_iterations = adapt_iterations if self.adjust else 0
+        self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
+        self.precondition = bool(precondition)
         self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
         self._latent, self._jitted = None, None
 
@@ -234,14 +254,18 @@ class MCMCTeaching:
             tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), k)).get_trace(*args, **kwargs)
             return {name: biject_to(support).inv(tr[name]["value"]) for name, support in self._latent.items()}
 
-        u0 = jax.vmap(draw)(jax.random.split(k_draw, n))
+        # with precondition, n more draws (independent of the revised ones) set the scale
+        u0 = jax.vmap(draw)(jax.random.split(k_draw, 2 * n if self.precondition else n))
         _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], u0))
-        x0 = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
+        x_all = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
+        x0 = x_all[:n]
+        scale = _guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
         one = partial(potential_energy, model, args, kwargs)
-        potential = jax.vmap(lambda r: one(unravel(r)))
-        final, rev = scan_steps(k_rev, init(x0, potential), potential, state.step_size,
+        # MALA in whitened coordinates y = u / scale: a diagonal mass matrix, exact (constant Jacobian)
+        potential = jax.vmap(lambda y: one(unravel(y * scale)))
+        final, rev = scan_steps(k_rev, init(x0 / scale, potential), potential, state.step_size,
                                 self.noise_scale, self.adjust, self.num_steps)
-        x_k = jax.lax.stop_gradient(final.position)
+        x_k = jax.lax.stop_gradient(final.position * scale)
         finite = jnp.isfinite(final.energy) & jnp.isfinite(x_k).all(1)
         u_k = jax.vmap(unravel)(x_k)
         accept = rev.acceptance_rate.mean()
@@ -267,18 +291,21 @@ class MCMCTeaching:
             loss, (log_q, elbo) = loss_fn(optim.get_params(svi_state.optim_state))
             optim_state = svi_state.optim_state
         info = MCMCTeachingInfo(loss, log_q, elbo, accept, state.step_size,
-                                jnp.linalg.norm(final.grad, axis=1).mean(),
+                                jnp.linalg.norm(final.grad / scale, axis=1).mean(),
                                 rev.is_divergent.any(0).sum().astype(jnp.int32))
         if not update:
             return state, loss
         step, da, i = state.step_size, state.adapt_state, state.iteration
-        if self.adapt_iterations:
+        if self.adapt_iterations != 0:
             _, da_update = dual_averaging()
-            warm = i < self.adapt_iterations
             da_new = da_update(self.target_accept_prob - accept, da)
-            da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
-            tuned = jnp.where(i + 1 == self.adapt_iterations, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
-            step = jnp.where(warm, tuned, step).astype(step.dtype)
+            if self.adapt_iterations is None:  # tuned at every iteration, following the guide
+                da, step = da_new, jnp.exp(da_new[0]).astype(step.dtype)
+            else:
+                warm = i < self.adapt_iterations
+                da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
+                tuned = jnp.where(i + 1 == self.adapt_iterations, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
+                step = jnp.where(warm, tuned, step).astype(step.dtype)
         new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info)
         return new, loss
 

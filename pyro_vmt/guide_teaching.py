@@ -32,9 +32,14 @@ point ($q = p \Rightarrow qT^K = p$ for a $p$-invariant kernel). MALA
 (``adjust=True``, the default) keeps that fixed point exact; ULA shifts it by its
 discretisation bias.
 
-During the first ``adapt_iterations`` steps MALA's step size follows dual averaging
-(``pyro.ops.dual_averaging.DualAveraging``, the tuner of the kernels and of Pyro's HMC) toward
-``target_accept_prob`` on the mean acceptance of each revision; it is then fixed.
+With ``precondition=True`` (the default) the revision uses a diagonal mass matrix
+from the guide: it runs in coordinates divided by the per-coordinate standard
+deviations of ``n`` further guide draws, independent of the revised ones (a constant
+change of variables for the revision, so MALA stays exact). MALA's step size follows
+dual averaging (``pyro.ops.dual_averaging.DualAveraging``, the tuner of the kernels
+and of Pyro's HMC) toward ``target_accept_prob`` on the mean acceptance of each
+revision: at every step by default (the guide, and with it the best step size,
+keeps changing), or during the first ``adapt_iterations`` steps and then fixed.
 
 Local latent variables and subsampling plates (``pyro.plate(..., subsample_size=b)``)
 work: the subsample indices are drawn once per step (from the guide's plates, then
@@ -98,7 +103,7 @@ class MCMCTeachingInfo(NamedTuple):
 
 def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
     return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
-            as_count("adapt_iterations", adapt_iterations, minimum=0),
+            None if adapt_iterations is None else as_count("adapt_iterations", adapt_iterations, minimum=0),
             as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
 
 
@@ -130,10 +135,18 @@ class MCMCTeaching:
         ``n``, guide draws revised per step.
     elbo_weight : float
         ``w ≥ 0``, weight of the mixed-in ``−ELBO`` (default 0, the paper's update).
-    adapt_iterations : int
-        Steps during which MALA's ``δ`` is tuned by dual averaging (0: fixed).
+    adapt_iterations : int or None
+        Steps during which MALA's ``δ`` is tuned by dual averaging, then fixed at its
+        average (0: never tuned). ``None`` (default): tuned at every iteration — the
+        guide, and with it the best ``δ``, keeps changing while it learns; ``δ`` never
+        depends on the draws it revises, so tuning costs the revision no exactness.
     target_accept_prob : float
         Target of the tuning, 0.574 (Roberts & Rosenthal 1998).
+    precondition : bool
+        ``True`` (default): a diagonal mass matrix from the guide: each revision runs
+        in coordinates divided by the standard deviations of ``n`` further guide draws
+        (independent of the revised ones, so the revision stays exact), and ``δ`` is
+        in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
 
     Examples
     --------
@@ -150,8 +163,8 @@ class MCMCTeaching:
 
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
-                 num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: int = 100,
-                 target_accept_prob: float = 0.574):
+                 num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
+                 target_accept_prob: float = 0.574, precondition: bool = True):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -162,10 +175,11 @@ class MCMCTeaching:
         self.adjust = bool(adjust)
         self.noise_scale = check_noise_scale(noise_scale, adjust)
         self.num_particles, self.elbo_weight = num_particles, float(elbo_weight)
-        self.adapt_iterations = adapt_iterations if self.adjust else 0
+        self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
+        self.precondition = bool(precondition)
         self.iteration, self.last_info = 0, None
-        self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations else None
+        self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations != 0 else None
 
     # ------------------------------------------------------------------ the loop
     def step(self, *args: Any, **kwargs: Any) -> float:
@@ -176,7 +190,7 @@ class MCMCTeaching:
         """
         loss, info = self._iterate(True, args, kwargs)
         self.last_info = info
-        if self.iteration <= self.adapt_iterations and self._da is not None:
+        if self._da is not None and (self.adapt_iterations is None or self.iteration <= self.adapt_iterations):
             self._da.step(self.target_accept_prob - float(info.acceptance_rate))
             log_step, log_step_avg = self._da.get_state()
             if self.iteration == self.adapt_iterations:
@@ -208,20 +222,27 @@ class MCMCTeaching:
         transforms = {k: biject_to(s["fn"].support).inv for k, s in latent.items()}
         shapes = {k: tuple(s["value"].shape) for k, s in latent.items()}
         guide = poutine.condition(self.guide, data=sub)
-        with torch.no_grad(), poutine.block(), pyro.plate(_PARTICLES, n, dim=-nest - 1):
-            draw = poutine.trace(guide).get_trace(*args, **kwargs)
-        u0 = {k: transforms[k](draw.nodes[k]["value"].detach()).reshape((n,) + shapes[k]) for k in latent}
-        potential = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
-                                              transforms, model_trace, nest), shapes)
-        x0 = torch.cat([u.reshape(n, -1) for u in u0.values()], 1)
-        sampler = Langevin(potential, self.step_size, self.num_steps, self.noise_scale, self.adjust)
+        # with precondition, a second batch of n draws (independent of the revised ones) sets the scale
+        draws = []
+        for _ in range(2 if self.precondition else 1):
+            with torch.no_grad(), poutine.block(), pyro.plate(_PARTICLES, n, dim=-nest - 1):
+                draws.append(poutine.trace(guide).get_trace(*args, **kwargs))
+        x_all = [torch.cat([transforms[k](tr.nodes[k]["value"].detach()).reshape(n, -1) for k in latent], 1)
+                 for tr in draws]
+        draw, x0 = draws[0], x_all[0]
+        scale = _guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
+        flat = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
+                                         transforms, model_trace, nest), shapes)
+        # MALA in whitened coordinates y = u / scale: a diagonal mass matrix, exact (constant Jacobian)
+        sampler = Langevin(lambda y: flat(y * scale), self.step_size, self.num_steps, self.noise_scale,
+                           self.adjust)
         seed = int(torch.randint(2 ** 62, (1,)))
-        state, rev = sampler.run(torch.Generator(device=x0.device).manual_seed(seed), x0)
+        state, rev = sampler.run(torch.Generator(device=x0.device).manual_seed(seed), x0 / scale)
         finite = torch.isfinite(state.energy) & torch.isfinite(state.position).all(1)
         if not bool(finite.all()):
             first = int(torch.nonzero(rev.is_divergent.any(1))[0]) if bool(rev.is_divergent.any()) else 0
             raise DivergenceError(divergence_message(first, int((~finite).sum()), n, self.step_size))
-        u_k = _unflatten(state.position, shapes)
+        u_k = _unflatten(state.position * scale, shapes)
         values = self._condition_data(u_k, transforms, draw, n)
         with poutine.trace(param_only=True) as capture:
             with pyro.plate(_PARTICLES, n, dim=-nest - 1):
@@ -243,7 +264,7 @@ class MCMCTeaching:
             zero_grads(params)
             self.iteration += 1
         info = MCMCTeachingInfo(float(loss.detach()), float(log_q.detach()), float(elbo.detach()), float(rev.acceptance_rate.mean()),
-                                self.step_size, float(state.grad.norm(dim=1).mean()),
+                                self.step_size, float((state.grad / scale).norm(dim=1).mean()),
                                 int(rev.is_divergent.any(0).sum()))
         return info.loss, info
 
@@ -280,6 +301,12 @@ class MCMCTeaching:
             name = f"_{guide._pyro_name}_latent"
             return {name: like(name, packed)}
         return {k: like(k, transforms[k].inv(u)) for k, u in u_k.items()}
+
+
+def _guide_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate standard deviation of draws ``(n, D)``; 1 where it is 0 or not finite."""
+    s = x.std(0, unbiased=False)
+    return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
 
 
 def _flat(potential: ChainPlatePotential, shapes: Dict[str, tuple]) -> Callable:
