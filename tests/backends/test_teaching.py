@@ -97,7 +97,7 @@ def test_learns_a_gaussian(backend):
 @pytest.mark.parametrize("batch, match", [
     (np.zeros((4, 3), np.float32), r"batch must have shape \(n, 2\), got \(4, 3\)"),
     (np.zeros(4, np.float32), r"batch must have shape \(n, 2\), got \(4,\)"),
-    (np.zeros((0, 2), np.float32), r"got \(0, 2\)"),
+    (np.zeros((0, 2), np.float32), r"batch has no rows \(shape \(0, 2\)\)"),
     (np.zeros((4, 2), np.int64), "floating-point"),
     (np.array([[0.0, 1.0], [np.nan, 0.0], [np.inf, 1.0]], np.float32), r"non-finite values in 2 rows \(first: row 1\)"),
 ])
