@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 
-from numpyro_vmt import correction
+from numpyro_vmt import correction, mh
 from numpyro_vmt.rng import RNG, as_rng
 from numpyro_vmt.update import Diagnosis, sample_core
 from vmt.core.checks import as_count, check_num_steps
@@ -39,12 +39,12 @@ class SamplingMixin:
         whole proposal paths (the decoder with its observation noise, or the wide
         Gaussian without a VAE, then the Langevin run), ``mh_steps`` accept tests each, each
         after the config's ``local_steps`` MALA moves
-        (see [`numpyro_vmt.correction.independent_mh()`][numpyro_vmt.correction.independent_mh]); they are samples of
+        (see [`numpyro_vmt.mh.independent_mh()`][numpyro_vmt.mh.independent_mh]); they are samples of
         ``exp(−E)/Z`` as far as the chains have mixed.
         """
         if mh_steps:
             vae, opts = self._proposal(num_steps)
-            path, _ = correction.independent_mh(self._key(rng, 1), self.energy, vae, as_count("n", n),
+            path, _ = mh.independent_mh(self._key(rng, 1), self.energy, vae, as_count("n", n),
                                                 as_count("mh_steps", mh_steps), *opts, 0,
                                                 self.config.wide_proposal(), anneal=self.config.path_anneal,
                                                 local_steps=self.config.local_steps)

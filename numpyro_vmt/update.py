@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from numpyro_vmt import correction
+from numpyro_vmt import correction, mh
 from numpyro_vmt.distributed import constrain
 from numpyro_vmt.energy import EnergyModel
 from numpyro_vmt.langevin import _flat_sum, init, scan_steps
@@ -230,7 +230,7 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         if ctx is not None:
             raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
         vae = None if spec.vae is None else eqx.combine(state.vae, spec.vae)
-        chains, minfo = correction.update_chains(k_init, state.chains, energy, vae, n, cfg)
+        chains, minfo = mh.update_chains(k_init, state.chains, energy, vae, n, cfg)
         x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
         zero = jnp.zeros((), jnp.int32)
         diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype), jnp.asarray(True), jnp.asarray(True))
@@ -266,8 +266,8 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
     new = constrain(TeachingState(new_energy, new_vae, e_opt, v_opt, rng, state.seed, buffer, state.iteration + 1,
                                   chains), spec.mesh, sharded=False)
     nan = jnp.full((), jnp.nan, loss.dtype)
-    mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
-    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), v_loss, langevin_acc, langevin_gnorm, gnorm, *mh)
+    mh_info = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
+    info = TeachingInfo(loss, e_data.mean(), e_samp.mean(), v_loss, langevin_acc, langevin_gnorm, gnorm, *mh_info)
     return new, info, diag
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from pyro_vmt import correction
+from pyro_vmt import correction, mh
 from pyro_vmt.langevin import Langevin
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.update import raise_if_diverged, revise, start_chains
@@ -45,11 +45,11 @@ class SamplingMixin:
         ``mh_steps > 0`` makes the samples exact: ``n`` independence-sampler chains on
         whole proposal paths, ``mh_steps`` accept tests each, each after the config's
         ``local_steps`` MALA moves (see
-        [`pyro_vmt.correction.independent_mh()`][pyro_vmt.correction.independent_mh]).
+        [`pyro_vmt.mh.independent_mh()`][pyro_vmt.mh.independent_mh]).
         """
         if mh_steps:
             vae, opts = self._proposal(num_steps)
-            path, _ = correction.independent_mh(self._generator(rng, 1), self.energy, vae, as_count("n", n),
+            path, _ = mh.independent_mh(self._generator(rng, 1), self.energy, vae, as_count("n", n),
                                                 as_count("mh_steps", mh_steps), *opts, 0,
                                                 self.config.wide_proposal(), anneal=self.config.path_anneal,
                                                 local_steps=self.config.local_steps)

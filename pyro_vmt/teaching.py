@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vmt import correction, distributed
+from pyro_vmt import correction, distributed, mh
 from pyro_vmt.capture import CompiledRun, resolve_compile
 from pyro_vmt.energy import EnergyModel
 from pyro_vmt.langevin import Langevin
@@ -187,8 +187,8 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
                 if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
                     if ctx is not None:
                         raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
-                    chains, minfo = correction.update_chains(gen, self.chains, self.energy,
-                                                             self.vae if cfg.init == "vae" else None, n, cfg)
+                    chains, minfo = mh.update_chains(gen, self.chains, self.energy,
+                                                     self.vae if cfg.init == "vae" else None, n, cfg)
                     x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
                     zero = torch.zeros((), dtype=self.dtype, device=self.device)
                     diag = (zero, zero, zero, zero - 1)
@@ -277,8 +277,8 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
         self.chains = chains
         self.iteration += 1
         nan = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
-        mh = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
-        return TeachingInfo(*stats, gnorm.detach(), *mh)
+        mh_info = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
+        return TeachingInfo(*stats, gnorm.detach(), *mh_info)
 
     def _raise_unless_finite(self, values: list, n: int, recheck: Optional[Callable[[], Any]]) -> None:
         """The host side of the iteration's one check (``values`` as `_iterate()` stacks them)."""

@@ -1,4 +1,4 @@
-"""The exact path correction (``correction`` module of both backends).
+"""The exact path correction (``correction`` and ``mh`` modules of both backends).
 
 - Conformance: torch and JAX give the same log-weights for the same path and noise
   (float64, ULA and MALA, with a real VAE).
@@ -26,7 +26,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpyro_vmt as nv  # noqa: E402
 import pyro_vmt as pv  # noqa: E402
 from numpyro_vmt import correction as jc  # noqa: E402
+from numpyro_vmt import mh as jmh  # noqa: E402
 from pyro_vmt import correction as tc  # noqa: E402
+from pyro_vmt import mh as tmh  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 WEIGHTS = np.array([0.7, 0.2, 0.1])
@@ -153,6 +155,10 @@ def kit(backend):
     return jc, JaxMixture(), JaxQuadratic(), JaxMixtureVAE(), jax.random.PRNGKey(0)
 
 
+def mh_of(backend):
+    return tmh if backend == "pyro" else jmh
+
+
 def to_np(a):
     return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
 
@@ -224,7 +230,7 @@ def test_corrected_chains_find_the_mode_weights(backend, refresh, anneal):
         current = (mod.refresh(k_ref, energy, vae, chains.position, **opts) if refresh
                    else mod.restale(energy, chains))
         proposal = mod.propose(k_prop, energy, vae, n, **opts)
-        chains, info = mod.accept(k_acc, current, proposal, radius=1.0)
+        chains, info = mh_of(backend).accept(k_acc, current, proposal, radius=1.0)
         acc.append(float(info.acceptance_rate))
     counts = mode_counts(chains.position)
     # the proposals put a third on each mode: the same test must reject them
@@ -252,11 +258,11 @@ def test_local_moves_keep_the_chains_exact(backend):
     n = 2000
     gen = torch.Generator().manual_seed(0) if backend == "pyro" else None
     key = (lambda t: gen) if backend == "pyro" else (lambda t: jax.random.fold_in(rng, t))
-    chains, _ = mod.update_chains(key(0), None, energy, vae, n, cfg)
+    chains, _ = mh_of(backend).update_chains(key(0), None, energy, vae, n, cfg)
     first_var = within_mode_variance(chains.position)
     local = []
     for t in range(1, 21):
-        chains, info = mod.update_chains(key(t), chains, energy, vae, n, cfg)
+        chains, info = mh_of(backend).update_chains(key(t), chains, energy, vae, n, cfg)
         local.append(float(info.local_acceptance))
     # pooled over 2n offsets: the variance estimate's relative sd is sqrt(2 / 2n)
     tol = 4 * math.sqrt(1.0 / n)
