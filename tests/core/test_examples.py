@@ -31,7 +31,10 @@ def test_example_runs(script, tmp_path):
     if "numpyro" in script:
         pytest.importorskip("numpyro")
     args = CASES[script] + ([] if script in NO_OUT else ["--out", str(tmp_path / "out")])
-    env = dict(os.environ, PYTHONWARNINGS="ignore", MPLBACKEND="Agg")
+    # tiny budgets: XLA's compile time dominates, so compile without its expensive passes
+    fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", MPLBACKEND="Agg",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip())
     result = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=tmp_path,
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
