@@ -99,9 +99,10 @@ def _version(dist: str) -> Optional[str]:
 #: The paths whose code produces the numbers (git pathspecs): the three packages, the
 #: benchmark scripts, the examples a benchmark runs (``kernels_ess.py``) and
 #: ``pyproject.toml`` (the dependencies). An edit anywhere else (tests, docs, other
-#: examples, the results themselves) leaves every result current.
+#: examples, the results themselves, the page's renderers ``make_report.py`` and
+#: ``report_text.py``) leaves every result current.
 CODE = ("vmt", "pyro_vmt", "numpyro_vmt", ":(glob)benchmarks/*.py", ":(glob)examples/logistic_regression_*.py",
-        "pyproject.toml")
+        "pyproject.toml", ":(exclude)benchmarks/make_report.py", ":(exclude)benchmarks/report_text.py")
 
 
 def same_code(commit: str) -> bool:

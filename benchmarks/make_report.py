@@ -159,7 +159,7 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
     for f in files:
         for key, path in f.get("figures", {}).items():
             if Path(path).exists():
-                out += [f"![{key}]({_copy(path, docs, 'quality_2d_' + key + '.png')})", ""]
+                out += [f"![{key}]({_copy(path, docs, Path(path).name)})", ""]
     return out + [report_text.QUALITY_2D_AFTER, ""]
 
 
@@ -171,22 +171,25 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
                 f"{', '.join(map(str, f['seeds']))}; {f['num_samples']} samples per method; "
                 f"recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, {rec['batch_size']} chains; "
                 f"classifier test accuracy {f['classifier_test_accuracy']:.3f}.", ""]
-        rows = f["rows"]
-        floor = rows[0] if rows else {}
-        table = []
-        for backend in f["backends"]:
-            for method in [m for m in report_text.METHOD_ORDER if any(r["method"] == m and r["backend"] == backend
-                                                                      for r in rows)]:
-                rs = [r for r in rows if r["method"] == method and r["backend"] == backend]
-                table.append((backend, method, len(rs), _pm([r.get("frechet") for r in rs], 2),
-                              _pm([r.get("precision") for r in rs]), _pm([r.get("recall") for r in rs]),
-                              _pm([r.get("seconds") for r in rs], 0), "; ".join({r["error"] for r in rs if r["error"]})))
-        table.append(("", "held-out digits (floor)", "", f"{floor.get('frechet_floor', 0):.2f}",
-                      f"{floor.get('precision_floor', 0):.3f}", f"{floor.get('recall_floor', 0):.3f}", "", ""))
-        out += [md_table(["backend", "method", "seeds", "Fréchet", "precision", "recall", "train s", "notes"], table),
-                ""]
-        pics = [(k, _copy(p, docs, "digits_" + k.replace("/", "_").replace(" ", "_").replace("(", "").replace(")", "")
-                          + ".png")) for k, p in f.get("figures", {}).items() if Path(p).exists()]
+    rows = [r for f in files for r in f["rows"]]  # one table: the seeds of every file merged
+    floor = rows[0] if rows else {}
+    table = []
+    for backend in dict.fromkeys(b for f in files for b in f["backends"]):
+        for method in [m for m in report_text.METHOD_ORDER if any(r["method"] == m and r["backend"] == backend
+                                                                  for r in rows)]:
+            rs = [r for r in rows if r["method"] == method and r["backend"] == backend]
+            table.append((backend, method, len(rs), _pm([r.get("frechet") for r in rs], 2),
+                          _pm([r.get("precision") for r in rs]), _pm([r.get("recall") for r in rs]),
+                          _pm([r.get("est_loglik") for r in rs], 1) or "–",
+                          _pm([r.get("vae_bound") for r in rs], 1) or "–",
+                          _pm([r.get("seconds") for r in rs], 0), "; ".join({r["error"] for r in rs if r["error"]})))
+    table.append(("", "held-out digits (floor)", "", f"{floor.get('frechet_floor', 0):.2f}",
+                  f"{floor.get('precision_floor', 0):.3f}", f"{floor.get('recall_floor', 0):.3f}", "", "", "", ""))
+    out += [md_table(["backend", "method", "seeds", "Fréchet", "precision", "recall", "est. log-lik (paths)",
+                      "VAE bound (ELBO)", "train s", "notes"], table), ""]
+    for f in files:
+        pics = [(k, _copy(p, docs, Path(p).parent.name + "_" + Path(p).name))
+                for k, p in f.get("figures", {}).items() if Path(p).exists()]
         if pics:
             out += [md_table([k for k, _ in pics], [[f"![{k}]({link})" for k, link in pics]]), ""]
     if all(f["backends"] == ["torch"] for f in files):
@@ -261,6 +264,8 @@ def write(results: Path, docs: Path, strict: bool = False) -> Path:
     if strict and stale:
         raise SystemExit(f"stale results (not from HEAD's code, or from an uncommitted tree): {', '.join(stale)}; "
                          "rerun them, or drop --strict to publish them marked")
+    for old in (docs / IMG).glob("*.png"):  # every picture there is made below: none outlives its result file
+        old.unlink()
     speed = _load(results / "speed.json")
     q2d = [_load(p) for p in sorted(results.glob("quality_2d*.json"))]
     qdig = [_load(p) for p in sorted(results.glob("quality_digits*.json"))]

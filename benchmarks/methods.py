@@ -174,6 +174,19 @@ def estimated_loglik(trained: Trained, test, num_samples: int = 10_000, seed: in
             "est_log_z": round(est["log_partition"], 4), "est_log_z_se": round(est["log_partition_se"], 4)}
 
 
+def vae_bound(trained: Trained, test, seed: int = 0) -> Dict[str, Any]:
+    """The held-out ELBO of the method's VAE (the VAE alone, or VMT's own VAE): a lower
+    bound on that VAE's log-likelihood, one latent draw per test point; ``{}`` without a VAE."""
+    from vmt.core.api import backend_of
+
+    vae = trained.model if trained.method == "vae_only" else getattr(trained.model, "vae", None)
+    if vae is None:
+        return {}
+    backend = backend_of(vae)
+    loss = backend.numpy_call(vae, lambda x: vae.elbo_loss(x, seed), np.asarray(test, np.float32))
+    return {"vae_bound": round(-float(loss), 4)}
+
+
 def describe(trained: Trained) -> Dict[str, Any]:
     """The cost columns of a result row."""
     return {"seconds": round(trained.seconds, 2), "iterations": trained.iterations,

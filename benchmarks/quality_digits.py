@@ -9,7 +9,9 @@ recipe, same energy-gradient budget for the EBMs) draws as many samples as there
 are training images (1437), scored by ``vmt.evaluation.metrics.digit_scores``: the Fréchet
 distance and improved precision/recall in the hidden features of a small classifier
 trained on the training split, next to the floor (held-out real digits). VMT's own
-VAE (its decoder means, no Langevin) is the row ``vmt (VAE)``. Writes
+VAE (its decoder means, no Langevin) is the row ``vmt (VAE)``. Each EBM's held-out
+log-likelihood is estimated from its own proposal paths (``est_loglik``, biased high),
+each VAE's by its held-out ELBO (``vae_bound``, a lower bound). Writes
 ``benchmarks/results/quality_digits.json`` and a picture of 64 samples per method.
 """
 
@@ -74,6 +76,8 @@ def main(argv=None) -> Path:
                     try:
                         samples = methods.sample(trained, n, seed + 1000, vae_of_vmt)
                         row.update({k: round(v, 4) for k, v in digit_scores(samples, dataset, classifier).items()})
+                        row.update(methods.vae_bound(trained, dataset.test, seed) if vae_of_vmt or method == "vae_only"
+                                   else methods.estimated_loglik(trained, dataset.test, 500 if args.quick else 10_000))
                     except (FloatingPointError, ValueError) as e:  # diverged chains, non-finite samples
                         row["error"] = (row["error"] + "; " if row["error"] else "") + str(e).split(".")[0]
                         samples = None
@@ -84,6 +88,7 @@ def main(argv=None) -> Path:
                         payload["figures"][f"{backend}/{label}"] = str(figures / f"{name}.png")
                     print(f"digits {backend:5s} seed {seed} {label:10s}: frechet {row.get('frechet', '-')}, "
                           f"precision {row.get('precision', '-')}, recall {row.get('recall', '-')}, "
+                          f"est. log-lik {row.get('est_loglik', '-')}, VAE bound {row.get('vae_bound', '-')}, "
                           f"{row['seconds']:.1f}s {row['error']}", flush=True)
     return common.finish(payload, args.out)
 

@@ -3,6 +3,7 @@ so the benchmarks cannot rot: each runs in a subprocess with a temporary output 
 its JSON is checked for the expected keys; then the report is built from them."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -72,6 +73,10 @@ def test_quality_digits_quick(results):
     assert {r["method"] for r in data["rows"]} >= {"vmt", "vmt (VAE)", "vae_only", "noise"}
     for row in data["rows"]:
         assert {"frechet", "precision", "recall", "frechet_floor", "seconds"} <= set(row)
+        # the EBMs' held-out log-likelihood from their own proposal paths, the VAEs' own bound
+        ebm = row["method"] in ("vmt", "noise")
+        assert ("est_loglik" in row) is ebm and ("vae_bound" in row) is not ebm, row
+        assert math.isfinite(row["est_loglik" if ebm else "vae_bound"])
     assert all(Path(p).exists() for p in data["figures"].values())
 
 
@@ -117,8 +122,8 @@ def test_results_from_other_code_are_marked_stale(tmp_path):
 
 def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monkeypatch):
     """``same_code`` compares the packages, the benchmark scripts, the examples a benchmark
-    runs and ``pyproject.toml``; an edit to tests, docs, results or another example does not
-    make a result from the earlier commit stale."""
+    runs and ``pyproject.toml``; an edit to tests, docs, results, another example or the
+    page's renderers does not make a result from the earlier commit stale."""
     sys.path.insert(0, str(BENCH))
     import common
 
@@ -127,7 +132,8 @@ def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monke
 
     git("init", "-q")
     files = ["vmt/a.py", "pyro_vmt/a.py", "numpyro_vmt/a.py", "benchmarks/speed.py", "benchmarks/results/s.json",
-             "pyproject.toml", "tests/test_a.py", "docs/a.md", "examples/plot.py", "examples/logistic_regression_pyro.py"]
+             "pyproject.toml", "tests/test_a.py", "docs/a.md", "examples/plot.py", "examples/logistic_regression_pyro.py",
+             "benchmarks/make_report.py", "benchmarks/report_text.py"]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("0\n")
@@ -138,7 +144,8 @@ def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monke
     for name in files:
         (tmp_path / name).write_text("1\n")
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", name)
-        produces = not name.startswith(("benchmarks/results", "tests", "docs", "examples/plot"))
+        produces = not name.startswith(("benchmarks/results", "tests", "docs", "examples/plot",
+                                         "benchmarks/make_report", "benchmarks/report_text"))
         assert common.same_code(base) is not produces, name
         git("reset", "-q", "--hard", base)
     assert common.same_code("0" * 40) is False  # a commit git does not know
