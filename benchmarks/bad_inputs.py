@@ -311,7 +311,7 @@ def main() -> None:
     p.add_argument("--no-subprocess", action="store_true", help="skip the few real `python -m vmt` cases")
     args = p.parse_args()
     common.setup(args)
-    meta = common.meta(args)
+    meta = common.meta(args, children=True)
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bad_inputs_") as tmp:
         w = World(Path(tmp))

@@ -12,9 +12,10 @@ wall time, both with quartiles. The report's headline is the wall-time ratio for
 (XLA runs work on its own thread pool, which process CPU time of a pinned process
 can miss) and the CPU-time ratio for torch; the other clock stands beside it.
 
-Every result file is written by :func:`finish`, which stamps it with the git commit
-and whether the tree was clean (:func:`git_state`); ``make_report.py`` marks results
-from any other commit than HEAD as stale.
+Every result file is written by :func:`finish`, which stamps it with the git commit,
+whether the tree was clean (:func:`git_state`) and the project files that ran
+(:func:`loaded_code`); ``make_report.py`` marks a result stale when any of those
+files differs between its commit and HEAD.
 
 Import this module first in every benchmark: :func:`setup` fixes the thread counts,
 which for JAX must happen before ``jax`` is imported.
@@ -105,23 +106,47 @@ CODE = ("vmt", "pyro_vmt", "numpyro_vmt", ":(glob)benchmarks/*.py", ":(glob)exam
         "pyproject.toml", ":(exclude)benchmarks/make_report.py", ":(exclude)benchmarks/report_text.py")
 
 
-def same_code(commit: str) -> bool:
-    """Whether HEAD's tree equals ``commit``'s in every path of `CODE` (so its results still hold)."""
+def same_code(commit: str, paths: Sequence[str] = CODE) -> bool:
+    """Whether HEAD's tree equals ``commit``'s in every path of ``paths`` (default `CODE`), so its results still hold."""
     try:
-        r = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE], cwd=ROOT,
+        r = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=ROOT,
                            capture_output=True, text=True)
         return r.returncode == 0
     except OSError:
         return False
 
 
+def loaded_code() -> List[str]:
+    """The project's files that ran in this process, and ``pyproject.toml``: what its numbers depend on.
+
+    Every module loaded from the packages, ``benchmarks/`` or ``examples/`` (the
+    benchmark script itself included); recorded by :func:`finish` as ``meta["code"]``
+    so that an edit to code a result never ran (another backend, another benchmark)
+    leaves it current. A benchmark whose numbers come from child processes records
+    the whole of `CODE` instead.
+    """
+    tops = {"vmt", "pyro_vmt", "numpyro_vmt", "benchmarks", "examples"}
+    files = {"pyproject.toml"}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        try:
+            rel = Path(path).resolve().relative_to(ROOT)
+        except ValueError:
+            continue
+        if rel.parts[0] in tops and rel.suffix == ".py":
+            files.add(rel.as_posix())
+    return sorted(files)
+
+
 def provenance(meta: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """``{"current": bool, "text": str}``: whether a result came from this code (HEAD, clean tree).
 
-    Current: recorded at HEAD, or at a commit whose code (the paths of `CODE`: the
-    packages, the benchmark scripts, the examples they run, ``pyproject.toml``) equals
-    HEAD's, from a clean tree. Stale otherwise: another commit, an
-    uncommitted tree, or no commit recorded.
+    Current: recorded at HEAD, or at a commit whose code equals HEAD's, from a clean
+    tree. The code compared is what the result recorded it ran (``meta["code"]``, see
+    :func:`loaded_code`), or `CODE` for results that did not record it. Stale
+    otherwise: another commit, an uncommitted tree, or no commit recorded.
     """
     git = dict((meta or {}).get("git") or {})
     commit, head = git.get("commit"), git_state()["commit"]
@@ -130,7 +155,8 @@ def provenance(meta: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     short = commit[:10]
     if git.get("dirty"):
         return {"current": False, "text": f"**stale**: commit `{short}` with uncommitted changes"}
-    if commit != head and not same_code(commit):
+    paths = (meta or {}).get("code") or CODE
+    if commit != head and not same_code(commit, paths):
         return {"current": False, "text": f"**stale**: commit `{short}`, code differs from HEAD `{(head or '?')[:10]}`"}
     return {"current": True, "text": f"commit `{short}`" + (" (HEAD)" if commit == head else " (same code as HEAD)")}
 
@@ -158,23 +184,32 @@ def machine() -> Dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
-def meta(args: argparse.Namespace) -> Dict[str, Any]:
-    """What a result file records besides its numbers."""
-    return {"command": " ".join([Path(sys.executable).name] + sys.argv), "quick": bool(args.quick),
-            "threads": int(args.threads), "pinned_cpu": getattr(args, "pinned_cpu", None),
-            "repeats": int(args.repeats),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-            "versions": {name: _version(name) for name in PACKAGES}, "git": git_state()}
+def meta(args: argparse.Namespace, children: bool = False) -> Dict[str, Any]:
+    """What a result file records besides its numbers.
+
+    ``children``: the numbers come from child processes (``python -m vmt``, spawned
+    workers), whose code this process does not see, so the result depends on all of `CODE`.
+    """
+    out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "quick": bool(args.quick),
+           "threads": int(args.threads), "pinned_cpu": getattr(args, "pinned_cpu", None),
+           "repeats": int(args.repeats),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+           "versions": {name: _version(name) for name in PACKAGES}, "git": git_state()}
+    if children:
+        out["code"] = list(CODE)
+    return out
 
 
 def finish(payload: Dict[str, Any], out: Path, meta: Optional[Dict[str, Any]] = None) -> Path:
     """Add the end time and load to ``meta`` (default ``payload["meta"]``) and write ``payload`` to ``out``.
 
     The one writer of result files: ``meta["git"]`` (the commit and whether the tree
-    was clean) is recorded here if the benchmark did not record it at its start.
+    was clean) is recorded here if the benchmark did not record it at its start, and
+    ``meta["code"]`` (:func:`loaded_code`) unless the benchmark set it.
     """
     meta = payload.setdefault("meta", {}) if meta is None else meta
     meta.setdefault("git", git_state())
+    meta.setdefault("code", loaded_code())
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     meta["load_average_end"] = machine()["load_average"]
     out = Path(out)

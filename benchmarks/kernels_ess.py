@@ -26,6 +26,7 @@ def run_example(script: str, quick: bool):
     path = common.ROOT / "examples" / script
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # so that common.loaded_code() records the example
     spec.loader.exec_module(module)
     return module.main(["--quick"] if quick else [])[1]
 

@@ -113,7 +113,7 @@ def main() -> None:
         args.out = common.RESULTS / f"kill_trials_{args.backend}.json"
     if args.quick:
         args.trials = min(args.trials, 4)
-    meta = common.meta(args)  # the commit is stamped at the start: the trials take long
+    meta = common.meta(args, children=True)  # the commit is stamped at the start: the trials take long
     _cheap_evaluation()
     rng = random.Random(args.seed)
     threads = {"OMP_NUM_THREADS": str(args.threads),

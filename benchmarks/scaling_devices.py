@@ -175,7 +175,7 @@ def main() -> None:
     if args.jax_worker:
         print(json.dumps(jax_worker(args.per_device, args.num_steps, args.repeats, args.iters)))
         return
-    payload: Dict[str, Any] = {"meta": common.meta(args), "per_device": args.per_device, "num_steps": args.num_steps,
+    payload: Dict[str, Any] = {"meta": common.meta(args, children=True), "per_device": args.per_device, "num_steps": args.num_steps,
                                "iters": args.iters}
     for backend in args.backends.split(","):
         raw = run_jax(args) if backend == "jax" else run_torch(args)

@@ -53,7 +53,7 @@ def main(argv=None) -> Path:
     import speed_scaling
     import speed_train
 
-    meta = common.meta(args)
+    meta = common.meta(args, children=True)  # speed_memory measures in child processes
     payload = {"meta": meta, "targets": TARGETS, "step_size": speed_floor.STEP}
     if args.merge and args.out.exists():
         old = json.loads(args.out.read_text())

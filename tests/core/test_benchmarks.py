@@ -149,6 +149,27 @@ def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monke
         assert common.same_code(base) is not produces, name
         git("reset", "-q", "--hard", base)
     assert common.same_code("0" * 40) is False  # a commit git does not know
+    # a result that recorded the files it ran goes stale only when one of those changes
+    meta = {"git": {"commit": base, "dirty": False}, "code": ["vmt/a.py", "benchmarks/speed.py", "pyproject.toml"]}
+    for name in ["pyro_vmt/a.py", "numpyro_vmt/a.py", "examples/logistic_regression_pyro.py", "vmt/a.py"]:
+        (tmp_path / name).write_text("2\n")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", name)
+        assert common.provenance(meta)["current"] is (name not in meta["code"]), name
+        git("reset", "-q", "--hard", base)
+    assert common.provenance(dict(meta, code=None))["current"] is True  # at the commit itself
+
+
+def test_results_record_the_code_they_ran():
+    """``loaded_code`` names the project modules this process loaded (not the virtual
+    environment's), so a result records what its numbers depend on."""
+    sys.path.insert(0, str(BENCH))
+    import common
+    import vmt.core.config  # noqa: F401
+
+    code = common.loaded_code()
+    assert {"benchmarks/common.py", "vmt/core/config.py", "pyproject.toml"} <= set(code)
+    assert all(c.split("/")[0] in {"vmt", "pyro_vmt", "numpyro_vmt", "benchmarks", "examples", "pyproject.toml"}
+               for c in code), code
 
 
 def test_report_is_built_from_the_results(results, tmp_path):
