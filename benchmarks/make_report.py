@@ -135,7 +135,10 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
         cfg = rec["config"]
         out += [f"### {name}", "", f"Recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, "
                 f"{rec['batch_size']} chains, step size {cfg['step_size']}, ref_scale {rec['ref_scale']}, "
-                f"noise_fraction {cfg.get('noise_fraction', 0)} (for `vmt` and `generator`).", ""]
+                f"noise_fraction {cfg.get('noise_fraction', 0)} (for `vmt` and `generator`), learning rates "
+                f"decayed to {cfg.get('lr_final_ratio')}×, correction {cfg.get('correction') or 'none'}"
+                + (f" (`vmt` = `vmt_mh`; the baselines and `vmt_paper` plain)" if cfg.get("correction") else "")
+                + ".", ""]
         table = []
         keys = sorted({(r["backend"], r["method"]) for r in rows if r["data"] == name},
                       key=lambda k: (k[0] != "torch", report_text.METHOD_ORDER.index(k[1])))

@@ -3,16 +3,20 @@
 ==========  ====================================================================
 method      what
 ==========  ====================================================================
-vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): Langevin
-            from the VAE; the 2-D recipes start a quarter of the chains from noise
-            (``noise_fraction=0.25``), which the paper does not
-vmt_paper   the paper's plain algorithm: the recipe with ``noise_fraction=0`` (every
-            chain from the VAE)
-vmt_mh      exact Metropolis–Hastings teaching (``correction="mh"``): persistent
-            chains accept whole annealed proposal paths (VAE + Langevin,
-            ``path_anneal``) with min(1, w'/w), every chain from the VAE
-            (``noise_fraction=0``), 10 MALA steps on the chains between tests
-            (``local_steps``), learning rates decayed to 1 % (``lr_final_ratio``); sampled exactly (``mh_steps=MH_SAMPLE_STEPS``)
+vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): on grid25
+            plain teaching with a quarter of the chains started from noise
+            (``noise_fraction=0.25``), which the paper does not; on 8gaussians,
+            rings, 2spirals and ring8 exact teaching (``vmt.app.recipes.EXACT``)
+vmt_paper   the paper's plain algorithm: the recipe with ``PLAIN`` and
+            ``noise_fraction=0`` (every chain from the VAE, the revised proposals
+            are the negative samples)
+vmt_mh      exact Metropolis–Hastings teaching, the recipe with ``EXACT``
+            (``correction="mh"``): persistent chains accept whole annealed proposal
+            paths (VAE + Langevin, ``path_anneal``) with min(1, w'/w), every chain
+            from the VAE, 10 MALA steps on the chains between tests
+            (``local_steps``), learning rates decayed to 1 % (``lr_final_ratio``);
+            sampled exactly (``mh_steps=MH_SAMPLE_STEPS``). The same as ``vmt``
+            where the recipe is exact
 noise       short-run EBM (``init="noise"``, Nijkamp et al. 2019)
 persistent  replay buffer of persistent chains (``init="persistent"``, Du & Mordatch 2019)
 generator   CoopNets (``init="generator"``, Xie et al. 2018): no encoder
@@ -34,15 +38,15 @@ from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
+from vmt.app.recipes import EXACT, PLAIN
+
 METHODS = ("vmt", "vmt_paper", "vmt_mh", "noise", "persistent", "generator", "vae_only")
 INIT = {"vmt": "vae", "vmt_paper": "vae", "vmt_mh": "vae", "noise": "noise", "persistent": "persistent",
         "generator": "generator"}
-#: what each method changes in the recipe besides ``init``
-CHANGES = {"vmt_paper": dict(noise_fraction=0.0),
-           # the best of the grid25 pilots (docs/theory.md): annealed paths, refreshed, no noise chains,
-           # MALA moves on the chains between the path tests, learning rates decayed to 1 %
-           "vmt_mh": dict(correction="mh", path_anneal=True, noise_fraction=0.0, local_steps=10,
-                          lr_final_ratio=0.01)}
+#: what each method changes in the recipe besides ``init``: the baselines and the paper's
+#: algorithm run plain (``PLAIN``) whatever the recipe's correction
+CHANGES = {"vmt_paper": dict(PLAIN, noise_fraction=0.0), "vmt_mh": EXACT,
+           "noise": PLAIN, "persistent": PLAIN, "generator": PLAIN}
 #: accept tests of the exact sampler that draws a corrected method's samples
 MH_SAMPLE_STEPS = 30
 
@@ -64,6 +68,11 @@ def backend_module(backend: str):
     from vmt import load_backend
 
     return load_backend("pyro" if backend == "torch" else "numpyro")
+
+
+def same_as_vmt(method: str, recipe) -> bool:
+    """Whether ``method`` trains exactly what ``vmt`` trains with ``recipe`` (e.g. ``vmt_mh`` on an exact recipe)."""
+    return recipe.replace(init=INIT[method], **CHANGES.get(method, {})) == recipe.replace(init=INIT["vmt"])
 
 
 def train(backend: str, method: str, dataset, recipe, seed: int) -> Trained:

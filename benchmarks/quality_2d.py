@@ -99,6 +99,9 @@ def run_one(backend: str, name: str, seed: int, quick: bool, keep: Dict, which) 
     n = 500 if quick else 5000
     rows = []
     for method in which:
+        if method == "vmt_mh" and "vmt" in which and methods.same_as_vmt(method, recipe):
+            print(f"quality {backend} {name}: vmt_mh is the recipe (vmt), not run twice", flush=True)
+            continue
         trained = methods.train(backend, method, dataset, recipe, seed)
         variants = [(method, False)] + ([("vmt (VAE)", True)] if method == "vmt" else [])
         for label, vae_of_vmt in variants:

@@ -201,3 +201,22 @@ def test_api_accepts_array_library_scalars(teacher, backend, tmp_path):
         Recipe(num_iters=-5)
     with pytest.raises(ValueError, match=r"hidden must be one or more positive layer widths"):
         Recipe(hidden=(0,))
+
+
+def test_exact_recipes_turn_plain_with_correction_none(capsys):
+    """ring8's recipe is exact teaching; ``--correction none`` drops its MH-only options with
+    it (unless given, when the clash is an error that names them), and an init the
+    correction cannot use says how to turn it off."""
+    def recipe(*args):
+        assert main(["train", "--data", "ring8", "--print-recipe", *args]) == 0
+        return json.loads(capsys.readouterr().out)["config"]
+
+    exact = recipe()
+    assert exact["correction"] == "mh" and exact["local_steps"] == 10 and exact["path_anneal"] is True
+    plain = recipe("--correction", "none")
+    assert plain["correction"] is None and plain["local_steps"] == 0 and plain["path_anneal"] is False
+    assert plain["step_size"] == exact["step_size"] and recipe("--set", "correction=none")["local_steps"] == 0
+    code, err = cli(["train", "--data", "ring8", "--correction", "none", "--local-steps", "3"], capsys)
+    assert code == 2 and "local_steps=3 needs correction='mh'" in err
+    code, err = cli(["train", "--data", "ring8", "--init", "persistent"], capsys)
+    assert code == 2 and "--correction none" in err

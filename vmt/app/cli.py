@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from vmt.app.recipes import RECIPES, Recipe, get_recipe
+from vmt.app.recipes import PLAIN, RECIPES, Recipe, get_recipe
 from vmt.app.runs import CHECKPOINT_EVERY, evaluate_folder, load_run, resume_run, train_run
 from vmt.core.api import BACKENDS, backend_of, default_backend
 from vmt.core.checks import as_count, as_real, as_seed
@@ -126,8 +126,14 @@ def _default(field: str) -> str:
     """The recipe defaults of a field, shown in ``--help``."""
     def get(r: Recipe) -> Any:
         return getattr(r, field) if hasattr(r, field) else getattr(r.config, field)
-    grid, digits = get(RECIPES["grid25"]), get(RECIPES["digits"])
-    return f" [recipe default: grid25 {grid}, digits {digits}]"
+    groups: Dict[str, list] = {}
+    for name, recipe in RECIPES.items():
+        groups.setdefault(str(get(recipe)), []).append(name)
+    if len(groups) == 1:
+        return f" [recipe default: {next(iter(groups))}]"
+    if len(groups) > 2:  # one value per data set (e.g. the step size): the two ends of the range
+        return f" [recipe default: grid25 {get(RECIPES['grid25'])}, digits {get(RECIPES['digits'])}]"
+    return " [recipe default: " + "; ".join(f"{', '.join(names)} {value}" for value, names in groups.items()) + "]"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,8 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stale-paths", action="store_true",
                    help="with --correction mh: keep the current states' path terms instead of refreshing them "
                         "(cheaper, exact only for a fixed energy)")
-    r.add_argument("--anneal-paths", action="store_true",
-                   help="with --correction mh: anneal each proposal path from its start Gaussian to the energy")
+    r.add_argument("--anneal-paths", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="with --correction mh: anneal each proposal path from its start Gaussian to the energy"
+                   + _default("path_anneal"))
     r.add_argument("--local-steps", default=argparse.SUPPRESS, type=_count("--local-steps", 0),
                    help="with --correction mh: MALA steps on the chains between the path tests"
                    + _default("local_steps"))
@@ -247,13 +254,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _recipe_from_args(args: argparse.Namespace, name: str) -> Optional[Recipe]:
     changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items() if hasattr(args, flag)}
-    if "correction" in changes:
-        changes["correction"] = None if changes["correction"] == "none" else changes["correction"]
     if args.stale_paths:
         changes["path_refresh"] = False
-    if args.anneal_paths:
-        changes["path_anneal"] = True
+    if hasattr(args, "anneal_paths"):
+        changes["path_anneal"] = args.anneal_paths
     changes.update(dict(args.set))
+    if "correction" in changes and changes["correction"] in (None, "none"):
+        # plain teaching on a recipe with exact teaching: its MH-only options go too, unless given
+        changes = {**PLAIN, **changes, "correction": None}
     if is_data_file(name):
         if not changes:
             return None  # the data's own recipe (vmt.app.recipes.recipe_for_data), chosen after loading
@@ -273,7 +281,8 @@ def _train(args: argparse.Namespace) -> None:
                  if getattr(args, k) not in (None, False)]
         given += [f"--{k.replace('_', '-')}" for k in _OVERRIDES if hasattr(args, k)]
         given += ["--set"] if args.set else []
-        given += [f for f, on in (("--stale-paths", args.stale_paths), ("--anneal-paths", args.anneal_paths)) if on]
+        given += ["--stale-paths"] if args.stale_paths else []
+        given += ["--(no-)anneal-paths"] if hasattr(args, "anneal_paths") else []
         given += ["--nproc"] if args.nproc else []
         if given:
             raise ValueError(f"--resume continues a run with its own data, recipe and seed; {', '.join(given)} "

@@ -160,7 +160,8 @@ class TeachingConfig:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.correction is not None:
             if self.init not in ("vae", "noise"):
-                raise ValueError(f"correction={self.correction!r} needs init='vae' or 'noise', got {self.init!r}")
+                raise ValueError(f"correction={self.correction!r} needs init='vae' or 'noise', got {self.init!r}; "
+                                 "use correction=None (--correction none) with this init")
             if clean["noise_scale"] <= 0:
                 raise ValueError(f"correction={self.correction!r} needs noise_scale > 0: "
                                  "a noise-free revision has no density")
