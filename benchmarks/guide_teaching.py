@@ -2,8 +2,10 @@
 
 For each target (eight schools non-centred, an ill-conditioned Gaussian, a Bayesian
 logistic regression on synthetic data, Haario's banana) and each seed, the same
-mean-field ``AutoNormal`` guide is fitted by ``MCMCTeaching`` (NumPyro backend) and
-by ``SVI(Trace_ELBO)`` at the same number of gradient evaluations of the model, and
+mean-field ``AutoNormal`` guide is fitted by ``MCMCTeaching`` (NumPyro backend) with
+fresh draws each iteration (``taught``, the paper's update) and with persistent chains
+(``taught_persistent``, ``persistent=True``), and by ``SVI(Trace_ELBO)``, all at the
+same number of gradient evaluations of the model, and
 its draws are compared with the ground truth: analytic moments for the Gaussian and
 the banana, a long NUTS run (4 chains x 1000 draws after 500 warmup, seed 12345) otherwise.
 
@@ -25,6 +27,7 @@ Per target and method, over seeds (mean ± sd):
     python benchmarks/guide_teaching.py                   # all targets, 3 seeds
     python benchmarks/guide_teaching.py --targets logistic banana --fast-compile
     python benchmarks/guide_teaching.py --quick           # tiny budget, two targets (CI)
+    python benchmarks/guide_teaching.py --iters 1000 --num-steps 10 --particles 16 --lr 0.05
 """
 
 from __future__ import annotations
@@ -185,6 +188,10 @@ def main():
                    help="a subset of the targets (default: all; --quick: the first two)")
     p.add_argument("--fast-compile", action="store_true",
                    help="compile without XLA's expensive optimisations (compilation dominates small models)")
+    p.add_argument("--iters", type=int, default=None, help="teaching iterations (default 400; quick 30)")
+    p.add_argument("--num-steps", type=int, default=None, help="K, MALA steps per revision (default 10; quick 5)")
+    p.add_argument("--particles", type=int, default=None, help="n, particles per iteration (default 16; quick 8)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam's starting learning rate, decayed to 0.1x (default 0.05)")
     args = p.parse_args()
     if args.targets and args.out == common.RESULTS / "guide_teaching.json":
         args.out = common.RESULTS / f"guide_teaching_{'+'.join(args.targets)}.json"
@@ -205,8 +212,9 @@ def main():
 
     quick = args.quick
     iters, K, n, n_svi = (30, 5, 8, 8) if quick else (400, 10, 16, 8)
+    iters, K, n = args.iters or iters, args.num_steps or K, args.particles or n
     ref_draws, warm, draws, chains = (200, 50, 100, 4) if quick else (1000, 200, 800, 4)
-    lr = 0.05
+    lr = args.lr
     models, truth = build_targets()
     targets = args.targets or (TARGETS[:2] if quick else TARGETS)
     meta = common.meta(args)
@@ -221,9 +229,12 @@ def main():
             refs[name], oracle[name] = nuts_reference(model, ref_draws)
         ref_seconds = time.process_time() - t0
         evals = iters * (K + 1) * n
-        guide_t = AutoNormal(model)
-        teaching = MCMCTeaching(model, guide_t, optax.adam(optax.exponential_decay(lr, iters, 0.1), b2=0.9),
-                                num_steps=K, num_particles=n)
+        guides, teachers = {}, {}
+        for label, persistent in (("taught", False), ("taught_persistent", True)):
+            guides[label] = AutoNormal(model)
+            teachers[label] = MCMCTeaching(model, guides[label],
+                                           optax.adam(optax.exponential_decay(lr, iters, 0.1), b2=0.9),
+                                           num_steps=K, num_particles=n, persistent=persistent)
         guide_s = AutoNormal(model)
         svi_steps = evals // n_svi
         svi = SVI(model, guide_s, optax.adam(optax.exponential_decay(lr, svi_steps, 0.1)),
@@ -236,16 +247,19 @@ def main():
         for seed in range(args.seeds):
             row = {"target": name, "seed": seed, "grad_evals": evals, "iters": iters, "num_steps": K,
                    "num_particles": n, "svi_particles": n_svi, "reference_cpu_s": ref_seconds}
-            t = time.process_time()
-            result = teaching.run(seed, iters)
-            row["taught_cpu_s"] = time.process_time() - t
+            fitted = {}
+            for label, teaching in teachers.items():
+                t = time.process_time()
+                fitted[label] = (guides[label], teaching.run(seed, iters).params)
+                row[label + "_cpu_s"] = time.process_time() - t
             t = time.process_time()
             state = svi.init(jax.random.key(seed))
             for _ in range(svi_steps):
                 state, _ = svi_update(state)
             svi_params = svi.get_params(state)
             row["svi_cpu_s"] = time.process_time() - t
-            for label, guide, params in (("taught", guide_t, result.params), ("svi", guide_s, svi_params)):
+            fitted["svi"] = (guide_s, svi_params)
+            for label, (guide, params) in fitted.items():
                 row[label] = score(guide_moments(model, guide, params, seed), refs[name])
                 init = initial_params_from_guide(guide, model, chains, seed, params=params)
                 mala.run(jax.random.key(100 + seed), init_params=init)
@@ -257,7 +271,7 @@ def main():
             grads = warm_grads + int(np.sum(nuts.get_extra_fields()["num_steps"]))
             row["nuts_ess_per_grad"] = min_ess(nuts.get_samples(group_by_chain=True)) / grads
             rows.append(row)
-            print(name, seed, {label: {m: round(row[label][m], 3) for m in METRICS} for label in ("taught", "svi")},
+            print(name, seed, {label: {m: round(row[label][m], 3) for m in METRICS} for label in LABELS},
                   "nuts", row["nuts_ess_per_grad"], flush=True)
         # written after every target, so a long run keeps what it has finished
         summary = summarise(rows, [t for t in targets if t in refs])
@@ -272,6 +286,7 @@ def main():
     print_table(summary)
 
 
+LABELS = ("taught", "taught_persistent", "svi")
 SCORES = ("mean_err_max", "mean_err_mean", "sd_ratio_min", "sd_ratio_median", "sd_ratio_max", "sd_in_band")
 METRICS = SCORES + tuple(k + "_u" for k in SCORES) + ("mala_ess_per_grad",)
 
@@ -285,7 +300,7 @@ def summarise(rows, targets):
     out = {}
     for name in targets:
         rs = [r for r in rows if r["target"] == name]
-        out[name] = {label: {m: _ms([r[label][m] for r in rs]) for m in METRICS} for label in ("taught", "svi")}
+        out[name] = {label: {m: _ms([r[label][m] for r in rs]) for m in METRICS} for label in LABELS}
         out[name]["nuts_ess_per_grad"] = _ms([r["nuts_ess_per_grad"] for r in rs])
         out[name]["grad_evals"] = rs[0]["grad_evals"]
     return out
@@ -300,7 +315,7 @@ def print_table(summary):
               " MALA ESS/grad |")
         print("|---|---|---|---|---|---|")
         for name, s in summary.items():
-            for label in ("taught", "svi"):
+            for label in LABELS:
                 d = s[label]
                 print(f"| {name} | {label} | {f(d['mean_err_max' + u])} | {f(d['sd_ratio_min' + u])} / "
                       f"{f(d['sd_ratio_median' + u])} / {f(d['sd_ratio_max' + u])} | {f(d['sd_in_band' + u])} | "

@@ -6,7 +6,8 @@
 
 Reads ``speed.json``, ``gpu_smoke.json`` (if a GPU run was copied there), every ``quality_2d*.json`` (rows merged: e.g. one file per
 backend) and every ``quality_digits*.json`` from ``--results``; ``kernels_ess.json`` goes
-into the table of ``docs/kernels.md``. The prose of the page lives here, next to the
+into the table of ``docs/kernels.md``, every ``guide_teaching*.json`` into the tables
+of ``docs/guide_teaching.md``. The prose of the page lives here, next to the
 tables it explains; the numbers come only from the JSON.
 
 Every result file carries the commit it was made at (``meta.git``, written by
@@ -262,6 +263,46 @@ def kernels_table(kernels: Dict[str, Any], docs: Path) -> Path:
     return page
 
 
+GUIDE_START, GUIDE_END = "<!-- guide-teaching:start -->", "<!-- guide-teaching:end -->"
+GUIDE_LABELS = {"taught": "taught", "taught_persistent": "taught, persistent", "svi": "SVI",
+                "moment_matched": "moment-matched mean-field (limit)"}
+
+
+def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
+    """The tables of ``docs/guide_teaching.md`` (between its markers) from ``guide_teaching*.json``."""
+    def f(d, digits=2):
+        return f"{d['mean']:.{digits}f} ± {d['sd']:.{digits}f}"
+
+    block = [GUIDE_START]
+    for data in files:
+        block += ["Run: " + _machine(data["meta"], timing=False) + " "
+                  + ", ".join(f"{name}: {s['grad_evals']} model gradients per guide"
+                              for name, s in data["summary"].items()) + ".", ""]
+    summary = {name: s for data in files for name, s in data["summary"].items()}
+    for space, u in (("Constrained space (the model's parameters)", ""),
+                     ("Unconstrained space (where the guide and MALA work)", "_u")):
+        rows = []
+        for name, s in summary.items():
+            for label in [k for k in GUIDE_LABELS if k in s]:
+                d = s[label]
+                rows.append((name, GUIDE_LABELS[label], f(d["mean_err_max" + u]),
+                             " / ".join(f(d[f"sd_ratio_{k}{u}"]) for k in ("min", "median", "max")),
+                             f(d["sd_in_band" + u]), f(d["mala_ess_per_grad"], 3) if "mala_ess_per_grad" in d else ""))
+            rows.append((name, "NUTS (init_to_median)", "", "", "", f(s["nuts_ess_per_grad"], 3)))
+        block += [f"**{space}**, mean ± sd over seeds:", "",
+                  md_table(["target", "guide", "max mean err", "sd ratio min / median / max", "in [0.8, 1.2]",
+                            "MALA ESS/grad"], rows), ""]
+    block.append(GUIDE_END)
+    page = docs / "guide_teaching.md"
+    text = page.read_text()
+    if GUIDE_START not in text:
+        raise SystemExit(f"{page} has no {GUIDE_START} … {GUIDE_END} block for the tables")
+    head, rest = text.split(GUIDE_START, 1)
+    page.write_text(head + "\n".join(block) + rest.split(GUIDE_END, 1)[1])
+    print(f"wrote the tables of {page}")
+    return page
+
+
 def write(results: Path, docs: Path, strict: bool = False) -> Path:
     stale = stale_files(results)
     if strict and stale:
@@ -275,6 +316,9 @@ def write(results: Path, docs: Path, strict: bool = False) -> Path:
     kernels = _load(results / "kernels_ess.json")
     if kernels:
         kernels_table(kernels, docs)
+    guides = [_load(p) for p in sorted(results.glob("guide_teaching*.json"))]
+    if guides:
+        guide_teaching_tables(guides, docs)
     lines = ["# Benchmarks", "", report_text.INTRO, ""]
     lines += provenance_section(results)
     lines += report_text.summary(speed, q2d, qdig) + [""]

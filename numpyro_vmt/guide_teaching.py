@@ -95,13 +95,15 @@ class MCMCTeachingInfo(NamedTuple):
 
 class MCMCTeachingState(NamedTuple):
     """Training state: ``svi_state`` (guide/model params, optimiser, key), the step size
-    ``δ``, the dual-averaging state, the iteration count and the last [`MCMCTeachingInfo`][numpyro_vmt.guide_teaching.MCMCTeachingInfo]."""
+    ``δ``, the dual-averaging state, the iteration count, the last [`MCMCTeachingInfo`][numpyro_vmt.guide_teaching.MCMCTeachingInfo]
+    and, with ``persistent=True``, the chains' unconstrained values ``(n, D)`` (``None`` otherwise)."""
 
     svi_state: SVIState
     step_size: Any
     adapt_state: Any
     iteration: Any
     info: MCMCTeachingInfo
+    chains: Any = None
 
 
 def _guide_scale(x):
@@ -155,6 +157,13 @@ class MCMCTeaching:
         in coordinates divided by the standard deviations of ``n`` further guide draws
         (independent of the revised ones, so the revision stays exact), and ``δ`` is
         in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
+    persistent : bool
+        ``False`` (default): every update revises fresh guide draws (the paper's update).
+        ``True``: the ``n`` revised particles persist as MALA chains of the posterior
+        from update to update (``state.chains``, started from the guide by `init()`),
+        and the guide learns from their states — the forward-KL fit, exact in the limit
+        of many updates whatever ``K`` (see [`pyro_vmt.guide_teaching`][pyro_vmt.guide_teaching]).
+        Needs every latent value to persist: no subsampling plates.
 
     Examples
     --------
@@ -171,7 +180,7 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool = True):
+                 target_accept_prob: float = 0.574, precondition: bool = True, persistent: bool = False):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -185,6 +194,7 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
         self.precondition = bool(precondition)
+        self.persistent = bool(persistent)
         self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
         self._latent, self._jitted = None, None
 
@@ -197,12 +207,20 @@ class MCMCTeaching:
         svi_state = self._svi.init(key, *args, **kwargs)
         params = self.get_params(MCMCTeachingState(svi_state, None, None, None, None))
         self._latent = self._latent_sites(jax.random.PRNGKey(0), params, args, kwargs)
+        chains = None
+        if self.persistent:
+            k_sub, k_draw = jax.random.split(jax.random.fold_in(key, 1))
+            sub = self._subsample(k_sub, params, args, kwargs, check_persistent=True)
+            guide = handlers.substitute(self.guide, data=sub)
+            chains = jax.vmap(lambda k: ravel_pytree(self._draw(guide, params, k, args, kwargs))[0])(
+                jax.random.split(k_draw, self.num_particles))
         dtype = jnp.result_type(float)
         da_init, _ = dual_averaging()
         step = jnp.asarray(self.step_size, dtype)
         nan = jnp.full((), jnp.nan, dtype)
         info = MCMCTeachingInfo(nan, nan, nan, nan, step, nan, jnp.zeros((), jnp.int32))
-        return MCMCTeachingState(svi_state, step, da_init(jnp.log(10.0 * step)), jnp.zeros((), jnp.int32), info)
+        return MCMCTeachingState(svi_state, step, da_init(jnp.log(10.0 * step)), jnp.zeros((), jnp.int32), info,
+                                 chains)
 
     def get_params(self, state: MCMCTeachingState) -> dict:
         """Constrained values of the ``param`` sites of the guide and the model."""
@@ -250,15 +268,12 @@ class MCMCTeaching:
         guide = handlers.substitute(self.guide, data=sub)
         model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
 
-        def draw(k):
-            tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), k)).get_trace(*args, **kwargs)
-            return {name: biject_to(support).inv(tr[name]["value"]) for name, support in self._latent.items()}
-
         # with precondition, n more draws (independent of the revised ones) set the scale
-        u0 = jax.vmap(draw)(jax.random.split(k_draw, 2 * n if self.precondition else n))
+        u0 = jax.vmap(lambda k: self._draw(guide, params, k, args, kwargs))(
+            jax.random.split(k_draw, 2 * n if self.precondition else n))
         _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], u0))
         x_all = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
-        x0 = x_all[:n]
+        x0 = state.chains if self.persistent else x_all[:n]
         scale = _guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
         one = partial(potential_energy, model, args, kwargs)
         # MALA in whitened coordinates y = u / scale: a diagonal mass matrix, exact (constant Jacobian)
@@ -306,7 +321,10 @@ class MCMCTeaching:
                 da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
                 tuned = jnp.where(i + 1 == self.adapt_iterations, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
                 step = jnp.where(warm, tuned, step).astype(step.dtype)
-        new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info)
+        # the chains move on only with the parameters (a failed update leaves both as they were)
+        chains = jnp.where(jnp.isfinite(loss), x_k, state.chains) if self.persistent else None
+        new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info,
+                                chains)
         return new, loss
 
     # ------------------------------------------------------------------ helpers
@@ -326,8 +344,14 @@ class MCMCTeaching:
             raise ValueError(f"the guide does not sample the model's latent sites {missing}")
         return {k: s["fn"].support for k, s in latent.items()}
 
-    def _subsample(self, key, params, args, kwargs) -> dict:
-        """This update's subsample indices ``{plate: indices}``: the guide's, then the model's."""
+    def _draw(self, guide, params, key, args, kwargs) -> dict:
+        """One guide draw: the unconstrained values of the model's latent sites."""
+        tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), key)).get_trace(*args, **kwargs)
+        return {name: biject_to(support).inv(tr[name]["value"]) for name, support in self._latent.items()}
+
+    def _subsample(self, key, params, args, kwargs, check_persistent: bool = False) -> dict:
+        """This update's subsample indices ``{plate: indices}``: the guide's, then the model's.
+        ``check_persistent``: refuse subsampling plates (``persistent=True``)."""
         k_guide, k_model = jax.random.split(key)
         guide_trace = handlers.trace(handlers.seed(handlers.substitute(self.guide, data=params), k_guide)
                                      ).get_trace(*args, **kwargs)
@@ -335,6 +359,11 @@ class MCMCTeaching:
         model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
         model_trace = handlers.trace(handlers.seed(model, k_model)).get_trace(*args, **kwargs)
         sub.update({k: s["value"] for k, s in model_trace.items() if s["type"] == "plate"})
+        subsampled = sorted(k for tr in (guide_trace, model_trace) for k, s in tr.items()
+                            if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0])
+        if check_persistent and subsampled:
+            raise ValueError(f"persistent=True keeps every latent value from step to step; the subsampling "
+                             f"plates {subsampled} redraw their local latents each step")
         return sub
 
     def _log_q(self, guide, params, u, args, kwargs):

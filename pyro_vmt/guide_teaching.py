@@ -32,6 +32,16 @@ point ($q = p \Rightarrow qT^K = p$ for a $p$-invariant kernel). MALA
 (``adjust=True``, the default) keeps that fixed point exact; ULA shifts it by its
 discretisation bias.
 
+With ``persistent=True`` the revised particles are kept from one step to the next
+(persistent chains, started from the guide at the first step) instead of drawn
+afresh: each revision then continues $n$ MALA chains of the posterior, whose states
+are posterior draws once mixed whatever ``K``, and the update fits $q_\phi$ to them by
+maximum likelihood — the fixed point is the forward-KL projection
+$\arg\min_\phi \mathrm{KL}(p \,\|\, q_\phi)$ (for a mean-field Gaussian, the exact
+marginal means and variances), not a point between the guide and the posterior as
+with fresh draws and a revision too short to mix. The guide then still sets the
+preconditioner and is what `Predictive` and the warm start use.
+
 With ``precondition=True`` (the default) the revision uses a diagonal mass matrix
 from the guide: it runs in coordinates divided by the per-coordinate standard
 deviations of ``n`` further guide draws, independent of the revised ones (a constant
@@ -147,6 +157,12 @@ class MCMCTeaching:
         in coordinates divided by the standard deviations of ``n`` further guide draws
         (independent of the revised ones, so the revision stays exact), and ``δ`` is
         in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
+    persistent : bool
+        ``False`` (default): every step revises fresh guide draws (the paper's update).
+        ``True``: the ``n`` revised particles persist as MALA chains of the posterior
+        from step to step (started from the guide), and the guide learns from their
+        states — the forward-KL fit, exact in the limit of many steps whatever ``K``.
+        Needs every latent value to persist: no subsampling plates.
 
     Examples
     --------
@@ -164,7 +180,7 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool = True):
+                 target_accept_prob: float = 0.574, precondition: bool = True, persistent: bool = False):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -178,6 +194,8 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
         self.precondition = bool(precondition)
+        self.persistent = bool(persistent)
+        self.chains: Optional[torch.Tensor] = None  # persistent=True: the particles' unconstrained values (n, D)
         self.iteration, self.last_info = 0, None
         self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations != 0 else None
 
@@ -230,6 +248,11 @@ class MCMCTeaching:
         x_all = [torch.cat([transforms[k](tr.nodes[k]["value"].detach()).reshape(n, -1) for k in latent], 1)
                  for tr in draws]
         draw, x0 = draws[0], x_all[0]
+        if self.persistent and self.chains is not None:
+            if self.chains.shape != x0.shape:
+                raise ValueError(f"the persistent chains have shape {tuple(self.chains.shape)}, this step's "
+                                 f"latent values {tuple(x0.shape)}: did the model change?")
+            x0 = self.chains
         scale = _guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
         flat = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
                                          transforms, model_trace, nest), shapes)
@@ -258,6 +281,8 @@ class MCMCTeaching:
                                   ).differentiable_loss(self.model, self.guide, *args, **kwargs)
                 loss = loss + self.elbo_weight * elbo
         if update:
+            if self.persistent:
+                self.chains = (state.position * scale).detach()
             loss.backward()
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
             self.optim(params)
@@ -276,6 +301,11 @@ class MCMCTeaching:
         with poutine.block():
             model_trace = poutine.trace(poutine.condition(self.model, data=sub)).get_trace(*args, **kwargs)
         sub.update({k: s["value"] for k, s in model_trace.nodes.items() if site_is_subsample(s)})
+        subsampled = sorted(k for tr in (guide_trace, model_trace) for k, s in tr.nodes.items()
+                            if site_is_subsample(s) and s["value"].numel() < s["fn"].size)
+        if self.persistent and subsampled:
+            raise ValueError(f"persistent=True keeps every latent value from step to step; the subsampling "
+                             f"plates {subsampled} redraw their local latents each step")
         latent = {k: s for k, s in model_trace.nodes.items()
                   if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
         discrete = [k for k, s in latent.items() if s["fn"].support.is_discrete]
