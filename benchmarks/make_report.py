@@ -124,13 +124,15 @@ def _pm(values, digits: int = 3):
 
 
 def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
+    files = [f for f in files if f["rows"]]  # a file whose every row was rerun is only listed at the top
     rows = [r for f in files for r in f["rows"]]
     out = ["## Sample quality: 2-D densities", "", report_text.QUALITY_2D, ""]
     for f in files:
         out += ["Run: " + _machine(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
                 f"{', '.join(map(str, f['seeds']))}; data sets {', '.join(f['datasets'])}; methods "
                 f"{', '.join(f.get('methods', []))}.", ""]
-    recipes = {d: r for f in files for d, r in f["recipes"].items()}
+    current = [f for f in files if not f["rows"][0].get("stale")]
+    recipes = {d: r for f in [f for f in files if f not in current] + current for d, r in f["recipes"].items()}
     for name in [d for d in ("grid25", "8gaussians", "rings", "2spirals", "ring8") if d in recipes]:
         rec = recipes[name]
         cfg = rec["config"]
@@ -149,6 +151,7 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
             num_modes = rs[0].get("modes", "/").split("/")[-1] or None
             errors = "; ".join(sorted({r["error"] for r in rs if r.get("error")}))
             warn = "boundary" if any(r.get("loglik_warning") for r in rs) else ""
+            warn += " **stale**" if any(r.get("stale") for r in rs) else ""
             lls = [r.get("loglik") for r in rs]
             ll_err = "; ".join(sorted({r["loglik_error"][:60] for r in rs if r.get("loglik_error")}))
             table.append((backend, method, len(rs), None if modes is None else f"{modes:.1f}/{num_modes}",
@@ -303,6 +306,25 @@ def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
     return page
 
 
+def supersede(files: List[Dict[str, Any]], key=("data", "backend", "method", "seed")) -> List[Dict[str, Any]]:
+    """The files with each row kept only in the file that ran it last among the current
+    ones (or, when no current file has it, the last stale one): a rerun of a data set,
+    backend, method and seed replaces the earlier row in every merged table, and a file's
+    other rows stay (``row["stale"]``: their file is stale, which the tables say)."""
+    def rank(f):
+        return (common.provenance(f.get("meta"))["current"], f.get("meta", {}).get("finished", ""))
+
+    owner = {}
+    for i, f in enumerate(files):
+        for r in f["rows"]:
+            k = tuple(r.get(c) for c in key)
+            if k not in owner or rank(f) >= rank(files[owner[k]]):
+                owner[k] = i
+    stale = [not rank(f)[0] for f in files]
+    return [dict(f, rows=[dict(r, stale=stale[i]) for r in f["rows"] if owner[tuple(r.get(c) for c in key)] == i])
+            for i, f in enumerate(files)]
+
+
 def write(results: Path, docs: Path, strict: bool = False) -> Path:
     stale = stale_files(results)
     if strict and stale:
@@ -311,7 +333,7 @@ def write(results: Path, docs: Path, strict: bool = False) -> Path:
     for old in (docs / IMG).glob("*.png"):  # every picture there is made below: none outlives its result file
         old.unlink()
     speed = _load(results / "speed.json")
-    q2d = [_load(p) for p in sorted(results.glob("quality_2d*.json"))]
+    q2d = supersede([_load(p) for p in sorted(results.glob("quality_2d*.json"))])
     qdig = [_load(p) for p in sorted(results.glob("quality_digits*.json"))]
     kernels = _load(results / "kernels_ess.json")
     if kernels:

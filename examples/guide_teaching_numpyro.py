@@ -59,13 +59,13 @@ def logistic_data(n, seed):
     return jnp.asarray(x, dtype=jnp.float32), jnp.asarray((rng.uniform(size=n) < p).astype(np.float32))
 
 
-def fit(model, data, iters, num_steps, num_particles, seed):
+def fit(model, data, iters, num_steps, num_particles, seed, persistent=False):
     """The same AutoNormal by SVI and by MCMCTeaching at equal model-gradient evaluations."""
     fits = {}
     guide = AutoNormal(model)
     schedule = optax.exponential_decay(0.05, iters, 0.1)
     teaching = MCMCTeaching(model, guide, optax.adam(schedule, b2=0.9), num_steps=num_steps,
-                            num_particles=num_particles)
+                            num_particles=num_particles, persistent=persistent)
     t = time.perf_counter()
     result = teaching.run(seed, iters, *data)
     fits["taught"] = (guide, result.params, time.perf_counter() - t)
@@ -94,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny budget, for tests")
     parser.add_argument("--out", type=Path, default=Path("guide_teaching_numpyro"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--persistent", action="store_true",
+                        help="teach with persistent chains (MCMCTeaching(persistent=True), docs/guide_teaching.md)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     iters, nuts = (20, 30) if args.quick else (400, 400)
@@ -102,7 +104,8 @@ def main(argv=None):
         "logistic": (logistic, logistic_data(200, args.seed), ["beta", "b0"]),
     }
     for name, (model, data, sites) in problems.items():
-        fits, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed)
+        fits, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed,
+                           persistent=args.persistent)
         mcmc = MCMC(NUTS(model), num_warmup=nuts, num_samples=nuts, progress_bar=False)
         mcmc.run(jax.random.key(args.seed), *data)
         results = {"NUTS": az.from_numpyro(mcmc)}

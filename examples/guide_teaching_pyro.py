@@ -58,7 +58,7 @@ def logistic_data(n, seed):
     return torch.tensor(x, dtype=torch.float32), torch.tensor((rng.uniform(size=n) < p).astype(np.float32))
 
 
-def fit(model, data, iters, num_steps, num_particles, seed):
+def fit(model, data, iters, num_steps, num_particles, seed, persistent=False):
     """The same AutoNormal by SVI and by MCMCTeaching at equal model-gradient evaluations."""
     guides = {}
     pyro.clear_param_store()
@@ -66,7 +66,7 @@ def fit(model, data, iters, num_steps, num_particles, seed):
     guide = AutoNormal(model)
     teaching = MCMCTeaching(model, guide, pyro.optim.ClippedAdam({"lr": 0.05, "betas": (0.9, 0.9),
                                                                   "lrd": 0.1 ** (1 / iters)}),
-                            num_steps=num_steps, num_particles=num_particles)
+                            num_steps=num_steps, num_particles=num_particles, persistent=persistent)
     t = time.perf_counter()
     teaching.run(seed, iters, *data)
     guides["taught"] = (guide, time.perf_counter() - t)
@@ -100,6 +100,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny budget, for tests")
     parser.add_argument("--out", type=Path, default=Path("guide_teaching_pyro"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--persistent", action="store_true",
+                        help="teach with persistent chains (MCMCTeaching(persistent=True), docs/guide_teaching.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,8 @@ def main(argv=None):
         "logistic": (logistic, logistic_data(200, args.seed), ["beta", "b0"]),
     }
     for name, (model, data, sites) in problems.items():
-        guides, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed)
+        guides, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed,
+                            persistent=args.persistent)
         pyro.set_rng_seed(args.seed)
         mcmc = MCMC(NUTS(model), warmup_steps=nuts, num_samples=nuts, disable_progbar=True)
         mcmc.run(*data)

@@ -18,7 +18,7 @@ CASES = {  # example -> tiny-budget arguments (besides --out)
     "regression1d.py": ["--iters", "5"],
     "conditional_digits.py": ["--iters", "3"],
     "restore_digits_pyro.py": ["--quick"],
-    "guide_teaching_pyro.py": ["--quick"],
+    "guide_teaching_pyro.py": ["--quick", "--persistent"],
     "guide_teaching_numpyro.py": ["--quick"],
 }
 NO_OUT = set()
