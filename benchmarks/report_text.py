@@ -161,7 +161,7 @@ its mode in every coordinate; mixtures only); *high quality*: the fraction of su
 samples (a perfect sampler: 0.995); *held-out log-lik*: the EBM's exact log-likelihood
 of held-out data, the normaliser by quadrature on the density's box
 (`vmt.evaluation.metrics.heldout_log_likelihood`), next to its best possible value, minus the
-true entropy; *est. log-lik (paths)*: the same with $\log Z$ estimated from 10,000
+true entropy; *est. log-lik (paths)*: the same with $\\log Z$ estimated from 10,000
 weighted proposal paths (`teacher.log_partition`; biased high, usable in any dimension);
 *mode-mass KL*: KL between the true mode weights and the EBM's mass in each mode's
 Voronoi cell, by quadrature (`vmt.evaluation.metrics.mode_mass_kl`; 0 when every mode

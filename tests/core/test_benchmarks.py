@@ -193,3 +193,24 @@ def test_report_is_built_from_the_results(results, tmp_path):
     assert links
     for link in links:
         assert (docs / link).exists(), link
+
+
+def test_a_rerun_supersedes_the_earlier_row(monkeypatch):
+    """In the merged 2-D tables a data set, backend, method and seed appears once: from the
+    current file that finished last, else the last stale one; a file's other rows stay,
+    flagged when their file is stale."""
+    sys.path.insert(0, str(BENCH))
+    import common
+    import make_report
+
+    monkeypatch.setattr(common, "provenance", lambda meta: {"current": meta["current"], "text": ""})
+
+    def row(method, seed):
+        return {"data": "ring8", "backend": "jax", "method": method, "seed": seed}
+
+    old = {"meta": {"current": False, "finished": "1"}, "rows": [row("vmt", 0), row("noise", 0)]}
+    new = {"meta": {"current": True, "finished": "0"}, "rows": [row("vmt", 0), row("vmt", 1)]}
+    older = {"meta": {"current": False, "finished": "0"}, "rows": [row("noise", 0), row("persistent", 0)]}
+    kept = make_report.supersede([old, new, older])
+    methods = [[(r["method"], r["seed"], r["stale"]) for r in f["rows"]] for f in kept]
+    assert methods == [[("noise", 0, True)], [("vmt", 0, False), ("vmt", 1, False)], [("persistent", 0, True)]]
