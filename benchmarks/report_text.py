@@ -234,6 +234,8 @@ def summary(speed: Optional[Dict[str, Any]], q2d: List[Dict[str, Any]], qdig: Li
                      else "below 1 MiB at both K")
             lines.append(f"| working memory at K={r['num_steps']} within 10 % of the smallest K, "
                          f"{r['backend']} {r['energy']} | {ratio} | {'yes' if r['within_10pc'] else 'no'} |")
+    if not common.provenance(speed.get("meta"))["current"]:  # every speed row comes from that one file
+        lines[4:] = [line.replace(" | ", " (**stale** `speed.json`) | ", 1) for line in lines[4:]]
     return lines + quality_targets(q2d, qdig)
 
 
@@ -257,6 +259,7 @@ def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> Li
             continue
         seeds = len({r["seed"] for r in rows if r["method"] == "vmt"})
         who = f"{data} VMT, {backend} ({seeds} seed{'s' if seeds > 1 else ''})"
+        who += " (**stale**)" if any(r.get("stale") for r in rows if r["method"] == "vmt") else ""
         modes, hq = _mean_by(rows, "vmt", "modes_covered"), _mean_by(rows, "vmt", "high_quality")
         num_modes = {"grid25": 25, "ring8": 8}.get(data)
         if num_modes and hq is not None:
@@ -274,13 +277,17 @@ def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> Li
         lines.append(f"| {who}: better than every EBM baseline on high quality, log-lik "
                      f"and MMD | better than {', '.join(beaten) or 'none'} of {', '.join(others)} | "
                      f"{'yes' if len(beaten) == len(others) else 'no'} |")
-    rows_dig = [r for f in qdig if f for r in f["rows"] if not r.get("error")]
+    import common
+
+    rows_dig = [dict(r, stale=not common.provenance(f.get("meta"))["current"])
+                for f in qdig if f for r in f["rows"] if not r.get("error")]
     for backend in dict.fromkeys(r["backend"] for r in rows_dig):
         rows = [r for r in rows_dig if r["backend"] == backend]
         vmt = _mean_by(rows, "vmt", "frechet")
         if vmt is None:
             continue
         floor = _mean_by(rows, "vmt", "frechet_floor")
+        backend += " (**stale**)" if any(r["stale"] for r in rows) else ""
         base = {m: _mean_by(rows, m, "frechet") for m in ("vae_only", "noise")}
         below = all(v is None or vmt < v for v in base.values())
         lines.append(f"| digits VMT, {backend}: Fréchet ≤ 2 × floor and below VAE alone and short-run EBM | "
