@@ -267,7 +267,8 @@ def kernels_table(kernels: Dict[str, Any], docs: Path) -> Path:
 
 
 GUIDE_START, GUIDE_END = "<!-- guide-teaching:start -->", "<!-- guide-teaching:end -->"
-GUIDE_LABELS = {"taught": "taught", "taught_persistent": "taught, persistent", "svi": "SVI",
+GUIDE_LABELS = {"taught": "taught", "taught_persistent": "taught, persistent",
+                "taught_dense": "taught, persistent, dense mass", "svi": "SVI",
                 "moment_matched": "moment-matched mean-field (limit)"}
 
 

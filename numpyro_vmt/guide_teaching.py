@@ -62,6 +62,7 @@ from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.svi import SVIRunResult, SVIState
 from numpyro.infer.util import log_density, potential_energy
 
+from numpyro_vmt import mass as dense_mass
 from numpyro_vmt.langevin import init, scan_steps
 from numpyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
@@ -96,7 +97,8 @@ class MCMCTeachingInfo(NamedTuple):
 class MCMCTeachingState(NamedTuple):
     """Training state: ``svi_state`` (guide/model params, optimiser, key), the step size
     ``δ``, the dual-averaging state, the iteration count, the last [`MCMCTeachingInfo`][numpyro_vmt.guide_teaching.MCMCTeachingInfo]
-    and, with ``persistent=True``, the chains' unconstrained values ``(n, D)`` (``None`` otherwise)."""
+    and, with ``persistent=True``, the chains' unconstrained values ``(n, D)`` (``None`` otherwise);
+    with ``precondition="dense"``, the [`DenseMass`][numpyro_vmt.mass.DenseMass] (``None`` otherwise)."""
 
     svi_state: SVIState
     step_size: Any
@@ -104,6 +106,7 @@ class MCMCTeachingState(NamedTuple):
     iteration: Any
     info: MCMCTeachingInfo
     chains: Any = None
+    mass: Any = None
 
 
 def _guide_scale(x):
@@ -112,7 +115,9 @@ def _guide_scale(x):
     return jnp.where(jnp.isfinite(s) & (s > 0), s, jnp.ones_like(s))
 
 
-def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
+def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob, precondition):
+    if precondition not in (True, False, "diag", "dense"):
+        raise ValueError(f"precondition must be True, False, 'diag' or 'dense', got {precondition!r}")
     return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
             None if adapt_iterations is None else as_count("adapt_iterations", adapt_iterations, minimum=0),
             as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
@@ -152,11 +157,16 @@ class MCMCTeaching:
         depends on the draws it revises, so tuning costs the revision no exactness.
     target_accept_prob : float
         Target of the tuning, 0.574 (Roberts & Rosenthal 1998).
-    precondition : bool
-        ``True`` (default): a diagonal mass matrix from the guide: each revision runs
-        in coordinates divided by the standard deviations of ``n`` further guide draws
-        (independent of the revised ones, so the revision stays exact), and ``δ`` is
-        in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
+    precondition : bool or str
+        ``True`` / ``"diag"`` (default): a diagonal mass matrix from the guide: each
+        revision runs in coordinates divided by the standard deviations of ``n`` further
+        guide draws (independent of the revised ones, so the revision stays exact), and
+        ``δ`` is in units of the guide's scale. ``"dense"``: a dense mass matrix, the
+        covariance of the revised particles of past updates in doubling windows
+        ([`numpyro_vmt.mass`][numpyro_vmt.mass]; the diagonal one until the first window ends,
+        after 25 updates; windows stop after ``adapt_iterations``) — for correlated
+        posteriors, whose narrow directions a mean-field guide cannot supply; ``O(D²)``
+        memory and ``O(D³)`` per window. ``False``: one ``δ`` for every coordinate.
     persistent : bool
         ``False`` (default): every update revises fresh guide draws (the paper's update).
         ``True``: the ``n`` revised particles persist as MALA chains of the posterior
@@ -180,11 +190,11 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool = True, persistent: bool = False):
+                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
-            num_particles, elbo_weight, adapt_iterations, target_accept_prob)
+            num_particles, elbo_weight, adapt_iterations, target_accept_prob, precondition)
         self.model, self.guide = model, guide
         self.num_steps = check_num_steps(num_steps)
         self.step_size = check_step_size(step_size)
@@ -194,6 +204,7 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
         self.precondition = bool(precondition)
+        self.dense = precondition == "dense"
         self.persistent = bool(persistent)
         self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
         self._latent, self._jitted = None, None
@@ -207,20 +218,22 @@ class MCMCTeaching:
         svi_state = self._svi.init(key, *args, **kwargs)
         params = self.get_params(MCMCTeachingState(svi_state, None, None, None, None))
         self._latent = self._latent_sites(jax.random.PRNGKey(0), params, args, kwargs)
-        chains = None
-        if self.persistent:
-            k_sub, k_draw = jax.random.split(jax.random.fold_in(key, 1))
-            sub = self._subsample(k_sub, params, args, kwargs, check_persistent=True)
-            guide = handlers.substitute(self.guide, data=sub)
-            chains = jax.vmap(lambda k: ravel_pytree(self._draw(guide, params, k, args, kwargs))[0])(
-                jax.random.split(k_draw, self.num_particles))
+        chains, mass = None, None
         dtype = jnp.result_type(float)
+        if self.persistent or self.dense:
+            k_sub, k_draw = jax.random.split(jax.random.fold_in(key, 1))
+            sub = self._subsample(k_sub, params, args, kwargs, check_persistent=self.persistent)
+            guide = handlers.substitute(self.guide, data=sub)
+            draws = jax.vmap(lambda k: ravel_pytree(self._draw(guide, params, k, args, kwargs))[0])(
+                jax.random.split(k_draw, self.num_particles))
+            chains = draws if self.persistent else None
+            mass = dense_mass.init(draws.shape[1], dtype) if self.dense else None
         da_init, _ = dual_averaging()
         step = jnp.asarray(self.step_size, dtype)
         nan = jnp.full((), jnp.nan, dtype)
         info = MCMCTeachingInfo(nan, nan, nan, nan, step, nan, jnp.zeros((), jnp.int32))
         return MCMCTeachingState(svi_state, step, da_init(jnp.log(10.0 * step)), jnp.zeros((), jnp.int32), info,
-                                 chains)
+                                 chains, mass)
 
     def get_params(self, state: MCMCTeachingState) -> dict:
         """Constrained values of the ``param`` sites of the guide and the model."""
@@ -275,12 +288,19 @@ class MCMCTeaching:
         x_all = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
         x0 = state.chains if self.persistent else x_all[:n]
         scale = _guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
+        if self.dense:  # u = y Aᵀ: the window's Cholesky factor, the guide's scale before the first
+            a = jnp.where(state.mass.ready, state.mass.chol, jnp.diag(scale))
+            to_u = lambda y: y @ a.T  # noqa: E731
+            to_y = lambda u: jax.scipy.linalg.solve_triangular(a, u.T, lower=True).T  # noqa: E731
+            grad_u = lambda g: jax.scipy.linalg.solve_triangular(a.T, g.T, lower=False).T  # noqa: E731
+        else:  # u = y ⊙ scale: a diagonal mass matrix
+            to_u, to_y, grad_u = (lambda y: y * scale), (lambda u: u / scale), (lambda g: g / scale)
         one = partial(potential_energy, model, args, kwargs)
-        # MALA in whitened coordinates y = u / scale: a diagonal mass matrix, exact (constant Jacobian)
-        potential = jax.vmap(lambda y: one(unravel(y * scale)))
-        final, rev = scan_steps(k_rev, init(x0 / scale, potential), potential, state.step_size,
+        # MALA in whitened coordinates y: a constant mass matrix, exact (constant Jacobian)
+        potential = jax.vmap(lambda y: one(unravel(to_u(y))))
+        final, rev = scan_steps(k_rev, init(to_y(x0), potential), potential, state.step_size,
                                 self.noise_scale, self.adjust, self.num_steps)
-        x_k = jax.lax.stop_gradient(final.position * scale)
+        x_k = jax.lax.stop_gradient(to_u(final.position))
         finite = jnp.isfinite(final.energy) & jnp.isfinite(x_k).all(1)
         u_k = jax.vmap(unravel)(x_k)
         accept = rev.acceptance_rate.mean()
@@ -306,7 +326,7 @@ class MCMCTeaching:
             loss, (log_q, elbo) = loss_fn(optim.get_params(svi_state.optim_state))
             optim_state = svi_state.optim_state
         info = MCMCTeachingInfo(loss, log_q, elbo, accept, state.step_size,
-                                jnp.linalg.norm(final.grad / scale, axis=1).mean(),
+                                jnp.linalg.norm(grad_u(final.grad), axis=1).mean(),
                                 rev.is_divergent.any(0).sum().astype(jnp.int32))
         if not update:
             return state, loss
@@ -321,10 +341,18 @@ class MCMCTeaching:
                 da = jax.tree.map(lambda a, b: jnp.where(warm, a, b), da_new, da)
                 tuned = jnp.where(i + 1 == self.adapt_iterations, jnp.exp(da_new[1]), jnp.exp(da_new[0]))
                 step = jnp.where(warm, tuned, step).astype(step.dtype)
+        ok = jnp.isfinite(loss)
+        mass = state.mass
+        if self.dense:  # this update's particles join the window; a new metric restarts the tuner
+            adapting = True if self.adapt_iterations is None else i < self.adapt_iterations
+            updated, installed = dense_mass.update(mass, x_k, i, adapting)
+            mass = jax.tree.map(lambda a, b: jnp.where(ok, a, b), updated, mass)
+            da_init, _ = dual_averaging()
+            da = jax.tree.map(lambda a, b: jnp.where(ok & installed, a, b), da_init(jnp.log(10.0 * step)), da)
         # the chains move on only with the parameters (a failed update leaves both as they were)
-        chains = jnp.where(jnp.isfinite(loss), x_k, state.chains) if self.persistent else None
+        chains = jnp.where(ok, x_k, state.chains) if self.persistent else None
         new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info,
-                                chains)
+                                chains, mass)
         return new, loss
 
     # ------------------------------------------------------------------ helpers
