@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc_util import welford_covariance
 
-__all__ = ["DenseMass", "FIRST_WINDOW", "init", "update", "window_ends"]
+__all__ = ["DenseMass", "FIRST_WINDOW", "window_ends"]  # init, update: used by MCMCTeaching
 
 FIRST_WINDOW = 25  # updates in the first window; each later one is twice the one before
 

@@ -76,9 +76,10 @@ from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_vmt.potential import ChainPlatePotential
 from pyro.ops.dual_averaging import DualAveraging
 from pyro_vmt.langevin import Langevin
+from pyro_vmt.mass import DenseMass
+from pyro_vmt.potential import ChainPlatePotential
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
 from vmt.core.errors import DivergenceError, divergence_message
@@ -111,7 +112,9 @@ class MCMCTeachingInfo(NamedTuple):
     num_divergent: Any
 
 
-def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob):
+def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob, precondition):
+    if precondition not in (True, False, "diag", "dense"):
+        raise ValueError(f"precondition must be True, False, 'diag' or 'dense', got {precondition!r}")
     return (as_count("num_particles", num_particles), as_real("elbo_weight", elbo_weight, low=0),
             None if adapt_iterations is None else as_count("adapt_iterations", adapt_iterations, minimum=0),
             as_real("target_accept_prob", target_accept_prob, low=0, high=1, low_open=True, high_open=True))
@@ -152,11 +155,16 @@ class MCMCTeaching:
         depends on the draws it revises, so tuning costs the revision no exactness.
     target_accept_prob : float
         Target of the tuning, 0.574 (Roberts & Rosenthal 1998).
-    precondition : bool
-        ``True`` (default): a diagonal mass matrix from the guide: each revision runs
-        in coordinates divided by the standard deviations of ``n`` further guide draws
-        (independent of the revised ones, so the revision stays exact), and ``δ`` is
-        in units of the guide's scale. ``False``: one ``δ`` for every coordinate.
+    precondition : bool or str
+        ``True`` / ``"diag"`` (default): a diagonal mass matrix from the guide: each
+        revision runs in coordinates divided by the standard deviations of ``n`` further
+        guide draws (independent of the revised ones, so the revision stays exact), and
+        ``δ`` is in units of the guide's scale. ``"dense"``: a dense mass matrix, the
+        covariance of the revised particles of past steps in doubling windows
+        ([`pyro_vmt.mass`][pyro_vmt.mass], ``self.mass``; the diagonal one until the first
+        window ends, after 25 steps; windows stop after ``adapt_iterations``) — for
+        correlated posteriors, whose narrow directions a mean-field guide cannot supply;
+        ``O(D²)`` memory and ``O(D³)`` per window. ``False``: one ``δ`` for every coordinate.
     persistent : bool
         ``False`` (default): every step revises fresh guide draws (the paper's update).
         ``True``: the ``n`` revised particles persist as MALA chains of the posterior
@@ -180,11 +188,11 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool = True, persistent: bool = False):
+                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
-            num_particles, elbo_weight, adapt_iterations, target_accept_prob)
+            num_particles, elbo_weight, adapt_iterations, target_accept_prob, precondition)
         self.model, self.guide, self.optim = model, guide, optim
         self.num_steps = check_num_steps(num_steps)
         self.step_size = check_step_size(step_size)
@@ -194,9 +202,11 @@ class MCMCTeaching:
         self.adapt_iterations = adapt_iterations if self.adjust else 0  # None: every iteration
         self.target_accept_prob = float(target_accept_prob)
         self.precondition = bool(precondition)
+        self.mass: Optional[DenseMass] = DenseMass() if precondition == "dense" else None
         self.persistent = bool(persistent)
         self.chains: Optional[torch.Tensor] = None  # persistent=True: the particles' unconstrained values (n, D)
         self.iteration, self.last_info = 0, None
+        self._revised: Optional[torch.Tensor] = None  # the last update's revised particles (n, D)
         self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations != 0 else None
 
     # ------------------------------------------------------------------ the loop
@@ -208,13 +218,18 @@ class MCMCTeaching:
         """
         loss, info = self._iterate(True, args, kwargs)
         self.last_info = info
-        if self._da is not None and (self.adapt_iterations is None or self.iteration <= self.adapt_iterations):
+        adapting = self.adapt_iterations is None or self.iteration <= self.adapt_iterations
+        if self._da is not None and adapting:
             self._da.step(self.target_accept_prob - float(info.acceptance_rate))
             log_step, log_step_avg = self._da.get_state()
             if self.iteration == self.adapt_iterations:
                 self.step_size, self._da = math.exp(log_step_avg), None
             else:
                 self.step_size = math.exp(log_step)
+        # this step's particles join the window; a new metric restarts the tuner (as Stan's windows)
+        if self.mass is not None and self.mass.update(self._revised, self.iteration - 1, adapting) \
+                and self._da is not None:
+            self._da = DualAveraging(prox_center=math.log(10 * self.step_size))
         return loss
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
@@ -254,18 +269,25 @@ class MCMCTeaching:
                                  f"latent values {tuple(x0.shape)}: did the model change?")
             x0 = self.chains
         scale = _guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
+        if self.mass is not None:  # u = y Aᵀ: the window's Cholesky factor, the guide's scale before the first
+            a = self.mass.factor(scale)
+            to_u, grad_u = (lambda y: y @ a.T), (lambda g: torch.linalg.solve_triangular(a.T, g.T, upper=True).T)
+            y0 = torch.linalg.solve_triangular(a, x0.T, upper=False).T
+        else:  # u = y ⊙ scale: a diagonal mass matrix
+            to_u, grad_u, y0 = (lambda y: y * scale), (lambda g: g / scale), x0 / scale
         flat = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
                                          transforms, model_trace, nest), shapes)
-        # MALA in whitened coordinates y = u / scale: a diagonal mass matrix, exact (constant Jacobian)
-        sampler = Langevin(lambda y: flat(y * scale), self.step_size, self.num_steps, self.noise_scale,
+        # MALA in whitened coordinates y: a constant mass matrix, exact (constant Jacobian)
+        sampler = Langevin(lambda y: flat(to_u(y)), self.step_size, self.num_steps, self.noise_scale,
                            self.adjust)
         seed = int(torch.randint(2 ** 62, (1,)))
-        state, rev = sampler.run(torch.Generator(device=x0.device).manual_seed(seed), x0 / scale)
+        state, rev = sampler.run(torch.Generator(device=x0.device).manual_seed(seed), y0)
         finite = torch.isfinite(state.energy) & torch.isfinite(state.position).all(1)
         if not bool(finite.all()):
             first = int(torch.nonzero(rev.is_divergent.any(1))[0]) if bool(rev.is_divergent.any()) else 0
             raise DivergenceError(divergence_message(first, int((~finite).sum()), n, self.step_size))
-        u_k = _unflatten(state.position * scale, shapes)
+        x_k = to_u(state.position).detach()
+        u_k = _unflatten(x_k, shapes)
         values = self._condition_data(u_k, transforms, draw, n)
         with poutine.trace(param_only=True) as capture:
             with pyro.plate(_PARTICLES, n, dim=-nest - 1):
@@ -282,14 +304,15 @@ class MCMCTeaching:
                 loss = loss + self.elbo_weight * elbo
         if update:
             if self.persistent:
-                self.chains = (state.position * scale).detach()
+                self.chains = x_k
+            self._revised = x_k
             loss.backward()
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
             self.optim(params)
             zero_grads(params)
             self.iteration += 1
         info = MCMCTeachingInfo(float(loss.detach()), float(log_q.detach()), float(elbo.detach()), float(rev.acceptance_rate.mean()),
-                                self.step_size, float((state.grad / scale).norm(dim=1).mean()),
+                                self.step_size, float(grad_u(state.grad).norm(dim=1).mean()),
                                 int(rev.is_divergent.any(0).sum()))
         return info.loss, info
 
