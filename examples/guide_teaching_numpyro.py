@@ -59,13 +59,14 @@ def logistic_data(n, seed):
     return jnp.asarray(x, dtype=jnp.float32), jnp.asarray((rng.uniform(size=n) < p).astype(np.float32))
 
 
-def fit(model, data, iters, num_steps, num_particles, seed, persistent=False):
+def fit(model, data, iters, num_steps, num_particles, seed, persistent=False, precondition=True):
     """The same AutoNormal by SVI and by MCMCTeaching at equal model-gradient evaluations."""
     fits = {}
     guide = AutoNormal(model)
     schedule = optax.exponential_decay(0.05, iters, 0.1)
     teaching = MCMCTeaching(model, guide, optax.adam(schedule, b2=0.9), num_steps=num_steps,
-                            num_particles=num_particles, persistent=persistent)
+                            num_particles=num_particles, persistent=persistent,
+                            precondition=precondition)
     t = time.perf_counter()
     result = teaching.run(seed, iters, *data)
     fits["taught"] = (guide, result.params, time.perf_counter() - t)
@@ -96,16 +97,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--persistent", action="store_true",
                         help="teach with persistent chains (MCMCTeaching(persistent=True), docs/guide_teaching.md)")
+    parser.add_argument("--dense", action="store_true",
+                        help="revise with a dense mass matrix learned from past revisions (precondition='dense')")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    iters, nuts = (20, 30) if args.quick else (400, 400)
+    iters, nuts = (30, 30) if args.quick else (400, 400)  # quick: past the first mass window (25)
     problems = {
         "eight_schools": (eight_schools, (SCHOOLS_Y, SCHOOLS_SIGMA), ["mu", "tau", "theta_tilde"]),
         "logistic": (logistic, logistic_data(200, args.seed), ["beta", "b0"]),
     }
     for name, (model, data, sites) in problems.items():
         fits, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed,
-                           persistent=args.persistent)
+                           persistent=args.persistent,
+                           precondition="dense" if args.dense else True)
         mcmc = MCMC(NUTS(model), num_warmup=nuts, num_samples=nuts, progress_bar=False)
         mcmc.run(jax.random.key(args.seed), *data)
         results = {"NUTS": az.from_numpyro(mcmc)}

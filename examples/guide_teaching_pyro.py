@@ -58,7 +58,7 @@ def logistic_data(n, seed):
     return torch.tensor(x, dtype=torch.float32), torch.tensor((rng.uniform(size=n) < p).astype(np.float32))
 
 
-def fit(model, data, iters, num_steps, num_particles, seed, persistent=False):
+def fit(model, data, iters, num_steps, num_particles, seed, persistent=False, precondition=True):
     """The same AutoNormal by SVI and by MCMCTeaching at equal model-gradient evaluations."""
     guides = {}
     pyro.clear_param_store()
@@ -66,7 +66,8 @@ def fit(model, data, iters, num_steps, num_particles, seed, persistent=False):
     guide = AutoNormal(model)
     teaching = MCMCTeaching(model, guide, pyro.optim.ClippedAdam({"lr": 0.05, "betas": (0.9, 0.9),
                                                                   "lrd": 0.1 ** (1 / iters)}),
-                            num_steps=num_steps, num_particles=num_particles, persistent=persistent)
+                            num_steps=num_steps, num_particles=num_particles, persistent=persistent,
+                            precondition=precondition)
     t = time.perf_counter()
     teaching.run(seed, iters, *data)
     guides["taught"] = (guide, time.perf_counter() - t)
@@ -102,17 +103,20 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--persistent", action="store_true",
                         help="teach with persistent chains (MCMCTeaching(persistent=True), docs/guide_teaching.md)")
+    parser.add_argument("--dense", action="store_true",
+                        help="revise with a dense mass matrix learned from past revisions (precondition='dense')")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    iters, nuts = (20, 30) if args.quick else (400, 400)
+    iters, nuts = (30, 30) if args.quick else (400, 400)  # quick: past the first mass window (25)
     problems = {
         "eight_schools": (eight_schools, (SCHOOLS_Y, SCHOOLS_SIGMA), ["mu", "tau", "theta_tilde"]),
         "logistic": (logistic, logistic_data(200, args.seed), ["beta", "b0"]),
     }
     for name, (model, data, sites) in problems.items():
         guides, evals = fit(model, data, iters, num_steps=10, num_particles=8, seed=args.seed,
-                            persistent=args.persistent)
+                            persistent=args.persistent,
+                            precondition="dense" if args.dense else True)
         pyro.set_rng_seed(args.seed)
         mcmc = MCMC(NUTS(model), warmup_steps=nuts, num_samples=nuts, disable_progbar=True)
         mcmc.run(*data)

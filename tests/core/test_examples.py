@@ -19,7 +19,7 @@ CASES = {  # example -> tiny-budget arguments (besides --out)
     "conditional_digits.py": ["--iters", "3"],
     "restore_digits_pyro.py": ["--quick"],
     "guide_teaching_pyro.py": ["--quick", "--persistent"],
-    "guide_teaching_numpyro.py": ["--quick"],
+    "guide_teaching_numpyro.py": ["--quick", "--persistent", "--dense"],
 }
 NO_OUT = set()
 # The two logistic-regression examples run (with --quick) inside benchmarks/kernels_ess.py,
