@@ -282,7 +282,16 @@ def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
         block += ["Run: " + _machine(data["meta"], timing=False) + " "
                   + ", ".join(f"{name}: {s['grad_evals']} model gradients per guide"
                               for name, s in data["summary"].items()) + ".", ""]
-    summary = {name: s for data in files for name, s in data["summary"].items()}
+    # a target run at several budgets gets one block of rows per budget, smallest first
+    runs = sorted(((name, s) for data in files for name, s in data["summary"].items()),
+                  key=lambda r: r[1]["grad_evals"])
+    budgets = {}
+    for name, s in runs:
+        budgets.setdefault(name, []).append(s["grad_evals"])
+    summary = {}
+    for name, s in sorted(runs, key=lambda r: list(budgets).index(r[0])):
+        several = len(set(budgets[name])) > 1
+        summary[f"{name} ({s['grad_evals'] // 1000}k grads)" if several else name] = s
     for space, u in (("Constrained space (the model's parameters)", ""),
                      ("Unconstrained space (where the guide and MALA work)", "_u")):
         rows = []
