@@ -1,7 +1,12 @@
 """Conditional variational MCMC teaching on the three supervised tasks, in both backends.
 
-    python benchmarks/conditional.py            # about 5 minutes on a 2-core CPU
-    python benchmarks/conditional.py --quick    # tiny budgets: checks the pipeline only
+    python benchmarks/conditional.py                  # seeds 0, 1, 2: about 20 minutes on a 2-core CPU
+    python benchmarks/conditional.py --seeds 0        # one seed
+    python benchmarks/conditional.py --quick          # tiny budgets: checks the pipeline only
+
+Every cell of the tables is the mean ± sd over the seeds (each seed trains both
+backends afresh; the shared reference rows are computed per seed too). The pictures
+are those of the first seed.
 
 Trains with the recipes of :mod:`vmt.app.recipes` (the examples' defaults) and writes
 
@@ -18,6 +23,8 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,46 +48,59 @@ COLUMNS = {
 SHARED = {"MLP regressor (squared error)", "nearest training pairs", "real training digits", "truth", "MDN"}
 
 
+def _cell(values):
+    values = np.array([v for v in values if isinstance(v, float)])
+    if not values.size:
+        return ""
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if values.size > 1 else f"{values.mean():.3f}"
+
+
 def table(task, results):
+    """One row per method and backend; each cell the mean ± sd over the seeds."""
     cols = COLUMNS[task]
     lines = ["| method | backend | " + " | ".join(c[1] for c in cols) + " | train s |",
              "|---|---|" + "---:|" * (len(cols) + 1)]
-    seen = set()
+    groups = {}  # (name, backend) -> [(row, result)], in first-seen order
     for res in results:
         for name, row in res["rows"].items():
-            if name in SHARED and name in seen:
-                continue
-            seen.add(name)
-            cells = [f"{row[k]:.3f}" if isinstance(row.get(k), float) else "" for k, _ in cols]
-            if task == "regression1d" and "mean_wasserstein" in row:
-                cells[-1] += f" ({row['mean_wasserstein_floor']:.3f})"
             backend = "—" if name in SHARED else res["backend"]
-            secs = "" if name in SHARED else f"{res['train_seconds']:.0f}"
-            lines.append(f"| {name} | {backend} | " + " | ".join(cells) + f" | {secs} |")
+            if name in SHARED and any(r["seed"] == res["seed"] for _, r in groups.get((name, backend), [])):
+                continue  # a shared row once per seed
+            groups.setdefault((name, backend), []).append((row, res))
+    for (name, backend), rows in groups.items():
+        cells = [_cell([row.get(k) for row, _ in rows]) for k, _ in cols]
+        if task == "regression1d" and "mean_wasserstein" in rows[0][0]:
+            cells[-1] += f" ({np.mean([row['mean_wasserstein_floor'] for row, _ in rows]):.3f})"
+        secs = "" if name in SHARED else f"{np.mean([res['train_seconds'] for _, res in rows]):.0f}"
+        lines.append(f"| {name} | {backend} | " + " | ".join(cells) + f" | {secs} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets (pipeline check), nothing in docs/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     results, start = {}, time.perf_counter()
     for task in COLUMNS:
         results[task] = []
-        for backend in BACKENDS:
-            out = None if args.quick else ROOT / "docs" / "img" / "conditional" / backend
-            res = run_task(task, backend, seed=args.seed, num_iters=5 if args.quick else None, out=out,
-                           m=200 if args.quick else 2000)
-            print(f"{task} {backend}: trained {res['train_seconds']:.1f}s, evaluated {res['eval_seconds']:.1f}s",
-                  flush=True)
-            res.pop("teacher"), res.pop("history")
-            results[task].append(res)
+        for seed in seeds:
+            for backend in BACKENDS:
+                out = None if args.quick or seed != seeds[0] else ROOT / "docs" / "img" / "conditional" / backend
+                res = run_task(task, backend, seed=seed, num_iters=5 if args.quick else None, out=out,
+                               m=200 if args.quick else 2000)
+                print(f"{task} {backend} seed {seed}: trained {res['train_seconds']:.1f}s, "
+                      f"evaluated {res['eval_seconds']:.1f}s", flush=True)
+                res.pop("teacher"), res.pop("history")
+                results[task].append(res)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "python": platform.python_version(),
                **{pkg: version(pkg) for pkg in ("torch", "pyro-ppl", "jax", "numpyro", "scikit-learn")}}
-    payload = {"machine": machine, "seed": args.seed, "total_seconds": time.perf_counter() - start,
-               "results": results, "meta": {"command": " ".join(["python"] + sys.argv), "git": common.git_state()}}
+    payload = {"machine": machine, "seeds": seeds, "total_seconds": time.perf_counter() - start,
+               "results": results, "meta": {"command": " ".join(["python"] + sys.argv), "git": common.git_state(),
+                                            "started": started}}
     tables = "\n\n".join(f"**{task}**\n\n{table(task, res)}" for task, res in results.items())
     print(tables)
     if args.quick:
@@ -88,7 +108,7 @@ def main(argv=None):
     out = ROOT / "benchmarks" / "results" / "conditional.json"
     common.finish(payload, out)
     page = ROOT / "docs" / "conditional.md"
-    stamp = (f"_Generated by `python benchmarks/conditional.py` (seed {args.seed}, "
+    stamp = (f"_Generated by `{payload['meta']['command']}` (seeds {', '.join(map(str, seeds))}; mean ± sd; "
              f"{payload['total_seconds'] / 60:.0f} min) on {machine['processor']}, {machine['platform']}; "
              f"torch {machine['torch']}, jax {machine['jax']}; commit {payload['meta']['git']['commit']}"
              f"{' (uncommitted changes)' if payload['meta']['git']['dirty'] else ''}._")
