@@ -178,7 +178,8 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
                 f"{', '.join(map(str, f['seeds']))}; {f['num_samples']} samples per method; "
                 f"recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, {rec['batch_size']} chains; "
                 f"classifier test accuracy {f['classifier_test_accuracy']:.3f}.", ""]
-    rows = [r for f in files for r in f["rows"]]  # one table: the seeds of every file merged
+    # one table: the seeds of every file merged; rows of a stale file say so
+    rows = [dict(r, stale=not common.provenance(f.get("meta"))["current"]) for f in files for r in f["rows"]]
     floor = rows[0] if rows else {}
     table = []
     for backend in dict.fromkeys(b for f in files for b in f["backends"]):
@@ -189,7 +190,12 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
                           _pm([r.get("precision") for r in rs]), _pm([r.get("recall") for r in rs]),
                           _pm([r.get("est_loglik") for r in rs], 1) or "–",
                           _pm([r.get("vae_bound") for r in rs], 1) or "–",
-                          _pm([r.get("seconds") for r in rs], 0), "; ".join({r["error"] for r in rs if r["error"]})))
+                          _pm([r.get("seconds") for r in rs], 0),
+                          "; ".join(sorted({r["error"] for r in rs if r["error"]}
+                                           | ({"**stale**" + (" (some seeds)" if not all(r["stale"] for r in rs) else "")}
+                                              if any(r["stale"] for r in rs) else set())
+                                           | ({"log Ẑ carried by one path (se ≈ 1): est. log-lik unreliable"}
+                                              if any(r.get("est_log_z_se", 0) >= 0.9 for r in rs) else set())))))
     table.append(("", "held-out digits (floor)", "", f"{floor.get('frechet_floor', 0):.2f}",
                   f"{floor.get('precision_floor', 0):.3f}", f"{floor.get('recall_floor', 0):.3f}", "", "", "", ""))
     out += [md_table(["backend", "method", "seeds", "Fréchet", "precision", "recall", "est. log-lik (paths)",

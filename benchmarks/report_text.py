@@ -183,7 +183,12 @@ VMT against the VAE alone and the short-run EBM on scikit-learn's 8×8 digits (1
 training images, 360 held out), with the digits recipe. Fréchet distance and improved
 precision/recall (k = 3) in the 64 hidden features of a one-hidden-layer classifier
 trained on the training split (`vmt.evaluation.metrics.digit_scores`); the floor row compares the
-training images themselves with the held-out ones."""
+training images themselves with the held-out ones. *est. log-lik (paths)*: each EBM's
+held-out log-likelihood with $\log Z$ estimated from its own proposal paths (biased
+high); *VAE bound*: the VAE's held-out ELBO (a lower bound). In 64 dimensions the path
+weights can collapse onto one path — the delta-method standard error of $\log \hat Z$
+is then about 1 — and the estimate is only a loose, optimistic number; the notes
+column says so where it happened."""
 
 DIGITS_AFTER = """\
 The JAX backend runs the same code path (`--backends jax`), but XLA's CPU
