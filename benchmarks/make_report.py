@@ -179,7 +179,8 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
                 f"recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, {rec['batch_size']} chains; "
                 f"classifier test accuracy {f['classifier_test_accuracy']:.3f}.", ""]
     # one table: the seeds of every file merged; rows of a stale file say so
-    rows = [dict(r, stale=not common.provenance(f.get("meta"))["current"]) for f in files for r in f["rows"]]
+    stale = [not common.provenance(f.get("meta"))["current"] for f in files]  # one git check per file
+    rows = [dict(r, stale=old) for f, old in zip(files, stale) for r in f["rows"]]
     floor = rows[0] if rows else {}
     table = []
     for backend in dict.fromkeys(b for f in files for b in f["backends"]):
