@@ -47,11 +47,15 @@ from numpyro.handlers import condition
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 
+from numpyro_vmt import correction, distributed, mh
+from numpyro_vmt.given import given
 from numpyro_vmt.rng import RNG
 from numpyro_vmt.nets import MLP
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
+from numpyro_vmt.update import keyed
 from numpyro_vmt.vae import VAE, _require_key
-from vmt.core.batch import check_conditional_config, shape_text, split_pair
+from vmt.core.batch import batch_stream, check_conditional_config, shape_text, split_pair
+from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig
 
 __all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
@@ -287,7 +291,7 @@ class ConditionalVAE(VAE):
 
 
 class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
-    """Train a [`ConditionalEnergyModel`][numpyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][numpyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
+    r"""Train a [`ConditionalEnergyModel`][numpyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][numpyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
 
     The same algorithm, options, diagnostics, jitted core and checkpoints as
     [`VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching] (whose code runs it); batches are
@@ -295,6 +299,17 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     Langevin chain on ``y`` with its own ``x`` fixed. ``init`` may be ``"vae"``
     (variational MCMC teaching), ``"noise"`` or ``"generator"``; ``num_samples`` must
     be ``None``. ``update(state, (x, y))`` is the pure iteration.
+
+    With ``correction="mh"`` (exact teaching) the teacher keeps one persistent chain
+    per training row ``j``, targeting $p_\theta(y \mid x_j)$: each iteration the
+    minibatch's rows (drawn without replacement) propose fresh paths from the
+    conditional VAE at their own ``x_j`` and accept them by Metropolis–Hastings
+    ([`numpyro_vmt.mh.update_chains()`][numpyro_vmt.mh.update_chains] on
+    [`numpyro_vmt.given`][numpyro_vmt.given]'s bound energy and VAE), so the negative
+    samples follow the EBM's own branch weights, not the VAE's. The chains start from
+    one proposal each on the first `fit()`; training then needs `fit()` on arrays (the
+    rows must be known) and ``path_refresh=True`` (a row's chain is revisited only
+    every ``n / m`` iterations, so a stale path term would be many updates old).
 
     Examples
     --------
@@ -320,6 +335,9 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         if self.vae is not None and self.vae.cond_shape != energy.cond_shape:
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
+        if self.config.correction and not self.config.path_refresh:
+            raise ValueError("correction='mh' with the conditional teacher needs path_refresh=True: a row's chain "
+                             "is revisited only every n/m iterations, so a stale path term would be many updates old")
 
     def _as_batch(self, batch: Any, name: str = "batch") -> Tuple[Array, Array]:
         x, y = split_pair(batch, name)
@@ -329,14 +347,23 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y
 
-    def sample(self, x: Any, num_steps: Optional[int] = None, rng: RNG = None) -> Array:
-        """One ``y`` per row of ``x`` (repeat a row for several): the configured start, then Langevin.
+    def sample(self, x: Any, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Array:
+        r"""One ``y`` per row of ``x`` (repeat a row for several): the configured start, then Langevin.
 
         ``num_steps=0`` returns the starting points (the conditional VAE's own
         samples). Without ``rng`` the draw is seeded from the training seed and the
         iteration count, so it is reproducible and leaves training unaffected.
+        ``mh_steps > 0`` makes the samples exact draws of $p_\theta(y \mid x)$ as far
+        as the chains have mixed: one independence-sampler chain per row on whole
+        proposal paths at that row's ``x``, as the unconditional `sample()`.
         """
         x = self._as_array(x, "x", self._energy_static.cond_shape)
+        if mh_steps:
+            vae, opts = self._proposal(num_steps)
+            path, _ = mh.independent_mh(self._key(rng, 1), *given(self.energy, vae, x), x.shape[0],
+                                        as_count("mh_steps", mh_steps), *opts, 0, self.config.wide_proposal(),
+                                        anneal=self.config.path_anneal, local_steps=self.config.local_steps)
+            return path.position
         return self._sample(x.shape[0], num_steps, rng, ctx=x)
 
     def step(self, batch: Any) -> TeachingInfo:
@@ -349,8 +376,27 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
         Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
+        With ``correction="mh"`` the first call starts one chain per row of ``data``.
         """
+        if batch_stream(data) is None and keyed(self.config, data):
+            self._start_row_chains(self._as_batch(data, "data"))
         return super().fit(data, num_iters, batch_size, progress, callback)
+
+    def _start_row_chains(self, data: Tuple[Array, Array]) -> None:
+        """One proposal path per training row, the chains' first states (once per data set)."""
+        x = data[0]
+        have, n = self.state.chains.position.shape[0], x.shape[0]
+        if have == n:
+            return
+        if have:
+            raise ValueError(f"this teacher keeps one chain per row of the {have} training pairs it was first "
+                             f"fitted on (correction='mh'); fit() got {n} pairs")
+        cfg = self.config
+        vae, opts = self._proposal(None)
+        m = n if vae is None else cfg.num_noise_chains(n)
+        chains = correction.propose(jax.random.fold_in(self.state.seed, 3), *given(self.energy, vae, x), n,
+                                    *opts, m, cfg.wide_proposal(), cfg.path_anneal)
+        self.state = self.state._replace(chains=distributed.replicate(chains, self.mesh))
 
 
 def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,

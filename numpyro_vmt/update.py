@@ -31,15 +31,21 @@ import optax
 from numpyro_vmt import correction, mh
 from numpyro_vmt.distributed import constrain
 from numpyro_vmt.energy import EnergyModel
+from numpyro_vmt.given import given
 from numpyro_vmt.langevin import _flat_sum, init, scan_steps
 from vmt.core.api import TeachingInfo
 from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 
 __all__ = ["TeachingState", "Spec", "ChainStarts", "Draws", "Diagnosis", "optimizers", "uniform_points", "start_chains",
-           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains", "all_finite"]
+           "revise", "energy_loss", "vae_loss", "update_core", "fit_core", "sample_core", "no_chains", "all_finite",
+           "keyed", "KEYED"]
 
 Array = jax.Array
+#: Why a conditional batch without its training rows cannot be taught with ``correction="mh"``.
+KEYED = ("correction='mh' with the conditional teacher keeps one persistent chain per training row, so it trains "
+         "with fit() on arrays (x, y), which knows each minibatch's rows; not with step(), update() or a stream "
+         "of batches")
 
 
 class TeachingState(NamedTuple):
@@ -217,8 +223,13 @@ def sample_core(spec: Spec, state: TeachingState, key: Array, n: int, num_steps:
 
 
 @partial(jax.jit, static_argnums=0)
-def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[Draws] = None):
-    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)`` (``draws``: see [`Draws`][numpyro_vmt.update.Draws])."""
+def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[Draws] = None,
+                rows: Optional[Array] = None):
+    """One iteration: ``(state, batch) -> (new_state, info, diagnosis)`` (``draws``: see [`Draws`][numpyro_vmt.update.Draws]).
+
+    ``rows``: the training rows of a conditional batch under ``correction="mh"``, whose
+    persistent chains the iteration moves (one chain per training row, see [`keyed()`][numpyro_vmt.update.keyed]).
+    """
     cfg = spec.config
     energy_optim, vae_optim = optimizers(cfg, spec.vae is not None)
     rng, k_init, k_run, k_vae = jax.random.split(state.rng, 4)
@@ -227,11 +238,17 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
     energy = with_context(eqx.combine(state.energy, spec.energy), ctx)
     chains, minfo = state.chains, None
     if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
-        if ctx is not None:
-            raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
         vae = None if spec.vae is None else eqx.combine(state.vae, spec.vae)
-        chains, minfo = mh.update_chains(k_init, state.chains, energy, vae, n, cfg)
-        x_tilde, starts = jax.lax.stop_gradient(chains.position), ChainStarts(chains.position, None, None)
+        if ctx is None:
+            chains, minfo = mh.update_chains(k_init, state.chains, energy, vae, n, cfg)
+            moved = chains
+        else:  # chain j targets p(y | x_j) and proposes from the conditional VAE at x_j
+            if rows is None:
+                raise ValueError(KEYED)
+            moved, minfo = mh.update_chains(k_init, jax.tree.map(lambda a: a[rows], state.chains),
+                                            *given(eqx.combine(state.energy, spec.energy), vae, ctx), n, cfg)
+            chains = jax.tree.map(lambda a, b: a.at[rows].set(b), state.chains, moved)
+        x_tilde, starts = jax.lax.stop_gradient(moved.position), ChainStarts(moved.position, None, None)
         zero = jnp.zeros((), jnp.int32)
         diag = Diagnosis(zero, zero, zero, zero - 1, jnp.zeros((), x_tilde.dtype), jnp.asarray(True), jnp.asarray(True))
         langevin_acc, langevin_gnorm = minfo.local_acceptance, jnp.full((), jnp.nan, x_tilde.dtype)
@@ -285,7 +302,20 @@ def all_finite(tree: Any) -> Array:
 
 @partial(jax.jit, static_argnums=(0, 3))
 def fit_core(spec: Spec, state: TeachingState, data: Array, batch_size: int):
-    """A minibatch drawn (with replacement) from the training key, then [`update_core()`][numpyro_vmt.update.update_core]."""
+    """A minibatch drawn from the training key, then [`update_core()`][numpyro_vmt.update.update_core].
+
+    Rows are drawn with replacement, except under [`keyed()`][numpyro_vmt.update.keyed] training:
+    distinct rows, so that each row's chain moves at most once an iteration.
+    """
     rng, k_idx = jax.random.split(state.rng)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, context_and_data(data)[1].shape[0])
+    num_rows = context_and_data(data)[1].shape[0]
+    if keyed(spec.config, data):
+        idx = jax.random.choice(k_idx, num_rows, (batch_size,), replace=False)
+        return update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data), rows=idx)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, num_rows)
     return update_core(spec, state._replace(rng=rng), jax.tree.map(lambda a: a[idx], data))
+
+
+def keyed(config: TeachingConfig, data: Any) -> bool:
+    """Whether training keeps one persistent chain per training row: ``correction="mh"`` on pairs ``(x, y)``."""
+    return bool(config.correction) and context_and_data(data)[0] is not None

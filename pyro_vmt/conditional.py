@@ -42,12 +42,16 @@ from pyro import poutine
 from pyro.nn import pyro_method
 from torch import nn
 
+from pyro_vmt import correction, mh
 from pyro_vmt.energy import _FlatSite
+from pyro_vmt.given import given
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.nets import MLP
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
+from pyro_vmt.update import keyed
 from pyro_vmt.vae import VAE, _LocalParams, reparameterised_elbo, rng_for_pyro
-from vmt.core.batch import check_conditional_config, shape_text, split_pair
+from vmt.core.batch import batch_stream, check_conditional_config, shape_text, split_pair
+from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig
 
 __all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
@@ -281,6 +285,13 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     chain on ``y`` with its own ``x`` fixed. ``init`` may be ``"vae"`` (variational
     MCMC teaching), ``"noise"`` or ``"generator"``; ``num_samples`` must be ``None``.
 
+    With ``correction="mh"`` (exact teaching) the teacher keeps one persistent chain
+    per training row, as in [`numpyro_vmt.conditional.ConditionalVariationalMCMCTeaching`][numpyro_vmt.conditional.ConditionalVariationalMCMCTeaching]:
+    the minibatch's rows (drawn without replacement) propose paths from the
+    conditional VAE at their own ``x_j`` and accept them by Metropolis–Hastings
+    ([`pyro_vmt.given`][pyro_vmt.given]'s bound energy and VAE); training then needs
+    `fit()` on arrays and ``path_refresh=True``.
+
     Examples
     --------
     >>> import numpy as np
@@ -305,6 +316,9 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         if self.vae is not None and self.vae.cond_shape != energy.cond_shape:
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
+        if self.config.correction and not self.config.path_refresh:
+            raise ValueError("correction='mh' with the conditional teacher needs path_refresh=True: a row's chain "
+                             "is revisited only every n/m iterations, so a stale path term would be many updates old")
 
     def _as_batch(self, batch: Any, name: str = "batch", finite: bool = True) -> Tuple[Tensor, Tensor]:
         x, y = split_pair(batch, name)
@@ -314,14 +328,22 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y
 
-    def sample(self, x: Any, num_steps: Optional[int] = None, rng: RNG = None) -> Tensor:
+    def sample(self, x: Any, num_steps: Optional[int] = None, rng: RNG = None, mh_steps: int = 0) -> Tensor:
         """One ``y`` per row of ``x`` (repeat a row for several): the configured start, then Langevin.
 
         ``num_steps=0`` returns the starting points (the conditional VAE's own
         samples). Without ``rng`` the draw is seeded from the training RNG's seed and
         the iteration count, so it is reproducible and leaves training unaffected.
+        ``mh_steps > 0``: exact draws of ``p(y | x)`` as far as the chains have mixed,
+        one independence-sampler chain per row on whole proposal paths at that row's ``x``.
         """
         x = self._as_array(x, "x", self.energy.cond_shape)
+        if mh_steps:
+            vae, opts = self._proposal(num_steps)
+            path, _ = mh.independent_mh(self._generator(rng, 1), *given(self.energy, vae, x), x.shape[0],
+                                        as_count("mh_steps", mh_steps), *opts, 0, self.config.wide_proposal(),
+                                        anneal=self.config.path_anneal, local_steps=self.config.local_steps)
+            return path.position
         return self._sample(x.shape[0], num_steps, rng, ctx=x)
 
     def step(self, batch: Any) -> TeachingInfo:
@@ -334,8 +356,26 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         """Run ``num_iters`` iterations on minibatches of pairs drawn (with replacement) from ``data = (x, y)``.
 
         Returns the history: one array per [`TeachingInfo`][vmt.core.api.TeachingInfo] field.
+        With ``correction="mh"`` the first call starts one chain per row of ``data``.
         """
+        if batch_stream(data) is None and keyed(self.config, data):
+            self._start_row_chains(self._as_batch(data, "data"))
         return super().fit(data, num_iters, batch_size, progress, callback)
+
+    def _start_row_chains(self, data: Tuple[Tensor, Tensor]) -> None:
+        """One proposal path per training row, the chains' first states (once per data set)."""
+        x = data[0]
+        have, n = (0 if self.chains is None else self.chains.position.shape[0]), x.shape[0]
+        if have == n:
+            return
+        if have:
+            raise ValueError(f"this teacher keeps one chain per row of the {have} training pairs it was first "
+                             f"fitted on (correction='mh'); fit() got {n} pairs")
+        cfg = self.config
+        vae, opts = self._proposal(None)
+        m = n if vae is None else cfg.num_noise_chains(n)
+        self.chains = correction.propose(self._generator(None, 3), *given(self.energy, vae, x), n, *opts, m,
+                                         cfg.wide_proposal(), cfg.path_anneal)
 
 
 def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,

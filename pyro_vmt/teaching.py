@@ -41,10 +41,11 @@ from tqdm.auto import tqdm
 from pyro_vmt import correction, distributed, mh
 from pyro_vmt.capture import CompiledRun, resolve_compile
 from pyro_vmt.energy import EnergyModel
+from pyro_vmt.given import given
 from pyro_vmt.langevin import Langevin
 from pyro_vmt.persistence import PersistenceMixin
-from pyro_vmt.update import (ChainStarts, Undo, adam, energy_loss, max_abs, raise_if_diverged, revise, start_chains,
-                             uniform_points, vae_loss)
+from pyro_vmt.update import (KEYED, ChainStarts, Undo, adam, energy_loss, keyed, max_abs, raise_if_diverged, revise,
+                             start_chains, uniform_points, vae_loss)
 from pyro_vmt.rng import RNG, as_rng
 from pyro_vmt.sampling import SamplingMixin
 from pyro_vmt.vae import VAE
@@ -171,9 +172,10 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
         return self._iterate(tensors, lambda: self._as_batch(batch))
 
     def _iterate(self, tensors: Any, recheck: Optional[Callable[[], Any]] = None,
-                 rng_state: Optional[Tensor] = None) -> TeachingInfo:
+                 rng_state: Optional[Tensor] = None, rows: Optional[Tensor] = None) -> TeachingInfo:
         """The iteration, checked once; undone exactly (RNG included: ``rng_state``) if anything fails.
-        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in `fit()`)."""
+        ``recheck`` raises the batch's error if its values are not finite (``None``: checked in `fit()`);
+        ``rows``: the training rows of a conditional batch, whose chains ``correction="mh"`` moves."""
         gen = self.generator
         rng_state = gen.get_state() if rng_state is None else rng_state
         stepped = False
@@ -185,11 +187,17 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
             failed: Optional[BaseException] = None  # on a mesh: this rank failed (told to every rank below)
             try:
                 if cfg.correction:  # exact MH teaching: the persistent chains are the negative samples
-                    if ctx is not None:
-                        raise NotImplementedError("correction='mh' is not implemented for the conditional teacher")
-                    chains, minfo = mh.update_chains(gen, self.chains, self.energy,
-                                                     self.vae if cfg.init == "vae" else None, n, cfg)
-                    x_tilde, starts = chains.position, ChainStarts(chains.position, None, None)
+                    vae = self.vae if cfg.init == "vae" else None
+                    if ctx is None:
+                        chains, minfo = mh.update_chains(gen, self.chains, self.energy, vae, n, cfg)
+                        moved = chains
+                    else:  # chain j targets p(y | x_j) and proposes from the conditional VAE at x_j
+                        if rows is None:
+                            raise ValueError(KEYED)
+                        moved, minfo = mh.update_chains(gen, correction.Path(*(a[rows] for a in self.chains)),
+                                                        *given(self.energy, vae, ctx), n, cfg)
+                        chains = correction.Path(*(a.index_copy(0, rows, b) for a, b in zip(self.chains, moved)))
+                    x_tilde, starts = moved.position, ChainStarts(moved.position, None, None)
                     zero = torch.zeros((), dtype=self.dtype, device=self.device)
                     diag = (zero, zero, zero, zero - 1)
                     langevin = (minfo.local_acceptance, torch.full((), math.nan, dtype=self.dtype, device=self.device))
@@ -303,7 +311,8 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
             ) -> Dict[str, np.ndarray]:
         """Run ``num_iters`` iterations on minibatches drawn (with replacement) from ``data``.
 
-        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher), or any
+        ``data`` is an array (a pair ``(x, y)`` for the conditional teacher, whose rows
+        are drawn without replacement under ``correction="mh"``), or any
         other iterable of batches — a ``torch.utils.data.DataLoader``, a generator of
         arrays — of which each batch is one iteration (``batch_size`` is then unused;
         see [`vmt.core.batch.batch_stream()`][vmt.core.batch.batch_stream]). Returns the history: one array per
@@ -327,8 +336,12 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
                 info = self.step(batch)
             else:  # the minibatch draw is part of the iteration: undone with it on failure
                 rng_state = self.generator.get_state()
-                idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
-                info = self._iterate(_take(data, idx), None, rng_state)
+                if keyed(self.config, data):  # distinct rows: each row's chain moves at most once an iteration
+                    idx = torch.randperm(rows_in_data, generator=self.generator, device=self.device)[:batch_size]
+                    info = self._iterate(_take(data, idx), None, rng_state, rows=idx)
+                else:
+                    idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
+                    info = self._iterate(_take(data, idx), None, rng_state)
             rows.append(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in info]))
             if callback is not None:
                 callback(self, info)

@@ -30,12 +30,12 @@ import torch
 
 from pyro_vmt.langevin import (Langevin, LangevinInfo, LangevinState, _check_position, check_start, energy_and_grad,
                                start_flags)
-from vmt.core.batch import with_context
+from vmt.core.batch import context_and_data, with_context
 from vmt.core.config import TeachingConfig
 from vmt.core.errors import DivergenceError, divergence_message
 
 __all__ = ["ChainStarts", "Diagnosis", "Draws", "Undo", "adam", "raise_if_diverged", "uniform_points",
-           "start_chains", "revise", "energy_loss", "vae_loss", "max_abs"]
+           "start_chains", "revise", "energy_loss", "vae_loss", "max_abs", "keyed", "KEYED"]
 
 Tensor = torch.Tensor
 
@@ -226,3 +226,13 @@ def raise_if_diverged(diag: list, n: int, step_size: float, cause: Optional[Base
         raise e from cause
     if num_divergent:
         raise DivergenceError(divergence_message(first, num_divergent, n, step_size)) from cause
+
+
+#: Why a conditional batch without its training rows cannot be taught with ``correction="mh"``.
+KEYED = ("correction='mh' with the conditional teacher keeps one persistent chain per training row, so it trains "
+         "with fit() on arrays (x, y), which knows each minibatch's rows; not with step() or a stream of batches")
+
+
+def keyed(config: TeachingConfig, data) -> bool:
+    """Whether training keeps one persistent chain per training row: ``correction="mh"`` on pairs ``(x, y)``."""
+    return bool(config.correction) and context_and_data(data)[0] is not None

@@ -19,6 +19,10 @@ Rows of the result tables:
   over ``y``; samples by VAE + Langevin), the conditional VAE alone (log-likelihood by
   importance sampling with the encoder as proposal), and a NumPy mixture density
   network ([`vmt.evaluation.baselines.MixtureDensityNetwork`][vmt.evaluation.baselines.MixtureDensityNetwork]).
+
+A teacher trained with ``correction="mh"`` (exact teaching) is named as such
+([`vmt_row()`][vmt.app.tasks.vmt_row]) and its EBM samples are exact draws
+(``mh_steps=EVAL_MH_STEPS`` accept tests on whole proposal paths per ``x``).
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import numpy as np
 from scipy.special import logsumexp
 
 from vmt.app.recipes import build_teacher, get_recipe
+from vmt.app.scores import EVAL_MH_STEPS
 from vmt.core.api import backend_of, load_backend
 from vmt.data.tasks import ConditionalTask, assemble_digits, load_task
 from vmt.evaluation.baselines import MixtureDensityNetwork, fit_regressor, nearest_completions
 from vmt.evaluation.features import DigitClassifier
 from vmt.evaluation.task_metrics import branch_scores, class_scores, completion_scores, conditional_log_likelihood
 
-__all__ = ["run_task", "evaluate_task", "sample_many", "vae_log_likelihood", "REGRESSION_XS"]
+__all__ = ["run_task", "evaluate_task", "sample_many", "vae_log_likelihood", "vmt_row", "REGRESSION_XS"]
 
 #: The inputs at which the 1-D task's samples are compared with the truth.
 REGRESSION_XS = (0.5, 1.5, 2.5, 3.5)
@@ -46,9 +51,23 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def sample_many(teacher, x: np.ndarray, k: int, num_steps: Optional[int] = None, seed: int = 0) -> np.ndarray:
-    """``k`` draws of ``y`` for every row of ``x``: shape ``(k, len(x), *event_shape)``."""
-    y = backend_of(teacher).to_numpy(teacher.sample(np.concatenate([x] * k), num_steps=num_steps, rng=seed))
+    """``k`` draws of ``y`` for every row of ``x``: shape ``(k, len(x), *event_shape)``.
+
+    The EBM's draws (``num_steps`` not 0) of a teacher trained with ``correction="mh"``
+    are exact: ``mh_steps=EVAL_MH_STEPS``.
+    """
+    y = backend_of(teacher).to_numpy(teacher.sample(np.concatenate([x] * k), num_steps=num_steps, rng=seed,
+                                                    **_exact(teacher, num_steps)))
     return y.reshape((k, len(x)) + y.shape[1:])
+
+
+def _exact(teacher, num_steps: Optional[int] = None) -> Dict[str, int]:
+    return {"mh_steps": EVAL_MH_STEPS} if teacher.config.correction and num_steps != 0 else {}
+
+
+def vmt_row(teacher) -> str:
+    """The result-table name of the trained teacher's EBM: plain or exact (``correction="mh"``) VMT."""
+    return "VMT exact (MH on CVAE + Langevin paths)" if teacher.config.correction else "VMT (CVAE + Langevin)"
 
 
 def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: int = 32) -> Dict[str, float]:
@@ -89,7 +108,7 @@ def _completion(teacher, task: ConditionalTask, recipe, seed: int, k: int, out: 
     ebm = sample_many(teacher, task.x_test, k, seed=seed)
     vae = sample_many(teacher, task.x_test, k, num_steps=0, seed=seed)
     regressor = fit_regressor(task, recipe.hidden, seed).predict(task.x_test)[None].astype(np.float32)
-    rows = {"VMT (CVAE + Langevin)": completion_scores(ebm, task, classifier),
+    rows = {vmt_row(teacher): completion_scores(ebm, task, classifier),
             "CVAE alone": completion_scores(vae, task, classifier),
             "MLP regressor (squared error)": completion_scores(regressor, task, classifier),
             "nearest training pairs": completion_scores(nearest_completions(task, k), task, classifier)}
@@ -111,9 +130,9 @@ def _class(teacher, task: ConditionalTask, seed: int, out: Optional[Path]) -> di
     labels = np.sort(task.train_labels)  # as many per class as real training digits: like-for-like Fréchet
     x = np.eye(10, dtype=np.float32)[labels]
     to_numpy = backend_of(teacher).to_numpy
-    ebm = to_numpy(teacher.sample(x, rng=seed))
+    ebm = to_numpy(teacher.sample(x, rng=seed, **_exact(teacher)))
     vae = to_numpy(teacher.sample(x, num_steps=0, rng=seed))
-    rows = {"VMT (CVAE + Langevin)": class_scores(ebm, labels, task, classifier),
+    rows = {vmt_row(teacher): class_scores(ebm, labels, task, classifier),
             "CVAE alone": class_scores(vae, labels, task, classifier),
             "real training digits": class_scores(task.y_train, task.train_labels, task, classifier)}
     if out is not None:
@@ -129,7 +148,7 @@ def _class(teacher, task: ConditionalTask, seed: int, out: Optional[Path]) -> di
 def _regression(teacher, task: ConditionalTask, seed: int, m: int, out: Optional[Path]) -> dict:
     density, xs = task.density, np.asarray(REGRESSION_XS)
     mdn = MixtureDensityNetwork(num_components=3, hidden=32, seed=seed).fit(task.x_train, task.y_train)
-    draws = {"VMT (CVAE + Langevin)": sample_many(teacher, xs[:, None].astype(np.float32), m, seed=seed)[..., 0].T,
+    draws = {vmt_row(teacher): sample_many(teacher, xs[:, None].astype(np.float32), m, seed=seed)[..., 0].T,
              "CVAE alone": sample_many(teacher, xs[:, None].astype(np.float32), m, 0, seed)[..., 0].T,
              "MDN": np.stack([mdn.sample(np.full((m, 1), v), seed)[:, 0] for v in xs])}
     try:
@@ -139,7 +158,7 @@ def _regression(teacher, task: ConditionalTask, seed: int, m: int, out: Optional
         ebm_ll["mean_branch_mass_error"] = float(np.abs(above - 0.5).mean())  # truth: 0
     except ValueError as e:  # a diverged or too-sharp energy: reported, not hidden
         ebm_ll = {"log_likelihood": float("nan"), "error": str(e)}
-    lls = {"VMT (CVAE + Langevin)": dict(ebm_ll, method="exact (quadrature over y) of the EBM"),
+    lls = {vmt_row(teacher): dict(ebm_ll, method="exact (quadrature over y) of the EBM"),
            "CVAE alone": dict(vae_log_likelihood(teacher.vae, task.x_test, task.y_test, seed=seed),
                               method="importance sampling, encoder as proposal"),
            "MDN": {"log_likelihood": float(mdn.log_prob(task.y_test, task.x_test).mean()), "method": "exact"}}
