@@ -54,7 +54,14 @@ _WHERE = {
     "MCMCTeachingInfo": "guide_teaching",
 }
 
-__all__ = list(_WHERE)
+#: the one interface: these names, with the same signatures, in both backends
+__all__ = [
+    "EnergyModel", "VAE", "VariationalMCMCTeaching", "TeachingInfo", "ConditionalEnergyModel",
+    "ConditionalVAE", "ConditionalVariationalMCMCTeaching", "EnergyDistribution", "Langevin",
+    "LangevinState", "LangevinInfo", "init", "step", "LangevinKernel", "initial_params_from_guide",
+    "RNG", "as_rng", "select_device", "device_name", "place", "to_numpy", "numpy_call",
+    "MCMCTeaching", "MCMCTeachingInfo",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -288,13 +288,8 @@ class MCMCTeaching:
         x_all = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
         x0 = state.chains if self.persistent else x_all[:n]
         scale = _guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
-        if self.dense:  # u = y Aᵀ: the window's Cholesky factor, the guide's scale before the first
-            a = jnp.where(state.mass.ready, state.mass.chol, jnp.diag(scale))
-            to_u = lambda y: y @ a.T  # noqa: E731
-            to_y = lambda u: jax.scipy.linalg.solve_triangular(a, u.T, lower=True).T  # noqa: E731
-            grad_u = lambda g: jax.scipy.linalg.solve_triangular(a.T, g.T, lower=False).T  # noqa: E731
-        else:  # u = y ⊙ scale: a diagonal mass matrix
-            to_u, to_y, grad_u = (lambda y: y * scale), (lambda u: u / scale), (lambda g: g / scale)
+        # u = A y: A the dense window's Cholesky factor, else (and before its first window) diag(scale)
+        to_u, to_y, grad_u = dense_mass.coordinates(scale, state.mass if self.dense else None)
         one = partial(potential_energy, model, args, kwargs)
         # MALA in whitened coordinates y: a constant mass matrix, exact (constant Jacobian)
         potential = jax.vmap(lambda y: one(unravel(to_u(y))))

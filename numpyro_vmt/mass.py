@@ -18,13 +18,13 @@ metric).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from numpyro.infer.hmc_util import welford_covariance
 
-__all__ = ["DenseMass", "FIRST_WINDOW", "window_ends"]  # init, update: used by MCMCTeaching
+__all__ = ["DenseMass", "FIRST_WINDOW", "window_ends", "coordinates"]  # init, update: used by MCMCTeaching
 
 FIRST_WINDOW = 25  # updates in the first window; each later one is twice the one before
 
@@ -66,3 +66,18 @@ def update(mass: DenseMass, particles: jax.Array, iteration, adapting) -> tuple:
     fresh = init(particles.shape[1], mass.chol.dtype).welford
     return DenseMass(jnp.where(ends, chol, mass.chol), mass.ready | ends,
                      jax.tree.map(lambda a, b: jnp.where(ends, a, b), fresh, welford)), ends
+
+
+def coordinates(scale: jax.Array, mass: Optional[DenseMass] = None) -> Tuple[Callable, Callable, Callable]:
+    r"""The whitening $u = Ay$ the revision runs in: ``(to_u, to_y, grad_u)`` on rows.
+
+    $A = \operatorname{diag}(\text{scale})$ without ``mass`` (a diagonal mass matrix) or
+    before its first window ends, else the window's Cholesky factor $L$. ``grad_u``
+    maps a gradient in $y$ to the one in $u$, $A^{-\top}\nabla_y$.
+    """
+    if mass is None:
+        return (lambda y: y * scale), (lambda u: u / scale), (lambda g: g / scale)
+    a = jnp.where(mass.ready, mass.chol, jnp.diag(scale))
+    solve = jax.scipy.linalg.solve_triangular
+    return ((lambda y: y @ a.T), (lambda u: solve(a, u.T, lower=True).T),
+            (lambda g: solve(a.T, g.T, lower=False).T))

@@ -78,7 +78,7 @@ from torch.distributions import biject_to
 
 from pyro.ops.dual_averaging import DualAveraging
 from pyro_vmt.langevin import Langevin
-from pyro_vmt.mass import DenseMass
+from pyro_vmt.mass import DenseMass, coordinates
 from pyro_vmt.potential import ChainPlatePotential
 from pyro_vmt.rng import RNG, as_rng
 from vmt.core.checks import as_count, as_real, check_noise_scale, check_num_steps, check_step_size
@@ -269,12 +269,9 @@ class MCMCTeaching:
                                  f"latent values {tuple(x0.shape)}: did the model change?")
             x0 = self.chains
         scale = _guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
-        if self.mass is not None:  # u = y Aᵀ: the window's Cholesky factor, the guide's scale before the first
-            a = self.mass.factor(scale)
-            to_u, grad_u = (lambda y: y @ a.T), (lambda g: torch.linalg.solve_triangular(a.T, g.T, upper=True).T)
-            y0 = torch.linalg.solve_triangular(a, x0.T, upper=False).T
-        else:  # u = y ⊙ scale: a diagonal mass matrix
-            to_u, grad_u, y0 = (lambda y: y * scale), (lambda g: g / scale), x0 / scale
+        # u = A y: A the dense window's Cholesky factor, else (and before its first window) diag(scale)
+        to_u, to_y, grad_u = coordinates(scale, self.mass)
+        y0 = to_y(x0)
         flat = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
                                          transforms, model_trace, nest), shapes)
         # MALA in whitened coordinates y: a constant mass matrix, exact (constant Jacobian)

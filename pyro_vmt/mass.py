@@ -18,12 +18,12 @@ metric). Mirrors [`numpyro_vmt.mass`][numpyro_vmt.mass].
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from pyro.ops.welford import WelfordCovariance
 
-__all__ = ["DenseMass", "FIRST_WINDOW", "window_ends"]
+__all__ = ["DenseMass", "FIRST_WINDOW", "window_ends", "coordinates"]
 
 FIRST_WINDOW = 25  # updates in the first window; each later one is twice the one before
 
@@ -62,3 +62,13 @@ class DenseMass:
         self.chol = chol
         self.welford.reset()
         return True
+
+
+def coordinates(scale: torch.Tensor, mass: Optional[DenseMass] = None) -> Tuple[Callable, Callable, Callable]:
+    r"""The whitening $u = Ay$ the revision runs in: ``(to_u, to_y, grad_u)`` on rows
+    (see [`numpyro_vmt.mass.coordinates()`][numpyro_vmt.mass.coordinates])."""
+    if mass is None:
+        return (lambda y: y * scale), (lambda u: u / scale), (lambda g: g / scale)
+    a = mass.factor(scale)
+    return ((lambda y: y @ a.T), (lambda u: torch.linalg.solve_triangular(a, u.T, upper=False).T),
+            (lambda g: torch.linalg.solve_triangular(a.T, g.T, upper=True).T))

@@ -66,6 +66,8 @@ def _modules(package):
 
 def test_same_public_names():
     assert list(pyro_vmt.__all__) == list(numpyro_vmt.__all__) == list(PUBLIC_NAMES)
+    for package in (pyro_vmt, numpyro_vmt):  # the literal list and the lazy imports' table agree
+        assert set(package._WHERE) == set(package.__all__), package.__name__
     for name in PUBLIC_NAMES:
         assert hasattr(pyro_vmt, name) and hasattr(numpyro_vmt, name), name
 
