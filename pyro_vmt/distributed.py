@@ -18,6 +18,8 @@ dimension, or a ``ProcessGroup``) the teacher
 
   so every rank takes the same optimiser step and the parameters stay **replicated**
   (rank 0's initial parameters are broadcast once, [`broadcast_parameters()`][pyro_vmt.distributed.broadcast_parameters]);
+- the persistent chains of ``correction="mh"`` are **sharded** like the batch: each rank
+  keeps, moves and accept-tests its own ``num_samples/W`` chains;
 - a replay buffer (``init="persistent"``) is **sharded**: each rank owns ``buffer_size/W``
   rows;
 - a chain that diverges on one rank is reported on every rank ([`agree()`][pyro_vmt.distributed.agree], a one-number
@@ -48,9 +50,8 @@ import torch.distributed as dist
 from vmt.core.errors import DivergenceError
 
 __all__ = ["DATA_AXIS", "as_group", "num_shards", "rank", "check_divisible", "rank_seed", "rank_generator",
-           "split_batch", "agree", "average", "all_checks", "broadcast_parameters", "gather", "rank_rng_state",
-           "is_writer",
-           "launch"]
+           "split_batch", "agree", "average", "all_checks", "broadcast_parameters", "gather", "gather_rows",
+           "rank_rng_state", "is_writer", "launch"]
 
 #: The mesh dimension the batch and the chains are split along.
 DATA_AXIS = "data"
@@ -200,11 +201,17 @@ def gather(group: Any, rng_state: Tensor, buffer: Optional[Tensor]) -> Tuple[Lis
     """Every rank's generator state and the whole replay buffer (a collective: call it on every rank)."""
     states: List[Any] = [None] * num_shards(group)
     dist.all_gather_object(states, rng_state.cpu(), group=group)
-    if buffer is None:
-        return states, None
-    blocks = [torch.empty_like(buffer) for _ in range(num_shards(group))]
-    dist.all_gather(blocks, buffer.contiguous(), group=group)
-    return states, torch.cat(blocks)
+    return states, gather_rows(group, buffer)
+
+
+def gather_rows(group: Any, block: Optional[Tensor]) -> Optional[Tensor]:
+    """The whole of a tensor whose rows are split over the ranks in rank order (the replay
+    buffer, the persistent chains of ``correction="mh"``); ``None`` stays ``None``. A collective."""
+    if block is None:
+        return None
+    blocks = [torch.empty_like(block) for _ in range(num_shards(group))]
+    dist.all_gather(blocks, block.contiguous(), group=group)
+    return torch.cat(blocks)
 
 
 def rank_rng_state(group: Optional[Any], state: dict) -> Optional[Tensor]:

@@ -35,15 +35,17 @@ class PersistenceMixin:
         """Everything training depends on: networks, optimisers, RNG, buffer, iteration.
 
         On a mesh this is collective (call it on every rank): it holds every rank's
-        generator (``rank_rngs``) and the whole replay buffer.
+        generator (``rank_rngs``), the whole replay buffer and every rank's chains.
         """
         state = self._local_state()
         if self._group is not None:
             state["rank_rngs"], state["buffer"] = distributed.gather(self._group, state["rng"], state["buffer"])
+            if state["chains"] is not None:
+                state["chains"] = {k: distributed.gather_rows(self._group, v) for k, v in state["chains"].items()}
         return state
 
     def _local_state(self) -> Dict[str, Any]:
-        """`state_dict()` of this rank alone: its generator and its block of the buffer."""
+        """`state_dict()` of this rank alone: its generator and its blocks of the buffer and chains."""
         rng, buffer = self.generator.get_state(), self.buffer
         return {
             "config": self.config.to_dict(),
@@ -104,6 +106,9 @@ class PersistenceMixin:
                 if chains.position.shape[1:] != self.energy.event_shape:
                     raise CheckpointError("checkpoint's persistent chains (correction='mh') do not match this "
                                           "configuration")
+                if chains.position.shape[0] % distributed.num_shards(self._group):
+                    raise CheckpointError(f"checkpoint's {chains.position.shape[0]} persistent chains do not split "
+                                          f"over {distributed.num_shards(self._group)} ranks")
         # this rank's own state (no collective: the rollback must not wait for other ranks)
         before = self._local_state()
         before = {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in before.items()}
@@ -130,6 +135,8 @@ class PersistenceMixin:
             self.buffer = buffer.to(self.device, self.dtype)
         if self.config.correction:
             chains = state.get("chains")
+            if chains is not None and not local:  # this rank's block of the chains
+                chains = {k: distributed.split_batch(self._group, None, v, None)[1] for k, v in chains.items()}
             self.chains = None if chains is None else correction.Path(
                 **{k: v.to(self.device, self.dtype) for k, v in chains.items()})
         self.iteration = iteration

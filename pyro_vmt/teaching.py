@@ -106,9 +106,6 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
                  compile: Union[str, bool] = "auto", mesh: Any = None, **options: Any):
         self.mesh, self._group = mesh, distributed.as_group(mesh)
         config, vae = resolve_teacher_parts(energy, vae, config, options, "pyro_vmt", self._energy_cls, self._vae_cls)
-        if self._group is not None and config.correction:
-            raise NotImplementedError("correction='mh' with mesh= is not implemented: the persistent chains are not "
-                                      "split over the ranks yet")
         self.config = config
         self.energy = energy
         self.vae = vae

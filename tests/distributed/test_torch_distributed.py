@@ -44,6 +44,17 @@ def test_checkpoint_holds_every_rank_and_resumes(result):
     assert "generators of 2 ranks and this run has 1" in result["single_load_warning"]
 
 
+def test_exact_teaching_shards_the_chains(result):
+    """correction="mh" on a mesh: each rank moves its 16 of the 32 chains, the ranks take
+    the same parameter step, the checkpoint holds all 32 and resumes bit for bit, and one
+    process can load it and train on."""
+    assert result["mh_ranks_agree"] == 0.0
+    for out in result["rank_outputs"]:
+        assert out["mh_chain_rows"] == 16 and out["mh_resumed"] == 0.0
+        assert 0.0 <= out["mh_path_acceptance"] <= 1.0
+    assert result["mh_ckpt_chain_rows"] == 32 and result["mh_single_chain_rows"] == 32
+
+
 def test_divergence_on_one_rank_stops_both(result):
     rank0, rank1 = result["rank_outputs"]
     assert "1 of 2 ranks failed" in rank0["err_divergence"]

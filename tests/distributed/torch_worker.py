@@ -71,6 +71,20 @@ def rank_main(rank, tmp):
     q.step(batches()[2])
     out["resumed"] = float((torch.cat([flat(q), q.buffer.reshape(-1)]) -
                             torch.cat([flat(p), p.buffer.reshape(-1)])).abs().max())
+    # exact (MH) teaching: each rank keeps its block of the chains; saved whole, continued
+    mh_opts = dict(correction="mh", path_anneal=True, local_steps=2)
+    m = teacher(mesh, **mh_opts)
+    for b in batches()[:2]:
+        m.step(b)
+    m.save(f"{tmp}/mh.ckpt")
+    info = m.step(batches()[2])
+    out["mh_path_acceptance"] = float(info.path_acceptance)
+    out["mh_chain_rows"] = int(m.chains.position.shape[0])
+    torch.save(flat(m), f"{tmp}/mh{rank}.pt")
+    mq = teacher(mesh, **mh_opts)
+    mq.load(f"{tmp}/mh.ckpt")
+    mq.step(batches()[2])
+    out["mh_resumed"] = float(max((a - b).abs().max() for a, b in zip([flat(mq), *mq.chains], [flat(m), *m.chains])))
     # bad configurations: a batch that does not split, a mesh without "data", a generator
     out["err_batch"] = caught(lambda: t.step(DATA[:5]))
     out["err_fit"] = caught(lambda: t.fit(DATA, num_iters=1, batch_size=7, progress=False))
@@ -121,6 +135,14 @@ def main():
         ranks = [torch.load(f"{tmp}/params{r}.pt") for r in range(WORLD)]
         persistent = [torch.load(f"{tmp}/persistent{r}.pt") for r in range(WORLD)]
         ckpt = torch.load(f"{tmp}/persistent.ckpt", weights_only=True)["state"]
+        mh_ranks = [torch.load(f"{tmp}/mh{r}.pt") for r in range(WORLD)]
+        mh_ckpt = torch.load(f"{tmp}/mh.ckpt", weights_only=True)["state"]
+        # the 2-rank chains in one process: all 32 of them, and it trains on
+        mh_single = teacher(correction="mh", path_anneal=True, local_steps=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mh_single.load(f"{tmp}/mh.ckpt")
+        mh_single.step(batches()[2])
         # the 2-rank checkpoint in one process: weights load, the buffer is whole, the RNG is reseeded
         single = teacher(init="persistent", buffer_size=64)
         with warnings.catch_warnings(record=True) as caught_warnings:
@@ -139,6 +161,9 @@ def main():
         "ckpt_rank_rngs": len(ckpt["rank_rngs"]),
         "single_load_warning": next((str(w.message) for w in caught_warnings), None),
         "single_buffer_rows": int(single.buffer.shape[0]),
+        "mh_ranks_agree": float((mh_ranks[0] - mh_ranks[1]).abs().max()),
+        "mh_ckpt_chain_rows": int(mh_ckpt["chains"]["position"].shape[0]),
+        "mh_single_chain_rows": int(mh_single.chains.position.shape[0]),
         "loss_finite": all(math.isfinite(o["loss"]) for o in outs),
         "rank_outputs": outs,
     }
