@@ -39,10 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("pyro", "numpyro")
 COLUMNS = {
     "completion": [("best_of_k_rmse", "best-of-10 RMSE ↓"), ("mean_rmse", "mean RMSE ↓"),
-                   ("diversity", "diversity"), ("accuracy", "classifier accuracy ↑")],
+                   ("diversity", "diversity"), ("accuracy", "classifier accuracy ↑"),
+                   ("est_log_likelihood", "est. held-out log p(y ∣ x) ↑")],
     "class": [("accuracy", "classifier accuracy ↑"), ("frechet", "Fréchet per class ↓"),
-              ("frechet_floor", "floor (real train vs test)")],
+              ("frechet_floor", "floor (real train vs test)"), ("est_log_likelihood", "est. held-out log p(y ∣ x) ↑")],
     "regression1d": [("log_likelihood", "held-out log p(y ∣ x) ↑"),
+                     ("est_log_likelihood", "EBM: path estimate ↑"),
                      ("log_likelihood_balanced", "branch-balanced ↑"),
                      ("mean_branch_mass_error", "EBM branch-mass error ↓"),
                      ("mean_branch_imbalance", "samples: branch imbalance ↓"),

@@ -14,7 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
-    from numpyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
+    from numpyro_vmt.conditional import ConditionalVariationalMCMCTeaching
+    from numpyro_vmt.conditional_energy import ConditionalEnergyModel
+    from numpyro_vmt.conditional_vae import ConditionalVAE
     from numpyro_vmt.distribution import EnergyDistribution
     from numpyro_vmt.energy import EnergyModel
     from numpyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
@@ -32,8 +34,8 @@ _WHERE = {
     "VAE": "vae",
     "VariationalMCMCTeaching": "teaching",
     "TeachingInfo": "teaching",
-    "ConditionalEnergyModel": "conditional",
-    "ConditionalVAE": "conditional",
+    "ConditionalEnergyModel": "conditional_energy",
+    "ConditionalVAE": "conditional_vae",
     "ConditionalVariationalMCMCTeaching": "conditional",
     "EnergyDistribution": "distribution",
     "Langevin": "langevin",

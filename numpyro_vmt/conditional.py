@@ -33,265 +33,30 @@ with the conditioning input passed through its jitted core (see
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
-from numpyro.handlers import condition
-from numpyro.infer import Trace_ELBO
-from numpyro.infer.util import log_density
 
 from numpyro_vmt import correction, distributed, mh
+from numpyro_vmt.conditional_energy import ConditionalEnergyModel
+from numpyro_vmt.conditional_vae import ConditionalVAE
 from numpyro_vmt.given import given
 from numpyro_vmt.rng import RNG
-from numpyro_vmt.nets import MLP
 from numpyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from numpyro_vmt.update import keyed
-from numpyro_vmt.vae import VAE, _require_key
-from vmt.core.batch import batch_stream, check_conditional_config, shape_text, split_pair
+from vmt.core.batch import batch_stream, check_conditional_config, split_pair
 from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig
 
-__all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
-           "conditional_networks"]
+__all__ = ["ConditionalVariationalMCMCTeaching"]
 
 Array = jax.Array
 
 
-def _shape(name: str, shape: Sequence[int]) -> Tuple[int, ...]:
-    out = tuple(int(d) for d in shape)
-    if not out or any(d < 1 for d in out):
-        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape!r}")
-    return out
-
-
-def _flat(t: Array) -> Array:
-    return t.reshape(t.shape[0], -1)
-
-
-def _is_array(t: Any) -> bool:
-    return isinstance(t, (jax.Array, np.ndarray))
-
-
-def _shape_of(t: Any):
-    return tuple(t.shape) if _is_array(t) else type(t).__name__
-
-
-@eqx.filter_jit
-def _energies(model, y, x):
-    return model(y, x)
-
-
-class ConditionalEnergyModel(eqx.Module):
-    r"""Wrap ``net`` into ``E(y | x)``, one scalar per pair.
-
-    $$
-    E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
-    $$
-
-    Parameters
-    ----------
-    net : equinox.Module
-        With ``concat=True``: maps the concatenation ``[flatten(y), flatten(x)]``,
-        shape ``(n, prod(event_shape) + prod(cond_shape))``, to ``(n,)`` or ``(n, 1)``.
-        With ``concat=False``: called as ``net(y, x)`` on the unflattened batches.
-    event_shape : sequence of int
-        Shape of one ``y`` (what Langevin dynamics moves).
-    cond_shape : sequence of int
-        Shape of one conditioning input ``x``.
-    ref_scale : float, optional
-        Scale ``s`` of the Gaussian reference term on ``y``; ``None`` for none.
-    concat : bool
-        How ``net`` is called (see ``net``).
-    """
-
-    net: eqx.Module
-    event_shape: Tuple[int, ...] = eqx.field(static=True)
-    cond_shape: Tuple[int, ...] = eqx.field(static=True)
-    ref_scale: Optional[float] = eqx.field(static=True)
-    concat: bool = eqx.field(static=True)
-
-    def __init__(self, net: eqx.Module, event_shape: Sequence[int], cond_shape: Sequence[int],
-                 ref_scale: Optional[float] = None, concat: bool = True):
-        if not isinstance(net, eqx.Module):
-            raise TypeError(f"net must be an equinox.Module, got {type(net).__name__}")
-        self.net = net
-        self.event_shape = _shape("event_shape", event_shape)
-        self.cond_shape = _shape("cond_shape", cond_shape)
-        if ref_scale is not None and not (isinstance(ref_scale, (int, float)) and math.isfinite(ref_scale)
-                                          and ref_scale > 0):
-            raise ValueError(f"ref_scale must be a positive finite number or None, got {ref_scale!r}")
-        self.ref_scale = None if ref_scale is None else float(ref_scale)
-        self.concat = bool(concat)
-
-    def __call__(self, y: Array, x: Array) -> Array:
-        """Energies ``E(y | x)``, shape ``(n,)``, for ``y`` ``(n, *event_shape)`` and ``x`` ``(n, *cond_shape)``."""
-        if not _is_array(y) or y.ndim < 1 or tuple(y.shape[1:]) != self.event_shape:
-            raise ValueError(f"ConditionalEnergyModel expects y of shape {shape_text(self.event_shape)}, "
-                             f"got {_shape_of(y)}")
-        if not _is_array(x) or x.ndim < 1 or tuple(x.shape[1:]) != self.cond_shape:
-            raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "
-                             f"got {_shape_of(x)}")
-        n = y.shape[0]
-        if x.shape[0] != n:
-            raise ValueError(f"y has {n} rows but x has {x.shape[0]}")
-        x = jnp.asarray(x, dtype=y.dtype)
-        out = self.net(jnp.concatenate([_flat(y), _flat(x)], 1)) if self.concat else self.net(y, x)
-        if out.shape == (n, 1):
-            out = out[:, 0]
-        if out.shape != (n,):
-            raise ValueError(f"the energy network must return one scalar per sample, shape ({n},) or ({n}, 1); "
-                             f"got {tuple(out.shape)} for {n} pairs")
-        if self.ref_scale is not None:
-            out = out + (_flat(y) ** 2).sum(1) / (2 * self.ref_scale ** 2)
-        return out
-
-    def potential(self, x: Array) -> Callable[[Array], Array]:
-        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for [`Langevin`][numpyro_vmt.langevin.Langevin])."""
-        return lambda y: self(y, x)
-
-    def numpy_energy(self, y, x, batch_size: int = 65536):
-        """``E(y | x)`` of numpy arrays (one row each) as a float64 numpy array (metrics, plots)."""
-        leaves = [a for a in jax.tree.leaves(self) if eqx.is_inexact_array(a)]
-        dtype = leaves[0].dtype if leaves else None
-        y, x = np.asarray(y), np.asarray(x)
-        out = [np.asarray(_energies(self, jnp.asarray(y[i:i + batch_size], dtype=dtype),
-                                    jnp.asarray(x[i:i + batch_size], dtype=dtype)), dtype=np.float64)
-               for i in range(0, len(y), batch_size)]
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def model(self, x: Array, y: Optional[Array] = None) -> Array:
-        """NumPyro model of ``p(y | x) ∝ exp(−E(y | x))``: an improper flat site ``"y"`` plus a factor.
-
-        ``x`` is an ordinary argument: a batch ``(n, *cond_shape)`` gives ``n``
-        independent ``y`` inside ``numpyro.plate("data", n)``; a single ``x`` of shape
-        ``cond_shape`` gives one ``y``. A given ``y`` is observed: the model's log
-        density is then the unnormalised ``−E(y | x)``.
-        """
-        support = dist.ImproperUniform(constraints.real, (), self.event_shape)
-        if _is_array(x) and tuple(x.shape) == self.cond_shape:
-            y = numpyro.sample("y", support, obs=y)  # any batch dims of y share x
-            flat = y.reshape((-1,) + tuple(self.event_shape))
-            energy = self(flat, jnp.broadcast_to(x, (flat.shape[0],) + tuple(self.cond_shape)))
-            numpyro.factor("energy", -energy.reshape(y.shape[:y.ndim - len(self.event_shape)]))
-            return y
-        if not _is_array(x) or tuple(x.shape[1:]) != self.cond_shape:
-            raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "
-                             f"got {_shape_of(x)}")
-        with numpyro.plate("data", x.shape[0]):
-            y = numpyro.sample("y", support, obs=y)
-            numpyro.factor("energy", -self(y, x))
-        return y
-
-
-class ConditionalVAE(VAE):
-    r"""Conditional Gaussian VAE with ``model(y, x)``/``guide(y, x)`` for NumPyro's SVI.
-
-    $$
-    z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
-    \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
-    $$
-
-    the ELBO $\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))$.
-    A [`VAE`][numpyro_vmt.vae.VAE] whose encoder reads ``[flatten(y), flatten(x)]`` and
-    whose decoder reads ``[z, flatten(x)]``; parameters are handled exactly as there
-    (``eqx_module`` sites ``"encoder$params"``/``"decoder$params"``, so a user's plain
-    ``numpyro.infer.SVI(cvae.model, cvae.guide, ...)`` trains them; the library's
-    `elbo_loss()` substitutes the module's own arrays).
-
-    Parameters
-    ----------
-    encoder : equinox.Module
-        ``(n, prod(event_shape) + prod(cond_shape)) -> (n, 2·latent_dim)``.
-    decoder : equinox.Module
-        ``(n, latent_dim + prod(cond_shape)) -> (n, prod(event_shape))``.
-    latent_dim : int
-    event_shape, cond_shape : sequence of int
-        Shapes of one ``y`` and one ``x``.
-    obs_scale, kl_weight, name
-        As for [`VAE`][numpyro_vmt.vae.VAE].
-    """
-
-    cond_shape: Tuple[int, ...] = eqx.field(static=True)
-
-    def __init__(self, encoder: eqx.Module, decoder: eqx.Module, latent_dim: int, event_shape: Sequence[int],
-                 cond_shape: Sequence[int], obs_scale: Optional[float] = None, kl_weight: float = 1.0,
-                 name: str = ""):
-        super().__init__(encoder, decoder, latent_dim, event_shape, obs_scale, kl_weight, name)
-        self.cond_shape = _shape("cond_shape", cond_shape)
-
-    def encode(self, y: Array, x: Array) -> Tuple[Array, Array]:
-        """Location and scale of ``q(z | y, x)``, each ``(n, latent_dim)``."""
-        return self._encode(self.encoder, jnp.concatenate([_flat(y), _flat(jnp.asarray(x, y.dtype))], 1))
-
-    def decode(self, z: Array, x: Array) -> Array:
-        """Decoder mean ``g(z, x)``, shape ``(n, *event_shape)``."""
-        return self._decode(self.decoder, jnp.concatenate([z, _flat(jnp.asarray(x, z.dtype))], 1))
-
-    def _inputs(self, y, x, num_samples, who: str):
-        """Check ``(y, x)``; a single ``x`` is repeated for every row. Returns ``(y, x, n)``."""
-        if x is None:
-            raise ValueError(f"ConditionalVAE.{who} needs the conditioning input x")
-        single = _is_array(x) and tuple(x.shape) == self.cond_shape
-        if not _is_array(x) or not (single or tuple(x.shape[1:]) == self.cond_shape):
-            raise ValueError(f"ConditionalVAE expects x of shape {shape_text(self.cond_shape)} or "
-                             f"{tuple(self.cond_shape)}, got {_shape_of(x)}")
-        if y is not None and (not _is_array(y) or y.ndim < 1 or tuple(y.shape[1:]) != self.event_shape):
-            raise ValueError(f"ConditionalVAE expects y of shape {shape_text(self.event_shape)}, got {_shape_of(y)}")
-        n = y.shape[0] if y is not None else (int(num_samples or 1) if single else x.shape[0])
-        if single:
-            x = jnp.broadcast_to(x[None], (n,) + self.cond_shape)
-        if x.shape[0] != n:
-            raise ValueError(f"y has {n} rows but x has {x.shape[0]}")
-        if num_samples is not None and num_samples != n:
-            raise ValueError(f"num_samples={num_samples!r} differs from the {n} rows of {'x' if y is None else 'y'}")
-        return y, x, n
-
-    def model(self, y: Optional[Array] = None, x: Optional[Array] = None,
-              num_samples: Optional[int] = None) -> Array:
-        """``z ~ N(0, I)``, ``y ~ N(g(z, x), σ²)``; observe ``y`` if given, else draw one per row of ``x``."""
-        y, x, n = self._inputs(y, x, num_samples, "model")
-        return self._generate(n, "y", y, lambda z: jnp.concatenate([z, _flat(jnp.asarray(x, z.dtype))], 1))
-
-    def guide(self, y: Optional[Array] = None, x: Optional[Array] = None,
-              num_samples: Optional[int] = None) -> Array:
-        """``z ~ q(z | y, x)``, the amortised posterior."""
-        if y is None:
-            raise ValueError("ConditionalVAE.guide needs data y")
-        y, x, n = self._inputs(y, x, num_samples, "guide")
-        return self._posterior(jnp.concatenate([_flat(y), _flat(jnp.asarray(x, y.dtype))], 1))
-
-    def sample(self, x: Array, rng: RNG) -> Array:
-        """Decoder means ``g(z, x)``, one prior draw ``z`` per row of ``x`` (VMT's starting points)."""
-        _, x, n = self._inputs(None, x, None, "sample")
-        return jax.lax.stop_gradient(self.decode(self.sample_latent(n, rng), x))
-
-    def elbo_loss(self, y: Array, x: Array, rng: RNG) -> Array:
-        """Negative ELBO per pair, averaged over the batch (differentiable).
-
-        As [`numpyro_vmt.VAE.elbo_loss()`][numpyro_vmt.vae.VAE.elbo_loss]: NumPyro's ``Trace_ELBO`` on `model()`
-        / `guide()` with this module's arrays substituted for the parameter sites,
-        the reparameterised ``z`` drawn from ``rng``.
-        """
-        key = _require_key(rng)
-        y, x, n = self._inputs(y, x, None, "elbo_loss")
-        return Trace_ELBO().loss(key, self._param_map(), self.model, self.guide, y, x) / n
-
-    def joint_loss(self, y: Array, x: Array, z: Array) -> Array:
-        """``−log p(y, z | x)`` per pair, averaged, for a known ``z`` (CoopNets' generator regression)."""
-        y, x, n = self._inputs(y, x, None, "joint_loss")
-        log_joint, _ = log_density(condition(self.model, data={"z": z}), (y, x), {}, self._param_map())
-        return -log_joint / n
-
-
 class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
-    r"""Train a [`ConditionalEnergyModel`][numpyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][numpyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
+    r"""Train a [`ConditionalEnergyModel`][numpyro_vmt.conditional_energy.ConditionalEnergyModel] with a [`ConditionalVAE`][numpyro_vmt.conditional_vae.ConditionalVAE] on pairs ``(x, y)``.
 
     The same algorithm, options, diagnostics, jitted core and checkpoints as
     [`VariationalMCMCTeaching`][numpyro_vmt.teaching.VariationalMCMCTeaching] (whose code runs it); batches are
@@ -315,7 +80,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     --------
     >>> import numpy as np
     >>> from numpyro_vmt import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
-    >>> from numpyro_vmt.conditional import conditional_networks
+    >>> from numpyro_vmt.nets import conditional_networks
     >>> e_net, enc, dec = conditional_networks((1,), (1,), latent_dim=1, hidden=(16,))
     >>> teacher = ConditionalVariationalMCMCTeaching(
     ...     ConditionalEnergyModel(e_net, (1,), (1,)), ConditionalVAE(enc, dec, 1, (1,), (1,)),
@@ -369,6 +134,43 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             return path.position
         return self._sample(x.shape[0], num_steps, rng, ctx=x)
 
+    def log_partition(self, x: Any, num_samples: int = 1000, rng: RNG = None, num_steps: Optional[int] = None,
+                      batch_size: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+        r"""Estimate $\log Z_\theta(x_j) = \log\int e^{-E_\theta(y \mid x_j)}\,dy$ per row of ``x``.
+
+        ``num_samples`` proposal paths per row, from the conditional VAE at that row's
+        ``x_j`` (or the wide Gaussian without one) and the Langevin run, weighted as in
+        the unconditional
+        [`log_partition()`][numpyro_vmt.teaching.VariationalMCMCTeaching.log_partition] through
+        [`given`][numpyro_vmt.given.given]; at most ``batch_size`` paths at a time.
+        Returns ``(log_z, standard_error)``, numpy arrays of one value per row; the
+        log-mean-exp is biased *low* (so likelihoods from it are biased *high*).
+        """
+        x = self._as_array(x, "x", self._energy_static.cond_shape)
+        s = as_count("num_samples", num_samples)
+        rows = max(1, as_count("batch_size", batch_size) // s)
+        vae, opts = self._proposal(num_steps)
+        key, out = self._key(rng, 2), []
+        for i, start in enumerate(range(0, x.shape[0], rows)):
+            xs = jnp.repeat(x[start:start + rows], s, axis=0)
+            path = correction.propose(jax.random.fold_in(key, i), *given(self.energy, vae, xs), xs.shape[0], *opts,
+                                      0, self.config.wide_proposal(), self.config.path_anneal)
+            out.append(jax.vmap(correction.log_mean_exp)(path.log_weight.reshape(-1, s)))
+        log_z, se = (np.concatenate([np.asarray(o[j], np.float64) for o in out]) for j in (0, 1))
+        return log_z, se
+
+    def log_prob(self, y: Any, x: Any, num_samples: int = 1000, rng: RNG = None, num_steps: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+        """``log p(y_j | x_j) = −E(y_j | x_j) − log Ẑ(x_j)`` per row (numpy), and the standard
+        errors of the ``log Ẑ(x_j)``; each distinct row of ``x`` is estimated once
+        (see `log_partition()` for the bias)."""
+        x, y = self._as_batch((x, y), "(x, y)")
+        x_host = np.asarray(x)
+        distinct, which = np.unique(x_host.reshape(len(x_host), -1), axis=0, return_inverse=True)
+        log_z, se = self.log_partition(distinct.reshape((-1,) + x_host.shape[1:]), num_samples, rng, num_steps)
+        which = which.reshape(-1)
+        return -self.energy.numpy_energy(np.asarray(y), x_host) - log_z[which], se[which]
+
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a pair ``(x, y)`` of batches with ``m`` rows each; returns its diagnostics."""
         return super().step(batch)
@@ -400,17 +202,3 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         chains = correction.propose(jax.random.fold_in(self.state.seed, 3), *given(self.energy, vae, x), n,
                                     *opts, m, cfg.wide_proposal(), cfg.path_anneal)
         self.state = self.state._replace(chains=distributed.replicate(chains, self.mesh))
-
-
-def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,
-                         hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[eqx.Module, eqx.Module, eqx.Module]:
-    """``(energy_net, encoder, decoder)`` MLPs for ``y`` of ``event_shape`` given ``x`` of ``cond_shape``.
-
-    Energy ``[y, x] -> 1``, encoder ``[y, x] -> 2·latent_dim``, decoder ``[z, x] -> y``;
-    the three get the keys of ``jax.random.split(rng, 3)``. The torch backend builds
-    the same layers (``pyro_vmt.conditional``).
-    """
-    dy, dx = math.prod(int(d) for d in event_shape), math.prod(int(d) for d in cond_shape)
-    k_energy, k_enc, k_dec = jax.random.split(_require_key(rng), 3)
-    return (MLP(dy + dx, 1, hidden, rng=k_energy), MLP(dy + dx, 2 * latent_dim, hidden, rng=k_enc),
-            MLP(latent_dim + dx, dy, hidden, rng=k_dec))

@@ -25,7 +25,7 @@ import jax
 
 from numpyro_vmt.rng import RNG, as_rng
 
-__all__ = ["MLP", "ConvEnergyNet", "default_networks"]
+__all__ = ["MLP", "ConvEnergyNet", "default_networks", "conditional_networks"]
 
 
 def _linear(layer: eqx.nn.Linear, h: jax.Array) -> jax.Array:
@@ -121,3 +121,17 @@ def default_networks(event_shape: Sequence[int], latent_dim: int,
     encoder = MLP(dim, 2 * latent_dim, hidden, rng=k_enc)
     decoder = MLP(latent_dim, dim, hidden, rng=k_dec)
     return energy, encoder, decoder
+
+
+def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,
+                         hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[eqx.Module, eqx.Module, eqx.Module]:
+    """``(energy_net, encoder, decoder)`` MLPs for ``y`` of ``event_shape`` given ``x`` of ``cond_shape``.
+
+    Energy ``[y, x] -> 1``, encoder ``[y, x] -> 2·latent_dim``, decoder ``[z, x] -> y``;
+    the three get the keys of ``jax.random.split(rng, 3)``. The torch backend builds
+    the same layers (``pyro_vmt.nets``).
+    """
+    dy, dx = math.prod(int(d) for d in event_shape), math.prod(int(d) for d in cond_shape)
+    k_energy, k_enc, k_dec = jax.random.split(_key(rng), 3)
+    return (MLP(dy + dx, 1, hidden, rng=k_energy), MLP(dy + dx, 2 * latent_dim, hidden, rng=k_enc),
+            MLP(latent_dim + dx, dy, hidden, rng=k_dec))

@@ -14,7 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
-    from pyro_vmt.conditional import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
+    from pyro_vmt.conditional import ConditionalVariationalMCMCTeaching
+    from pyro_vmt.conditional_energy import ConditionalEnergyModel
+    from pyro_vmt.conditional_vae import ConditionalVAE
     from pyro_vmt.distribution import EnergyDistribution
     from pyro_vmt.energy import EnergyModel
     from pyro_vmt.guide_teaching import MCMCTeaching, MCMCTeachingInfo
@@ -32,8 +34,8 @@ _WHERE = {
     "VAE": "vae",
     "VariationalMCMCTeaching": "teaching",
     "TeachingInfo": "teaching",
-    "ConditionalEnergyModel": "conditional",
-    "ConditionalVAE": "conditional",
+    "ConditionalEnergyModel": "conditional_energy",
+    "ConditionalVAE": "conditional_vae",
     "ConditionalVariationalMCMCTeaching": "conditional",
     "EnergyDistribution": "distribution",
     "Langevin": "langevin",

@@ -32,252 +32,29 @@ with the conditioning input passed through its hooks (see [`vmt.core.batch.with_
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
-from pyro.nn import pyro_method
-from torch import nn
 
 from pyro_vmt import correction, mh
-from pyro_vmt.energy import _FlatSite
+from pyro_vmt.conditional_energy import ConditionalEnergyModel
+from pyro_vmt.conditional_vae import ConditionalVAE
 from pyro_vmt.given import given
-from pyro_vmt.rng import RNG, as_rng
-from pyro_vmt.nets import MLP
+from pyro_vmt.rng import RNG
 from pyro_vmt.teaching import TeachingInfo, VariationalMCMCTeaching
 from pyro_vmt.update import keyed
-from pyro_vmt.vae import VAE, _LocalParams, reparameterised_elbo, rng_for_pyro
-from vmt.core.batch import batch_stream, check_conditional_config, shape_text, split_pair
+from vmt.core.batch import batch_stream, check_conditional_config, split_pair
 from vmt.core.checks import as_count
 from vmt.core.config import TeachingConfig
 
-__all__ = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching",
-           "conditional_networks"]
+__all__ = ["ConditionalVariationalMCMCTeaching"]
 
 Tensor = torch.Tensor
 
 
-def _shape(name: str, shape: Sequence[int]) -> Tuple[int, ...]:
-    out = tuple(int(d) for d in shape)
-    if not out or any(d < 1 for d in out):
-        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape!r}")
-    return out
-
-
-def _flat(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1)
-
-
-def _shape_of(t: Any):
-    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-
-
-class ConditionalEnergyModel(nn.Module):
-    r"""Wrap ``net`` into ``E(y | x)``, one scalar per pair.
-
-    $$
-    E_\theta(y \mid x) = U_\theta(y, x) + \lVert y \rVert^2 / (2 s^2)
-    $$
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        With ``concat=True``: maps the concatenation ``[flatten(y), flatten(x)]``,
-        shape ``(n, prod(event_shape) + prod(cond_shape))``, to ``(n,)`` or ``(n, 1)``.
-        With ``concat=False``: called as ``net(y, x)`` on the unflattened batches.
-    event_shape : sequence of int
-        Shape of one ``y`` (what Langevin dynamics moves).
-    cond_shape : sequence of int
-        Shape of one conditioning input ``x``.
-    ref_scale : float, optional
-        Scale ``s`` of the Gaussian reference term on ``y``; ``None`` for none.
-    concat : bool
-        How ``net`` is called (see ``net``).
-    """
-
-    def __init__(self, net: nn.Module, event_shape: Sequence[int], cond_shape: Sequence[int],
-                 ref_scale: Optional[float] = None, concat: bool = True):
-        super().__init__()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        self.net = net
-        self.event_shape = _shape("event_shape", event_shape)
-        self.cond_shape = _shape("cond_shape", cond_shape)
-        if ref_scale is not None and not (isinstance(ref_scale, (int, float)) and math.isfinite(ref_scale)
-                                          and ref_scale > 0):
-            raise ValueError(f"ref_scale must be a positive finite number or None, got {ref_scale!r}")
-        self.ref_scale = None if ref_scale is None else float(ref_scale)
-        self.concat = bool(concat)
-
-    def forward(self, y: Tensor, x: Tensor) -> Tensor:
-        """Energies ``E(y | x)``, shape ``(n,)``, for ``y`` ``(n, *event_shape)`` and ``x`` ``(n, *cond_shape)``."""
-        if not isinstance(y, Tensor) or y.ndim < 1 or tuple(y.shape[1:]) != self.event_shape:
-            raise ValueError(f"ConditionalEnergyModel expects y of shape {shape_text(self.event_shape)}, "
-                             f"got {_shape_of(y)}")
-        if not isinstance(x, Tensor) or x.ndim < 1 or tuple(x.shape[1:]) != self.cond_shape:
-            raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "
-                             f"got {_shape_of(x)}")
-        n = y.shape[0]
-        if x.shape[0] != n:
-            raise ValueError(f"y has {n} rows but x has {x.shape[0]}")
-        out = self.net(torch.cat([_flat(y), _flat(x).to(y.dtype)], 1)) if self.concat else self.net(y, x)
-        if out.shape == (n, 1):
-            out = out[:, 0]
-        if out.shape != (n,):
-            raise ValueError(f"the energy network must return one scalar per sample, shape ({n},) or ({n}, 1); "
-                             f"got {tuple(out.shape)} for {n} pairs")
-        if self.ref_scale is not None:
-            out = out + _flat(y).pow(2).sum(1) / (2 * self.ref_scale ** 2)
-        return out
-
-    def potential(self, x: Tensor) -> Callable[[Tensor], Tensor]:
-        """The potential ``y ↦ E(y | x)`` for a fixed batch ``x`` (for [`Langevin`][pyro_vmt.langevin.Langevin])."""
-        return lambda y: self(y, x)
-
-    @torch.no_grad()
-    def numpy_energy(self, y, x, batch_size: int = 65536):
-        """``E(y | x)`` of numpy arrays (one row each) as a float64 numpy array (metrics, plots)."""
-        p = next(self.parameters(), None)
-        like = dict(dtype=p.dtype, device=p.device) if p is not None else {}
-        y, x = np.asarray(y), np.asarray(x)
-        out = [self(torch.as_tensor(y[i:i + batch_size], **like), torch.as_tensor(x[i:i + batch_size], **like))
-               .cpu().double().numpy() for i in range(0, len(y), batch_size)]
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def model(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """Pyro model of ``p(y | x) ∝ exp(−E(y | x))``: an improper flat site ``"y"`` plus a factor.
-
-        ``x`` is an ordinary argument: a batch ``(n, *cond_shape)`` gives ``n``
-        independent ``y`` inside ``pyro.plate("data", n)``; a single ``x`` of shape
-        ``cond_shape`` gives one ``y`` (or one per chain of a vectorised kernel). A given
-        ``y`` is observed: the model's log density is then the unnormalised ``−E(y | x)``.
-        Sampling ``y`` with ``pyro.infer.MCMC`` works as for `EnergyModel.model()`.
-        """
-        support = _FlatSite(self.event_shape, like=next(self.parameters(), None))  # see EnergyModel.model
-        if isinstance(x, Tensor) and tuple(x.shape) == self.cond_shape:
-            y = pyro.sample("y", support, obs=y)  # any batch dims of y (a kernel's chains) share x
-            flat = y.reshape((-1,) + tuple(self.event_shape))
-            energy = self(flat, x.expand((flat.shape[0],) + tuple(self.cond_shape)))
-            pyro.factor("energy", -energy.reshape(y.shape[:y.dim() - len(self.event_shape)]))
-            return y
-        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.cond_shape:
-            raise ValueError(f"ConditionalEnergyModel expects x of shape {shape_text(self.cond_shape)}, "
-                             f"got {_shape_of(x)}")
-        with pyro.plate("data", x.shape[0]):
-            y = pyro.sample("y", support, obs=y)
-            pyro.factor("energy", -self(y, x))
-        return y
-
-
-class ConditionalVAE(VAE):
-    r"""Conditional Gaussian VAE with ``model(y, x)``/``guide(y, x)`` for Pyro's SVI.
-
-    $$
-    z \sim \mathcal N(0, I), \quad y \mid z, x \sim \mathcal N(g_\alpha([z, x]), \sigma^2),
-    \quad q_\phi(z \mid y, x) = \mathcal N(\mu_\phi([y, x]), \operatorname{diag} s_\phi([y, x])^2),
-    $$
-
-    the ELBO $\mathbb E_q[\log p_\alpha(y \mid z, x)] - \beta\,\mathrm{KL}(q_\phi(z \mid y, x)\,\|\,p(z))$.
-    A [`VAE`][pyro_vmt.vae.VAE] whose encoder reads ``[flatten(y), flatten(x)]`` and
-    whose decoder reads ``[z, flatten(x)]``; parameters are handled exactly as
-    there (``pyro_method``: a user's plain ``SVI(cvae.model, cvae.guide, ...)`` trains
-    the weights; the library's `elbo_loss()` uses module-local parameters).
-
-    Parameters
-    ----------
-    encoder : torch.nn.Module
-        ``(n, prod(event_shape) + prod(cond_shape)) -> (n, 2·latent_dim)``.
-    decoder : torch.nn.Module
-        ``(n, latent_dim + prod(cond_shape)) -> (n, prod(event_shape))``.
-    latent_dim : int
-    event_shape, cond_shape : sequence of int
-        Shapes of one ``y`` and one ``x``.
-    obs_scale, kl_weight, name
-        As for [`VAE`][pyro_vmt.vae.VAE].
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, event_shape: Sequence[int],
-                 cond_shape: Sequence[int], obs_scale: Optional[float] = None, kl_weight: float = 1.0,
-                 name: str = ""):
-        super().__init__(encoder, decoder, latent_dim, event_shape, obs_scale, kl_weight, name)
-        self.cond_shape = _shape("cond_shape", cond_shape)
-
-    def encode(self, y: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Location and scale of ``q(z | y, x)``, each ``(n, latent_dim)``."""
-        return super().encode(torch.cat([_flat(y), _flat(x).to(y.dtype)], 1))
-
-    def decode(self, z: Tensor, x: Tensor) -> Tensor:
-        """Decoder mean ``g(z, x)``, shape ``(n, *event_shape)``."""
-        return super().decode(torch.cat([z, _flat(x).to(z.dtype)], 1))
-
-    def _inputs(self, y, x, num_samples, who: str):
-        """Check ``(y, x)``; a single ``x`` is repeated for every row. Returns ``(y, x, n)``."""
-        if x is None:
-            raise ValueError(f"ConditionalVAE.{who} needs the conditioning input x")
-        single = isinstance(x, Tensor) and tuple(x.shape) == self.cond_shape
-        if not isinstance(x, Tensor) or not (single or tuple(x.shape[1:]) == self.cond_shape):
-            raise ValueError(f"ConditionalVAE expects x of shape {shape_text(self.cond_shape)} or "
-                             f"{tuple(self.cond_shape)}, got {_shape_of(x)}")
-        if y is not None and (not isinstance(y, Tensor) or y.ndim < 1 or tuple(y.shape[1:]) != self.event_shape):
-            raise ValueError(f"ConditionalVAE expects y of shape {shape_text(self.event_shape)}, got {_shape_of(y)}")
-        n = y.shape[0] if y is not None else (int(num_samples or 1) if single else x.shape[0])
-        if single:
-            x = x.unsqueeze(0).expand((n,) + self.cond_shape)
-        if x.shape[0] != n:
-            raise ValueError(f"y has {n} rows but x has {x.shape[0]}")
-        if num_samples is not None and num_samples != n:
-            raise ValueError(f"num_samples={num_samples!r} differs from the {n} rows of {'x' if y is None else 'y'}")
-        return y, x, n
-
-    @pyro_method
-    def model(self, y: Optional[Tensor] = None, x: Optional[Tensor] = None,
-              num_samples: Optional[int] = None) -> Tensor:
-        """``z ~ N(0, I)``, ``y ~ N(g(z, x), σ²)``; observe ``y`` if given, else draw one per row of ``x``."""
-        y, x, n = self._inputs(y, x, num_samples, "model")
-        return self._generate(n, "y", y, lambda z: self.decode(z, x))
-
-    @pyro_method
-    def guide(self, y: Optional[Tensor] = None, x: Optional[Tensor] = None,
-              num_samples: Optional[int] = None) -> Tensor:
-        """``z ~ q(z | y, x)``, the amortised posterior."""
-        if y is None:
-            raise ValueError("ConditionalVAE.guide needs data y")
-        y, x, n = self._inputs(y, x, num_samples, "guide")
-        return self._posterior(*self.encode(y, x))
-
-    @torch.no_grad()
-    def sample(self, x: Tensor, rng: RNG) -> Tensor:
-        """Decoder means ``g(z, x)``, one prior draw ``z`` per row of ``x`` (VMT's starting points)."""
-        _, x, n = self._inputs(None, x, None, "sample")
-        return self.decode(self.sample_latent(n, rng), x)
-
-    def elbo_loss(self, y: Tensor, x: Tensor, rng: RNG) -> Tensor:
-        """Negative ELBO per pair, averaged over the batch (differentiable).
-
-        As [`pyro_vmt.VAE.elbo_loss()`][pyro_vmt.vae.VAE.elbo_loss]: the ELBO of Pyro's ``Trace_ELBO`` on `model()` /
-        `guide()`, ``z`` drawn from ``rng``'s state lent to torch's RNG,
-        module-local parameters (the global Pyro parameter store is not touched).
-        """
-        gen = as_rng(rng, y.device if isinstance(y, Tensor) else None)
-        if gen is None:
-            raise ValueError("rng is required: pass a torch.Generator or an int seed")
-        y, x, n = self._inputs(y, x, None, "elbo_loss")
-        with rng_for_pyro(gen, y.device), _LocalParams():
-            return -reparameterised_elbo(self.model, self.guide, y, x) / n
-
-    def joint_loss(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
-        """``−log p(y, z | x)`` per pair, averaged, for a known ``z`` (CoopNets' generator regression)."""
-        y, x, n = self._inputs(y, x, None, "joint_loss")
-        with _LocalParams(), pyro.validation_enabled(False):
-            trace = poutine.trace(poutine.condition(self.model, data={"z": z})).get_trace(y, x)
-            return -trace.log_prob_sum() / n
-
-
 class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
-    """Train a [`ConditionalEnergyModel`][pyro_vmt.conditional.ConditionalEnergyModel] with a [`ConditionalVAE`][pyro_vmt.conditional.ConditionalVAE] on pairs ``(x, y)``.
+    """Train a [`ConditionalEnergyModel`][pyro_vmt.conditional_energy.ConditionalEnergyModel] with a [`ConditionalVAE`][pyro_vmt.conditional_vae.ConditionalVAE] on pairs ``(x, y)``.
 
     The same algorithm, options, diagnostics and checkpoints as
     [`VariationalMCMCTeaching`][pyro_vmt.teaching.VariationalMCMCTeaching] (whose code runs it); batches are pairs
@@ -296,7 +73,7 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     --------
     >>> import numpy as np
     >>> from pyro_vmt import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
-    >>> from pyro_vmt.conditional import conditional_networks
+    >>> from pyro_vmt.nets import conditional_networks
     >>> e_net, enc, dec = conditional_networks((1,), (1,), latent_dim=1, hidden=(16,))
     >>> teacher = ConditionalVariationalMCMCTeaching(
     ...     ConditionalEnergyModel(e_net, (1,), (1,)), ConditionalVAE(enc, dec, 1, (1,), (1,)),
@@ -349,6 +126,39 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
             return path.position
         return self._sample(x.shape[0], num_steps, rng, ctx=x)
 
+    def log_partition(self, x: Any, num_samples: int = 1000, rng: RNG = None, num_steps: Optional[int] = None,
+                      batch_size: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+        r"""Estimate $\log Z_\theta(x_j)$ per row of ``x``: ``(log_z, standard_error)``, numpy arrays.
+
+        See [`numpyro_vmt.ConditionalVariationalMCMCTeaching.log_partition()`][numpyro_vmt.conditional.ConditionalVariationalMCMCTeaching.log_partition]:
+        ``num_samples`` proposal paths per row at that row's ``x_j``, at most
+        ``batch_size`` at a time; biased *low*, so likelihoods from it are biased *high*.
+        """
+        x = self._as_array(x, "x", self.energy.cond_shape)
+        s = as_count("num_samples", num_samples)
+        rows = max(1, as_count("batch_size", batch_size) // s)
+        vae, opts = self._proposal(num_steps)
+        gen, out = self._generator(rng, 2), []
+        for start in range(0, x.shape[0], rows):
+            xs = x[start:start + rows].repeat_interleave(s, 0)
+            path = correction.propose(gen, *given(self.energy, vae, xs), xs.shape[0], *opts, 0,
+                                      self.config.wide_proposal(), self.config.path_anneal)
+            out += [torch.stack(correction.log_mean_exp(w)) for w in path.log_weight.double().reshape(-1, s)]
+        log_z, se = torch.stack(out).T.cpu().numpy() if out else np.zeros((2, 0))
+        return log_z, se
+
+    def log_prob(self, y: Any, x: Any, num_samples: int = 1000, rng: RNG = None, num_steps: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+        """``log p(y_j | x_j) = −E(y_j | x_j) − log Ẑ(x_j)`` per row (numpy), and the standard
+        errors of the ``log Ẑ(x_j)``; each distinct row of ``x`` is estimated once
+        (see `log_partition()` for the bias)."""
+        x, y = self._as_batch((x, y), "(x, y)")
+        x_host = x.detach().cpu().numpy()
+        distinct, which = np.unique(x_host.reshape(len(x_host), -1), axis=0, return_inverse=True)
+        log_z, se = self.log_partition(distinct.reshape((-1,) + x_host.shape[1:]), num_samples, rng, num_steps)
+        which = which.reshape(-1)
+        return -self.energy.numpy_energy(y.detach().cpu().numpy(), x_host) - log_z[which], se[which]
+
     def step(self, batch: Any) -> TeachingInfo:
         """One iteration on a pair ``(x, y)`` of batches with ``m`` rows each; returns its diagnostics."""
         return super().step(batch)
@@ -379,17 +189,3 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         m = n if vae is None else cfg.num_noise_chains(n)
         self.chains = correction.propose(self._generator(None, 3), *given(self.energy, vae, x), n, *opts, m,
                                          cfg.wide_proposal(), cfg.path_anneal)
-
-
-def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,
-                         hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[nn.Module, nn.Module, nn.Module]:
-    """``(energy_net, encoder, decoder)`` MLPs for ``y`` of ``event_shape`` given ``x`` of ``cond_shape``.
-
-    Energy ``[y, x] -> 1``, encoder ``[y, x] -> 2·latent_dim``, decoder ``[z, x] -> y``,
-    initialised from seed ``rng`` on a fork of torch's global RNG (left as it was).
-    The JAX backend builds the same layers (``numpyro_vmt.conditional``).
-    """
-    dy, dx = math.prod(int(d) for d in event_shape), math.prod(int(d) for d in cond_shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(rng)
-        return MLP(dy + dx, 1, hidden), MLP(dy + dx, 2 * latent_dim, hidden), MLP(latent_dim + dx, dy, hidden)

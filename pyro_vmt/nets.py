@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ConvEnergyNet", "default_networks"]
+__all__ = ["MLP", "ConvEnergyNet", "default_networks", "conditional_networks"]
 
 
 class MLP(nn.Module):
@@ -84,3 +84,17 @@ def default_networks(event_shape: Sequence[int], latent_dim: int,
         encoder = MLP(dim, 2 * latent_dim, hidden)
         decoder = MLP(latent_dim, dim, hidden)
     return energy, encoder, decoder
+
+
+def conditional_networks(event_shape: Sequence[int], cond_shape: Sequence[int], latent_dim: int,
+                         hidden: Sequence[int] = (128, 128), rng: int = 0) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """``(energy_net, encoder, decoder)`` MLPs for ``y`` of ``event_shape`` given ``x`` of ``cond_shape``.
+
+    Energy ``[y, x] -> 1``, encoder ``[y, x] -> 2·latent_dim``, decoder ``[z, x] -> y``,
+    initialised from seed ``rng`` on a fork of torch's global RNG (left as it was).
+    The JAX backend builds the same layers (``numpyro_vmt.nets``).
+    """
+    dy, dx = math.prod(int(d) for d in event_shape), math.prod(int(d) for d in cond_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng)
+        return MLP(dy + dx, 1, hidden), MLP(dy + dx, 2 * latent_dim, hidden), MLP(latent_dim + dx, dy, hidden)

@@ -12,7 +12,7 @@ INITS = ["vae", "noise", "generator"]
 
 
 def make(B, init="vae", seed=0, **options):
-    e_net, enc, dec = B.api.conditional.conditional_networks((2,), (3,), 2, hidden=(16,), rng=seed)
+    e_net, enc, dec = B.api.nets.conditional_networks((2,), (3,), 2, hidden=(16,), rng=seed)
     energy = B.api.ConditionalEnergyModel(e_net, (2,), (3,), ref_scale=3.0)
     vae = B.api.ConditionalVAE(enc, dec, 2, (2,), (3,), obs_scale=0.3)
     opts = dict(step_size=0.1, num_steps=3, init_bounds=(-2.0, 2.0)) | options
@@ -72,7 +72,7 @@ def test_energy_is_net_on_concatenation_plus_reference_and_a_ppl_model(backend):
 
 def test_vae_samples_one_y_per_x_and_repeats_a_single_x(backend):
     B = backend
-    _, enc, dec = B.api.conditional.conditional_networks((2,), (3,), 2, hidden=(8,))
+    _, enc, dec = B.api.nets.conditional_networks((2,), (3,), 2, hidden=(8,))
     cvae = B.api.ConditionalVAE(enc, dec, 2, (2,), (3,))
     x = B.array(pairs(5)[0], dtype=B.f32)
     assert tuple(cvae.sample(x, 0).shape) == (5, 2)
@@ -140,7 +140,7 @@ def test_bad_configurations_and_models_are_refused(backend):
         make(B, "persistent")
     with pytest.raises(ValueError, match="num_samples must be None"):
         make(B, num_samples=8)
-    e_net, enc, dec = api.conditional.conditional_networks((2,), (3,), 2, hidden=(8,))
+    e_net, enc, dec = api.nets.conditional_networks((2,), (3,), 2, hidden=(8,))
     with pytest.raises(ValueError, match=r"VAE conditioning shape \(4,\) differs"):
         api.ConditionalVariationalMCMCTeaching(api.ConditionalEnergyModel(e_net, (2,), (3,)),
                                                api.ConditionalVAE(B.mlp(6, 4), B.mlp(6, 2, seed=1), 2, (2,), (4,)))

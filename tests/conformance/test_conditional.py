@@ -3,6 +3,7 @@ backends, the same numbers for the same weights and noise (torch → JAX weight 
 float64: energies, Langevin revisions of y with x fixed, the conditional VAE's
 deterministic pieces, to 1e-5), and the same errors for the same bad input."""
 
+import importlib
 import inspect
 
 import numpy as np
@@ -17,8 +18,6 @@ import jax.numpy as jnp  # noqa: E402
 
 import numpyro_vmt as nv  # noqa: E402
 import pyro_vmt as pv  # noqa: E402
-from numpyro_vmt import conditional as jc  # noqa: E402
-from pyro_vmt import conditional as tc  # noqa: E402
 
 NAMES = ["ConditionalEnergyModel", "ConditionalVAE", "ConditionalVariationalMCMCTeaching"]
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -28,15 +27,18 @@ def _params(fn):
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
-def test_same_names_in_both_packages_and_modules():
-    assert set(tc.__all__) == set(jc.__all__)
+@pytest.mark.parametrize("module", ["conditional", "conditional_energy", "conditional_vae", "nets"])
+def test_same_names_in_both_packages_and_modules(module):
+    a, b = (importlib.import_module(f"{pkg}.{module}") for pkg in ("pyro_vmt", "numpyro_vmt"))
+    assert set(a.__all__) == set(b.__all__)
     for name in NAMES:
         assert name in pv.__all__ and name in nv.__all__
 
 
 @pytest.mark.parametrize("name", NAMES + ["conditional_networks"])
 def test_same_signatures(name):
-    a, b = getattr(tc, name), getattr(jc, name)
+    a, b = (getattr(pv, name), getattr(nv, name)) if name in NAMES else (pv.nets.conditional_networks,
+                                                                            nv.nets.conditional_networks)
     if inspect.isfunction(a):
         assert _params(a) == _params(b)
         return
@@ -67,8 +69,8 @@ def _copy(j_mlp, t_mlp):
 
 
 def twins():
-    t_nets = [n.double() for n in tc.conditional_networks((2,), (3,), 2, hidden=(16, 16), rng=0)]
-    j_nets = [_copy(j, t) for j, t in zip(jc.conditional_networks((2,), (3,), 2, hidden=(16, 16), rng=0), t_nets)]
+    t_nets = [n.double() for n in pv.nets.conditional_networks((2,), (3,), 2, hidden=(16, 16), rng=0)]
+    j_nets = [_copy(j, t) for j, t in zip(nv.nets.conditional_networks((2,), (3,), 2, hidden=(16, 16), rng=0), t_nets)]
     return t_nets, j_nets
 
 
@@ -84,7 +86,7 @@ def same(a, b):
 @pytest.mark.parametrize("adjust", [False, True])
 def test_energies_and_langevin_revisions_of_y_match(x64, adjust):
     (te_net, _, _), (je_net, _, _) = twins()
-    te, je = tc.ConditionalEnergyModel(te_net, (2,), (3,), 2.0), jc.ConditionalEnergyModel(je_net, (2,), (3,), 2.0)
+    te, je = pv.ConditionalEnergyModel(te_net, (2,), (3,), 2.0), nv.ConditionalEnergyModel(je_net, (2,), (3,), 2.0)
     x, y, xi, u = inputs()
     tx, jx = torch.from_numpy(x), jnp.asarray(x)
     same(te(torch.from_numpy(y), tx), je(jnp.asarray(y), jx))
@@ -102,8 +104,8 @@ def test_energies_and_langevin_revisions_of_y_match(x64, adjust):
 
 def test_conditional_vae_deterministic_pieces_match(x64):
     (_, t_enc, t_dec), (_, j_enc, j_dec) = twins()
-    tv = tc.ConditionalVAE(t_enc, t_dec, 2, (2,), (3,), kl_weight=2.0).double()
-    jv = jc.ConditionalVAE(j_enc, j_dec, 2, (2,), (3,), kl_weight=2.0)
+    tv = pv.ConditionalVAE(t_enc, t_dec, 2, (2,), (3,), kl_weight=2.0).double()
+    jv = nv.ConditionalVAE(j_enc, j_dec, 2, (2,), (3,), kl_weight=2.0)
     x, y, _, _ = inputs()
     z = np.random.default_rng(4).standard_normal((6, 2))
     tx, ty, tz = (torch.from_numpy(a) for a in (x, y, z))
@@ -116,14 +118,14 @@ def test_conditional_vae_deterministic_pieces_match(x64):
 
 # ----------------------------------------------------------------- errors
 def _teacher(mod, **options):
-    e_net, enc, dec = mod.conditional_networks((2,), (3,), 2, hidden=(8,), rng=0)
+    e_net, enc, dec = mod.nets.conditional_networks((2,), (3,), 2, hidden=(8,), rng=0)
     energy = mod.ConditionalEnergyModel(e_net, (2,), (3,))
     return mod.ConditionalVariationalMCMCTeaching(energy, mod.ConditionalVAE(enc, dec, 2, (2,), (3,)),
                                                   rng=0, step_size=0.1, num_steps=2, **options)
 
 
 def _arr(mod, a):
-    return torch.as_tensor(a) if mod is tc else jnp.asarray(a)
+    return torch.as_tensor(a) if mod is pv else jnp.asarray(a)
 
 
 Z = np.zeros
@@ -136,20 +138,20 @@ BAD_CASES = {
     "sample_x": lambda M: _teacher(M).sample(Z((4, 2), np.float32)),
     "persistent": lambda M: _teacher(M, init="persistent"),
     "num_samples": lambda M: _teacher(M, num_samples=3),
-    "energy_rows": lambda M: M.ConditionalEnergyModel(M.conditional_networks((2,), (3,), 2, (8,))[0], (2,), (3,))(
+    "energy_rows": lambda M: M.ConditionalEnergyModel(M.nets.conditional_networks((2,), (3,), 2, (8,))[0], (2,), (3,))(
         _arr(M, Z((4, 2))), _arr(M, Z((3, 3)))),
-    "vae_no_x": lambda M: M.ConditionalVAE(*M.conditional_networks((2,), (3,), 2, (8,))[1:], 2, (2,), (3,)).model(
+    "vae_no_x": lambda M: M.ConditionalVAE(*M.nets.conditional_networks((2,), (3,), 2, (8,))[1:], 2, (2,), (3,)).model(
         _arr(M, Z((4, 2)))),
-    "vae_x_shape": lambda M: M.ConditionalVAE(*M.conditional_networks((2,), (3,), 2, (8,))[1:], 2, (2,), (3,)).sample(
+    "vae_x_shape": lambda M: M.ConditionalVAE(*M.nets.conditional_networks((2,), (3,), 2, (8,))[1:], 2, (2,), (3,)).sample(
         _arr(M, Z((4, 2))), 0),
-    "cond_shape": lambda M: M.ConditionalEnergyModel(M.conditional_networks((2,), (3,), 2, (8,))[0], (2,), ()),
+    "cond_shape": lambda M: M.ConditionalEnergyModel(M.nets.conditional_networks((2,), (3,), 2, (8,))[0], (2,), ()),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_same_errors_for_the_same_bad_input(case):
     errors = []
-    for mod in (tc, jc):
+    for mod in (pv, nv):
         with pytest.raises(Exception) as info:
             BAD_CASES[case](mod)
         errors.append((type(info.value), str(info.value)))

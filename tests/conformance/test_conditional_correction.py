@@ -6,6 +6,9 @@
   sits on the upper branch with the probability of *its own* ``x`` (within four
   binomial standard errors); the first proposals, about half and half, fail the same
   test (power check). ``sample(x, mh_steps=…)`` is checked the same way.
+- ``log Z(x)``: the energy carries the offset ``SHIFT · x``, so ``log Z(x) = −SHIFT · x``;
+  `log_partition()` recovers it per row and `log_prob()` the mixture's log density,
+  within four standard errors (a shared ``log Z`` would miss one row by ``SHIFT``).
 - Conformance: both backends give the same path weights through the bound energy and
   VAE (`given`) of twin conditional networks.
 - Resume: a checkpoint carries the chains of every row, and training continues bit
@@ -26,15 +29,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpyro_vmt as nv  # noqa: E402
 import pyro_vmt as pv  # noqa: E402
 from numpyro_vmt import correction as jc  # noqa: E402
-from numpyro_vmt.conditional import conditional_networks as j_networks  # noqa: E402
+from numpyro_vmt.nets import conditional_networks as j_networks  # noqa: E402
 from numpyro_vmt.given import given as j_given  # noqa: E402
 from pyro_vmt import correction as tc  # noqa: E402
-from pyro_vmt.conditional import conditional_networks as t_networks  # noqa: E402
+from pyro_vmt.nets import conditional_networks as t_networks  # noqa: E402
 from pyro_vmt.given import given as t_given  # noqa: E402
 from tests.conformance.test_conditional import twins  # noqa: E402
 
 BACKENDS = ["pyro", "numpyro"]
-MU, SD, N_PER = 2.0, 0.25, 250
+MU, SD, N_PER, SHIFT = 2.0, 0.25, 250, 1.5
 OPTS = dict(step_size=0.1, num_steps=10, correction="mh", path_anneal=True, local_steps=2, energy_lr=1e-3,
             vae_lr=3e-3)
 
@@ -44,9 +47,17 @@ def weight(x):
     return 0.2 + 0.6 * x
 
 
+def log_density(y, x):
+    """The normalised ``log p(y | x)`` of the two branches (numpy)."""
+    w = weight(x)
+    up, down = np.log(w) - (y - MU) ** 2 / (2 * SD ** 2), np.log1p(-w) - (y + MU) ** 2 / (2 * SD ** 2)
+    return np.logaddexp(up, down) - math.log(math.sqrt(2 * math.pi) * SD)
+
+
 class JaxBranches(eqx.Module):
-    """``E(y | x) = −log[w(x) N(y; MU, SD²) + (1 − w(x)) N(y; −MU, SD²)]`` (fixed: its one
-    parameter has zero gradient, so Adam never moves it)."""
+    """``E(y | x) = −log[w(x) e^{−(y − MU)²/2SD²} + (1 − w(x)) e^{−(y + MU)²/2SD²}] + SHIFT · x``,
+    so ``log Z(x) = log(√(2π) SD) − SHIFT · x`` (fixed: its one parameter has zero
+    gradient, so Adam never moves it)."""
 
     dummy: jax.Array
 
@@ -54,7 +65,7 @@ class JaxBranches(eqx.Module):
         y, x = yx[:, :1], yx[:, 1:]
         w = weight(x)
         up, down = jnp.log(w) - (y - MU) ** 2 / (2 * SD ** 2), jnp.log1p(-w) - (y + MU) ** 2 / (2 * SD ** 2)
-        return -jnp.logaddexp(up, down)[:, 0] + 0.0 * self.dummy
+        return -jnp.logaddexp(up, down)[:, 0] + SHIFT * x[:, 0] + 0.0 * self.dummy
 
 
 class TorchBranches(torch.nn.Module):
@@ -66,7 +77,7 @@ class TorchBranches(torch.nn.Module):
         y, x = yx[:, :1], yx[:, 1:]
         w = weight(x)
         up, down = torch.log(w) - (y - MU) ** 2 / (2 * SD ** 2), torch.log1p(-w) - (y + MU) ** 2 / (2 * SD ** 2)
-        return -torch.logaddexp(up, down)[:, 0] + 0.0 * self.dummy
+        return -torch.logaddexp(up, down)[:, 0] + SHIFT * x[:, 0] + 0.0 * self.dummy
 
 
 def pairs():
@@ -119,6 +130,22 @@ def test_each_rows_chain_finds_its_own_branch_weights(backend):
     assert 0.02 < h["path_acceptance"].mean() < 1 and h["crossing_rate"].mean() > 0.01
     exact = upper_fractions(t.sample(x, mh_steps=20, rng=1))
     assert (off_by(exact) < 4).all(), exact
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_partition_and_log_prob_are_per_row(backend):
+    t = teacher(backend)  # untrained: the weights are unbiased for any proposal
+    x = np.array([[0.0], [1.0]], np.float32)
+    log_z, se = t.log_partition(x, num_samples=4000, rng=3)
+    truth = math.log(math.sqrt(2 * math.pi) * SD) - SHIFT * x[:, 0]
+    assert log_z.shape == se.shape == (2,) and (se < 0.2).all(), se
+    assert (np.abs(log_z - truth) < 4 * se + 0.02).all(), (log_z, se, truth)
+    xs, ys = pairs()
+    rows = np.r_[0:4, N_PER:N_PER + 4]
+    lp, lp_se = t.log_prob(ys[rows], xs[rows], num_samples=4000, rng=3)
+    true_lp = log_density(ys[rows, 0], xs[rows, 0])
+    assert lp.shape == (8,) and (np.abs(lp - true_lp) < 4 * lp_se + 0.02).all(), (lp, true_lp, lp_se)
+    assert len(np.unique(lp_se)) == 2  # one estimate per distinct x
 
 
 def test_path_weights_through_given_match_across_backends():

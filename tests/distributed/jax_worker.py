@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from numpyro_vmt import (ConditionalEnergyModel, ConditionalVariationalMCMCTeaching, EnergyModel, VAE,
                          VariationalMCMCTeaching)
-from numpyro_vmt.conditional import conditional_networks
+from numpyro_vmt.nets import conditional_networks
 from numpyro_vmt.nets import default_networks
 
 OPTIONS = dict(step_size=0.05, num_steps=4, energy_lr=1e-2, vae_lr=1e-2)

@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 
 from numpyro_vmt import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching  # noqa: E402
-from numpyro_vmt.conditional import conditional_networks  # noqa: E402
+from numpyro_vmt.nets import conditional_networks  # noqa: E402
 from vmt.app.recipes import build_teacher, get_recipe  # noqa: E402
 from vmt.data.tasks import load_task  # noqa: E402
 from toy import pairs  # noqa: E402

@@ -8,7 +8,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vmt import ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching
-from pyro_vmt.conditional import conditional_networks
+from pyro_vmt.nets import conditional_networks
 from toy import pairs
 
 def make(init="vae", seed=0, **options):

@@ -252,7 +252,7 @@ def build_teacher(backend: ModuleType, data: Any, recipe: Recipe, seed: int = 0,
                           kl_weight=recipe.kl_weight)
         teacher_cls = backend.VariationalMCMCTeaching
     else:
-        energy_net, encoder, decoder = backend.conditional.conditional_networks(
+        energy_net, encoder, decoder = backend.nets.conditional_networks(
             event, cond, recipe.latent_dim, hidden=recipe.hidden, rng=seed)
         energy = backend.ConditionalEnergyModel(energy_net, event, cond, ref_scale=recipe.ref_scale)
         vae = backend.ConditionalVAE(encoder, decoder, recipe.latent_dim, event, cond, obs_scale=recipe.obs_scale,

@@ -20,6 +20,10 @@ Rows of the result tables:
   importance sampling with the encoder as proposal), and a NumPy mixture density
   network ([`vmt.evaluation.baselines.MixtureDensityNetwork`][vmt.evaluation.baselines.MixtureDensityNetwork]).
 
+Every EBM row also carries its held-out ``log p(y | x)`` estimated from proposal paths
+([`ebm_log_likelihood()`][vmt.app.tasks.ebm_log_likelihood]; beside the quadrature in
+1-D, where it can be checked), and every CVAE row its importance-sampling estimate.
+
 A teacher trained with ``correction="mh"`` (exact teaching) is named as such
 ([`vmt_row()`][vmt.app.tasks.vmt_row]) and its EBM samples are exact draws
 (``mh_steps=EVAL_MH_STEPS`` accept tests on whole proposal paths per ``x``).
@@ -43,10 +47,13 @@ from vmt.evaluation.baselines import MixtureDensityNetwork, fit_regressor, neare
 from vmt.evaluation.features import DigitClassifier
 from vmt.evaluation.task_metrics import branch_scores, class_scores, completion_scores, conditional_log_likelihood
 
-__all__ = ["run_task", "evaluate_task", "sample_many", "vae_log_likelihood", "vmt_row", "REGRESSION_XS"]
+__all__ = ["run_task", "evaluate_task", "sample_many", "vae_log_likelihood", "ebm_log_likelihood", "vmt_row",
+           "REGRESSION_XS", "EST_PATHS"]
 
 #: The inputs at which the 1-D task's samples are compared with the truth.
 REGRESSION_XS = (0.5, 1.5, 2.5, 3.5)
+#: Proposal paths per distinct ``x`` of the EBM's ``log Ẑ(x)`` estimate.
+EST_PATHS = 1000
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -102,14 +109,33 @@ def vae_log_likelihood(vae, x, y, num_samples: int = 256, seed: int = 0, chunk: 
             "num_samples": num_samples}
 
 
+def ebm_log_likelihood(teacher, x, y, num_samples: int = EST_PATHS, seed: int = 0) -> Dict[str, Any]:
+    r"""The EBM's held-out $\log p(y \mid x)$ estimated from proposal paths, averaged over rows.
+
+    ``teacher.log_prob(y, x)``: $-E(y \mid x) - \log \hat Z(x)$ with $\hat Z(x)$ the mean
+    of ``num_samples`` path weights at each distinct ``x`` (biased *high*: the log-mean-exp
+    underestimates $\log Z$). ``est_log_z_se`` is the median over rows of the standard
+    error of $\log \hat Z(x)$.
+    """
+    lp, se = teacher.log_prob(y, x, num_samples=num_samples, rng=seed)
+    return {"est_log_likelihood": float(lp.mean()), "est_log_z_se": float(np.median(se)),
+            "est_method": f"{num_samples} proposal paths per x (log-mean-exp: biased high)"}
+
+
+def _vae_est(teacher, task: ConditionalTask, seed: int) -> Dict[str, float]:
+    ll = vae_log_likelihood(teacher.vae, task.x_test, task.y_test, seed=seed)
+    return {"est_log_likelihood": ll["log_likelihood"], "est_method": "importance sampling, encoder as proposal"}
+
+
 # ---------------------------------------------------------------------- the three evaluations
 def _completion(teacher, task: ConditionalTask, recipe, seed: int, k: int, out: Optional[Path]) -> dict:
     classifier = DigitClassifier(seed=seed).fit(assemble_digits(task.x_train, task.y_train), task.train_labels)
     ebm = sample_many(teacher, task.x_test, k, seed=seed)
     vae = sample_many(teacher, task.x_test, k, num_steps=0, seed=seed)
     regressor = fit_regressor(task, recipe.hidden, seed).predict(task.x_test)[None].astype(np.float32)
-    rows = {vmt_row(teacher): completion_scores(ebm, task, classifier),
-            "CVAE alone": completion_scores(vae, task, classifier),
+    rows = {vmt_row(teacher): dict(completion_scores(ebm, task, classifier),
+                                   **ebm_log_likelihood(teacher, task.x_test, task.y_test, seed=seed)),
+            "CVAE alone": dict(completion_scores(vae, task, classifier), **_vae_est(teacher, task, seed)),
             "MLP regressor (squared error)": completion_scores(regressor, task, classifier),
             "nearest training pairs": completion_scores(nearest_completions(task, k), task, classifier)}
     if out is not None:
@@ -132,8 +158,9 @@ def _class(teacher, task: ConditionalTask, seed: int, out: Optional[Path]) -> di
     to_numpy = backend_of(teacher).to_numpy
     ebm = to_numpy(teacher.sample(x, rng=seed, **_exact(teacher)))
     vae = to_numpy(teacher.sample(x, num_steps=0, rng=seed))
-    rows = {vmt_row(teacher): class_scores(ebm, labels, task, classifier),
-            "CVAE alone": class_scores(vae, labels, task, classifier),
+    rows = {vmt_row(teacher): dict(class_scores(ebm, labels, task, classifier),
+                                   **ebm_log_likelihood(teacher, task.x_test, task.y_test, seed=seed)),
+            "CVAE alone": dict(class_scores(vae, labels, task, classifier), **_vae_est(teacher, task, seed)),
             "real training digits": class_scores(task.y_train, task.train_labels, task, classifier)}
     if out is not None:
         from vmt.evaluation.plots import plot_digits
@@ -158,7 +185,8 @@ def _regression(teacher, task: ConditionalTask, seed: int, m: int, out: Optional
         ebm_ll["mean_branch_mass_error"] = float(np.abs(above - 0.5).mean())  # truth: 0
     except ValueError as e:  # a diverged or too-sharp energy: reported, not hidden
         ebm_ll = {"log_likelihood": float("nan"), "error": str(e)}
-    lls = {vmt_row(teacher): dict(ebm_ll, method="exact (quadrature over y) of the EBM"),
+    lls = {vmt_row(teacher): dict(ebm_ll, method="exact (quadrature over y) of the EBM",
+                                  **ebm_log_likelihood(teacher, task.x_test, task.y_test, seed=seed)),
            "CVAE alone": dict(vae_log_likelihood(teacher.vae, task.x_test, task.y_test, seed=seed),
                               method="importance sampling, encoder as proposal"),
            "MDN": {"log_likelihood": float(mdn.log_prob(task.y_test, task.x_test).mean()), "method": "exact"}}
