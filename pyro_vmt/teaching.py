@@ -226,7 +226,11 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
                 loss.backward()
                 if self.vae_optim is not None:
                     v_loss.backward()
-            stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin]
+            nan = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
+            mh_info = ((nan, nan, nan) if minfo is None or failed is not None
+                       else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate))
+            stats = [loss.detach(), e_data.detach().mean(), e_samp.detach().mean(), v_loss.detach(), *langevin,
+                     *(m.detach().to(loss.dtype) for m in mh_info)]
             if self._group is not None:  # gradients and reported means, averaged over the ranks (one all_reduce)
                 stats = distributed.average(self._group, [self.energy, self.vae], stats)
             loss = stats[0]
@@ -281,9 +285,7 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
             self.buffer[starts.slots] = x_tilde
         self.chains = chains
         self.iteration += 1
-        nan = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
-        mh_info = (nan, nan, nan) if minfo is None else (minfo.acceptance_rate, minfo.weight_ess, minfo.crossing_rate)
-        return TeachingInfo(*stats, gnorm.detach(), *mh_info)
+        return TeachingInfo(*stats[:6], gnorm.detach(), *stats[6:])
 
     def _raise_unless_finite(self, values: list, n: int, recheck: Optional[Callable[[], Any]]) -> None:
         """The host side of the iteration's one check (``values`` as `_iterate()` stacks them)."""

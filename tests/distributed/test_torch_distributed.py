@@ -46,12 +46,15 @@ def test_checkpoint_holds_every_rank_and_resumes(result):
 
 def test_exact_teaching_shards_the_chains(result):
     """correction="mh" on a mesh: each rank moves its 16 of the 32 chains, the ranks take
-    the same parameter step, the checkpoint holds all 32 and resumes bit for bit, and one
-    process can load it and train on."""
+    the same parameter step and report the same diagnostics (averaged over the ranks),
+    the checkpoint holds all 32 and resumes bit for bit, and one process can load it and
+    train on."""
     assert result["mh_ranks_agree"] == 0.0
     for out in result["rank_outputs"]:
         assert out["mh_chain_rows"] == 16 and out["mh_resumed"] == 0.0
-        assert 0.0 <= out["mh_path_acceptance"] <= 1.0
+        assert 0.0 <= out["mh_diagnostics"][0] <= 1.0 and out["mh_diagnostics"][1] > 0
+    rank0, rank1 = result["rank_outputs"]
+    assert rank0["mh_diagnostics"] == rank1["mh_diagnostics"]
     assert result["mh_ckpt_chain_rows"] == 32 and result["mh_single_chain_rows"] == 32
 
 

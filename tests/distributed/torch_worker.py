@@ -78,7 +78,7 @@ def rank_main(rank, tmp):
         m.step(b)
     m.save(f"{tmp}/mh.ckpt")
     info = m.step(batches()[2])
-    out["mh_path_acceptance"] = float(info.path_acceptance)
+    out["mh_diagnostics"] = [float(info.path_acceptance), float(info.weight_ess), float(info.crossing_rate)]
     out["mh_chain_rows"] = int(m.chains.position.shape[0])
     torch.save(flat(m), f"{tmp}/mh{rank}.pt")
     mq = teacher(mesh, **mh_opts)
