@@ -106,6 +106,15 @@ CODE = ("vmt", "pyro_vmt", "numpyro_vmt", ":(glob)benchmarks/*.py", ":(glob)exam
         "pyproject.toml", ":(exclude)benchmarks/make_report.py", ":(exclude)benchmarks/report_text.py")
 
 
+def timed_recipe(name: str = "grid25"):
+    """The recipe the speed benchmarks time: ``name``'s networks, K, batch and schedule, run
+    plain (``vmt.app.recipes.PLAIN``, every chain from the VAE): the paper's algorithm,
+    which the hand-written loops (``handwritten_torch``, ``handwritten_jax``) implement."""
+    from vmt.app.recipes import PLAIN, get_recipe
+
+    return get_recipe(name).replace(**PLAIN)
+
+
 def same_code(commit: str, paths: Sequence[str] = CODE) -> bool:
     """Whether HEAD's tree equals ``commit``'s in every path of ``paths`` (default `CODE`), so its results still hold."""
     try:

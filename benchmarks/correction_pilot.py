@@ -32,7 +32,6 @@ for f in ("path_acceptance", "weight_ess", "crossing_rate"):
     print(f, np.round([np.nanmean(h[f][i:i+k]) for i in range(0, iters, k)], 3))
 q = heldout_log_likelihood(t.energy.numpy_energy, ds.test, ds.bounds)
 lz, se = t.log_partition(10000, rng=0)
-import math
 if ds.density.modes is not None:
     print("mode mass kl", mode_mass_kl(t.energy.numpy_energy, ds.density.modes, ds.bounds)["kl"])
 print("quadrature loglik", q["log_likelihood"], "quad logZ", q["log_normalizer"], "best", -ds.density.entropy, "logZ est", lz, se, "time", el)

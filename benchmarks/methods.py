@@ -3,10 +3,8 @@
 ==========  ====================================================================
 method      what
 ==========  ====================================================================
-vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): on grid25
-            plain teaching with a quarter of the chains started from noise
-            (``noise_fraction=0.25``), which the paper does not; on 8gaussians,
-            rings, 2spirals and ring8 exact teaching (``vmt.app.recipes.EXACT``)
+vmt         variational MCMC teaching as the recipe runs it (``init="vae"``): on
+            every built-in 2-D data set exact teaching (``vmt.app.recipes.EXACT``)
 vmt_paper   the paper's plain algorithm: the recipe with ``PLAIN`` and
             ``noise_fraction=0`` (every chain from the VAE, the revised proposals
             are the negative samples)

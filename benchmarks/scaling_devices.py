@@ -43,9 +43,7 @@ DEVICES = (1, 2, 4)
 
 
 def _build(mod, batch_rows: int, num_steps: int, mesh=None, seed: int = 0):
-    from vmt.app.recipes import get_recipe
-
-    recipe = get_recipe("grid25").replace(num_steps=num_steps)
+    recipe = common.timed_recipe("grid25").replace(num_steps=num_steps)
     e_net, enc, dec = mod.nets.default_networks((2,), recipe.latent_dim, hidden=recipe.hidden, rng=seed)
     teacher = mod.VariationalMCMCTeaching(
         mod.EnergyModel(e_net, (2,), ref_scale=recipe.ref_scale),

@@ -1,7 +1,7 @@
 """Part 4a of the speed benchmark: time per VMT iteration against K, batch size and data dimension.
 
 Each point is ``teacher.step(batch)`` with one option changed from the base
-configuration (the grid25 recipe: its K, its batch size, 2-D data), timed
+configuration (the grid25 recipe run plain, ``common.timed_recipe``: its K, its batch size, 2-D data), timed
 interleaved with the base configuration in the same process, so the plotted
 number is a ratio: time per iteration relative to the base. Data of dimension d
 are standard normal points; the networks are the recipe's MLPs.
@@ -21,9 +21,7 @@ QUICK_AXES = {"num_steps": [2]}
 
 
 def _base(quick: bool) -> Dict[str, int]:
-    from vmt.app.recipes import get_recipe
-
-    recipe = get_recipe("grid25")
+    recipe = common.timed_recipe("grid25")
     if quick:  # the configuration of speed_train's quick run: its compilation is reused
         return {"num_steps": 3, "batch": 32, "dim": 2}
     return {"num_steps": recipe.config.num_steps, "batch": recipe.batch_size, "dim": 2}
@@ -32,10 +30,8 @@ def _base(quick: bool) -> Dict[str, int]:
 def make_step(backend: str, num_steps: int, batch: int, dim: int, seed: int = 0) -> Callable[[], Any]:
     """``teacher.step`` on a fixed standard normal batch, for the grid25 recipe with K and d changed."""
     from vmt import load_backend
-    from vmt.app.recipes import get_recipe
-
     mod = load_backend("pyro" if backend == "torch" else "numpyro")
-    recipe = get_recipe("grid25").replace(num_steps=num_steps)
+    recipe = common.timed_recipe("grid25").replace(num_steps=num_steps)
     e_net, enc, dec = mod.nets.default_networks((dim,), recipe.latent_dim, hidden=recipe.hidden, rng=seed)
     teacher = mod.VariationalMCMCTeaching(
         mod.EnergyModel(e_net, (dim,), ref_scale=recipe.ref_scale),

@@ -1,6 +1,7 @@
 """Part 3 of the speed benchmark: one VMT iteration through our API against a hand-written one.
 
-Same data batch, same recipe (read from ``vmt.app.recipes`` at run time), same initial
+Same data batch, same recipe (read from ``vmt.app.recipes`` at run time and run plain,
+``common.timed_recipe``: the algorithm the hand-written loops implement), same initial
 weights (``default_networks`` with the same seed). Torch: ``teacher.step(batch)``
 against :mod:`handwritten_torch` with a hand-written ELBO (the floor) and with
 Pyro's ``Trace_ELBO`` on a minimal model and guide (what a Pyro user would write).
@@ -20,9 +21,7 @@ QUICK_DATA = ["grid25"]
 
 
 def _recipe(name: str, quick: bool):
-    from vmt.app.recipes import get_recipe
-
-    recipe = get_recipe(name)
+    recipe = common.timed_recipe(name)
     return recipe.replace(num_steps=3, batch_size=32) if quick else recipe
 
 

@@ -1,11 +1,13 @@
 """Variational MCMC teaching on a 2-D density with a known log-density.
 
-    python examples/toy2d.py                       # grid25, torch backend
+    python examples/toy2d.py --iters 2000          # grid25, torch backend, a short run
     python examples/toy2d.py --backend numpyro --data 8gaussians
 
-Trains an EBM with a VAE as amortised sampler, then reports the modes covered,
-the fraction of high-quality samples, the EBM's exact held-out log-likelihood
-(by quadrature, next to the true entropy) and writes two pictures.
+Trains an EBM with a VAE as amortised sampler (the data set's recipe: exact
+teaching), then reports the modes covered, the fraction of high-quality samples
+(exact samples of the EBM), the EBM's exact held-out log-likelihood (by quadrature,
+next to the true entropy) and writes two pictures. The recipes' full budgets take
+minutes in JAX and longer in torch on a CPU (``docs/benchmarks.md`` has the times).
 """
 
 import argparse
@@ -17,6 +19,7 @@ from vmt.data import DENSITIES, load_dataset
 from vmt.evaluation.metrics import heldout_log_likelihood, mode_coverage
 from vmt.evaluation.plots import plot_energy_2d, plot_samples_2d
 from vmt.app.recipes import build_teacher, get_recipe
+from vmt.app.scores import EVAL_MH_STEPS
 
 
 def main() -> None:
@@ -40,7 +43,8 @@ def main() -> None:
     print(f"{recipe.num_iters} iterations in {time.perf_counter() - start:.1f}s")
 
     density = dataset.density
-    samples = backend.to_numpy(teacher.sample(5000, rng=args.seed))
+    exact = {"mh_steps": EVAL_MH_STEPS} if recipe.config.correction else {}  # samples of exp(-E)/Z itself
+    samples = backend.to_numpy(teacher.sample(5000, rng=args.seed, **exact))
     if density.modes is not None:
         cov = mode_coverage(samples, density.modes, density.mode_sd)
         print(f"modes covered {cov['modes_covered']}/{cov['num_modes']}, "
