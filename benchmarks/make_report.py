@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import math
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def _pm(values, digits: int = 3):
         return None
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
+    if not all(math.isfinite(v) for v in values):  # e.g. a mode-mass KL of inf: no spread to show
+        return " / ".join(f"{v:.{digits}f}" for v in values)
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
