@@ -165,8 +165,12 @@ def cli_cases(w: World) -> list:
             for v in REAL_VALUES:
                 valid = v == "0" and zero_ok
                 expect = OK if valid else re.escape(f"argument {flag}: must")
-                cases.append((b, f"train {flag} {v}", base + [flag, v] + (["--print-recipe"] if valid else []),
-                              expect))
+                # a noise-free revision is valid for plain teaching only (the default recipe is exact)
+                plain = ["--correction", "none"] if valid and flag == "--noise-scale" else []
+                cases.append((b, f"train {flag} {v}" + (" --correction none" if plain else ""),
+                              base + [flag, v] + plain + (["--print-recipe"] if valid else []), expect))
+        cases.append((b, "train --noise-scale 0 (exact recipe)", base + ["--noise-scale", "0"],
+                      re.escape("correction='mh' needs noise_scale > 0")))
         for v in ["0", "-1", "a,b", "", "8,,8", "2.5"]:
             cases.append((b, f"train --hidden {v!r}", base + ["--hidden", v], "argument --hidden: must be"))
         for v in ["0,0", "a", "28", "-1,4"]:
