@@ -7,7 +7,8 @@ fresh draws each iteration (``taught``, the paper's update), with persistent cha
 (``taught_persistent``, ``persistent=True``), with persistent chains and a dense mass
 matrix learned from their history (``taught_dense``, ``precondition="dense"``), and by
 ``SVI(Trace_ELBO)``, all at the same number of gradient evaluations of the model and
-with the same Adam learning-rate schedule, and
+with the same Adam learning-rate schedule and the same Polyak–Ruppert averaging of
+the parameters over the second half of the updates (``average_from``), and
 its draws are compared with the ground truth: analytic moments for the Gaussian and
 the banana, a long NUTS run (4 chains x 1000 draws after 500 warmup, seed 12345) otherwise.
 
@@ -241,7 +242,7 @@ def main():
             teachers[label] = MCMCTeaching(model, guides[label],
                                            optax.adam(optax.exponential_decay(lr, iters, args.lr_decay), b2=0.9),
                                            num_steps=K, num_particles=n, persistent=persistent,
-                                           precondition=precondition)
+                                           precondition=precondition, average_from=iters // 2)
         guide_s = AutoNormal(model)
         svi_steps = evals // n_svi
         svi = SVI(model, guide_s, optax.adam(optax.exponential_decay(lr, svi_steps, args.lr_decay)),
@@ -261,9 +262,13 @@ def main():
                 row[label + "_cpu_s"] = time.process_time() - t
             t = time.process_time()
             state = svi.init(jax.random.key(seed))
-            for _ in range(svi_steps):
+            average = None  # the mean of the iterates after svi_steps // 2, as MCMCTeaching's average_from
+            for i in range(svi_steps):
                 state, _ = svi_update(state)
-            svi_params = svi.get_params(state)
+                if i >= svi_steps // 2:
+                    live, k = svi.optim.get_params(state.optim_state), i + 1 - svi_steps // 2
+                    average = live if average is None else jax.tree.map(lambda a, b: a + (b - a) / k, average, live)
+            svi_params = svi.constrain_fn(average)
             row["svi_cpu_s"] = time.process_time() - t
             fitted["svi"] = (guide_s, svi_params)
             for label, (guide, params) in fitted.items():

@@ -34,6 +34,19 @@ dual averaging (``numpyro.infer.hmc_util.dual_averaging``, as in the kernel) tow
 step size, keeps changing), or during the first ``adapt_iterations`` updates and
 then fixed at the averaged value.
 
+With ``average_from`` $= t_0$ the guide's parameters are also averaged over the
+iterates (Polyak–Ruppert averaging; Polyak & Juditsky, SIAM J. Control Optim. 30, 1992):
+after update $T > t_0$,
+
+$$
+\bar\phi_T = \frac{1}{T - t_0} \sum_{t = t_0 + 1}^{T} \phi_t
+$$
+
+in the optimiser's unconstrained coordinates, and
+[`MCMCTeaching.get_params()`][numpyro_vmt.guide_teaching.MCMCTeaching.get_params] returns $\bar\phi_T$. Training
+itself follows the live iterates $\phi_t$; the average removes the noise the revised
+draws put into each step, which a decaying learning rate removes only slowly.
+
 The state is one value, [`MCMCTeachingState`][numpyro_vmt.guide_teaching.MCMCTeachingState] (the ``SVIState`` of the guide's
 parameters, the step size and its tuner, the diagnostics of the last update), and
 [`MCMCTeaching.update()`][numpyro_vmt.guide_teaching.MCMCTeaching.update] is a pure function of it, so it can be jitted.
@@ -98,7 +111,8 @@ class MCMCTeachingState(NamedTuple):
     """Training state: ``svi_state`` (guide/model params, optimiser, key), the step size
     ``δ``, the dual-averaging state, the iteration count, the last [`MCMCTeachingInfo`][numpyro_vmt.guide_teaching.MCMCTeachingInfo]
     and, with ``persistent=True``, the chains' unconstrained values ``(n, D)`` (``None`` otherwise);
-    with ``precondition="dense"``, the [`DenseMass`][numpyro_vmt.mass.DenseMass] (``None`` otherwise)."""
+    with ``precondition="dense"``, the [`DenseMass`][numpyro_vmt.mass.DenseMass] (``None`` otherwise); with
+    ``average_from``, the running mean of the optimiser's (unconstrained) parameters (``None`` otherwise)."""
 
     svi_state: SVIState
     step_size: Any
@@ -107,6 +121,7 @@ class MCMCTeachingState(NamedTuple):
     info: MCMCTeachingInfo
     chains: Any = None
     mass: Any = None
+    average: Any = None
 
 
 def _guide_scale(x):
@@ -174,6 +189,11 @@ class MCMCTeaching:
         and the guide learns from their states — the forward-KL fit, exact in the limit
         of many updates whatever ``K`` (see [`pyro_vmt.guide_teaching`][pyro_vmt.guide_teaching]).
         Needs every latent value to persist: no subsampling plates.
+    average_from : int or None
+        ``t₀``: from update ``t₀ + 1`` on, keep the running mean of the guide's
+        parameters (Polyak–Ruppert iterate averaging), which `get_params()` and `run()`
+        return once it has begun; e.g. half the number of updates. ``None`` (default):
+        the last iterate, as ``SVI``.
 
     Examples
     --------
@@ -190,7 +210,8 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False):
+                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False,
+                 average_from: Optional[int] = None):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -206,6 +227,7 @@ class MCMCTeaching:
         self.precondition = bool(precondition)
         self.dense = precondition == "dense"
         self.persistent = bool(persistent)
+        self.average_from = None if average_from is None else as_count("average_from", average_from, minimum=0)
         self._svi = SVI(model, guide, optim, Trace_ELBO(num_particles=num_particles))
         self._latent, self._jitted = None, None
 
@@ -216,7 +238,7 @@ class MCMCTeaching:
         if key is None:
             raise ValueError("rng is required: pass a jax.random key or an int seed")
         svi_state = self._svi.init(key, *args, **kwargs)
-        params = self.get_params(MCMCTeachingState(svi_state, None, None, None, None))
+        params = self._svi.get_params(svi_state)
         self._latent = self._latent_sites(jax.random.PRNGKey(0), params, args, kwargs)
         chains, mass = None, None
         dtype = jnp.result_type(float)
@@ -232,12 +254,18 @@ class MCMCTeaching:
         step = jnp.asarray(self.step_size, dtype)
         nan = jnp.full((), jnp.nan, dtype)
         info = MCMCTeachingInfo(nan, nan, nan, nan, step, nan, jnp.zeros((), jnp.int32))
+        average = None if self.average_from is None else self._svi.optim.get_params(svi_state.optim_state)
         return MCMCTeachingState(svi_state, step, da_init(jnp.log(10.0 * step)), jnp.zeros((), jnp.int32), info,
-                                 chains, mass)
+                                 chains, mass, average)
 
     def get_params(self, state: MCMCTeachingState) -> dict:
-        """Constrained values of the ``param`` sites of the guide and the model."""
-        return self._svi.get_params(state.svi_state)
+        """Constrained values of the ``param`` sites of the guide and the model: their average over
+        the updates after ``average_from`` once there is one, else the current ones. Jit-able."""
+        live = self._svi.get_params(state.svi_state)
+        if self.average_from is None or state.average is None:
+            return live
+        started = state.iteration > self.average_from
+        return jax.tree.map(lambda a, b: jnp.where(started, a, b), self._svi.constrain_fn(state.average), live)
 
     def update(self, state: MCMCTeachingState, *args: Any, **kwargs: Any):
         """One draw–revise–update iteration: ``(new state, loss)``. Pure; jit-able."""
@@ -276,7 +304,7 @@ class MCMCTeaching:
         n = self.num_particles
         svi_state = state.svi_state
         rng_key, k_sub, k_draw, k_rev, k_elbo = jax.random.split(svi_state.rng_key, 5)
-        params = self.get_params(state)
+        params = self._svi.get_params(svi_state)  # the live iterate (not the average) is trained
         sub = self._subsample(k_sub, params, args, kwargs)
         guide = handlers.substitute(self.guide, data=sub)
         model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
@@ -346,8 +374,13 @@ class MCMCTeaching:
             da = jax.tree.map(lambda a, b: jnp.where(ok & installed, a, b), da_init(jnp.log(10.0 * step)), da)
         # the chains move on only with the parameters (a failed update leaves both as they were)
         chains = jnp.where(ok, x_k, state.chains) if self.persistent else None
+        average = state.average
+        if self.average_from is not None:  # φ̄ ← φ̄ + (φ_t − φ̄) / (t − t₀), from t = t₀ + 1 on
+            w = jnp.where(ok & (i >= self.average_from), 1.0 / jnp.maximum(i + 1 - self.average_from, 1), 0.0)
+            average = jax.tree.map(lambda a, b: a + (w * (b - a)).astype(a.dtype), average,
+                                   optim.get_params(optim_state))
         new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info,
-                                chains, mass)
+                                chains, mass, average)
         return new, loss
 
     # ------------------------------------------------------------------ helpers

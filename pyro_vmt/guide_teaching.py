@@ -51,6 +51,15 @@ and of Pyro's HMC) toward ``target_accept_prob`` on the mean acceptance of each
 revision: at every step by default (the guide, and with it the best step size,
 keeps changing), or during the first ``adapt_iterations`` steps and then fixed.
 
+With ``average_from`` $= t_0$ the guide's parameters are also averaged over the
+iterates (Polyak–Ruppert averaging; Polyak & Juditsky, SIAM J. Control Optim. 30, 1992):
+after step $T > t_0$, $\bar\phi_T = \frac{1}{T - t_0} \sum_{t = t_0 + 1}^{T} \phi_t$ in
+the unconstrained coordinates the optimiser updates. Training follows the live
+iterates $\phi_t$; `MCMCTeaching.averaged()` puts $\bar\phi_T$ in their place for
+as long as its ``with`` block lasts, and `MCMCTeaching.run()` leaves it there. The
+average removes the noise the revised draws put into each step, which a decaying
+learning rate removes only slowly.
+
 Local latent variables and subsampling plates (``pyro.plate(..., subsample_size=b)``)
 work: the subsample indices are drawn once per step (from the guide's plates, then
 the model's) and held fixed for the draws, the ``K`` revision steps and the update.
@@ -64,6 +73,7 @@ auxiliary variables). ``AutoDelta`` has no density and is refused.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -171,6 +181,11 @@ class MCMCTeaching:
         from step to step (started from the guide), and the guide learns from their
         states — the forward-KL fit, exact in the limit of many steps whatever ``K``.
         Needs every latent value to persist: no subsampling plates.
+    average_from : int or None
+        ``t₀``: from step ``t₀ + 1`` on, keep the running mean of the guide's parameters
+        (Polyak–Ruppert iterate averaging), which `averaged()` swaps in and `run()`
+        leaves in place; e.g. half the number of steps. ``None`` (default): the last
+        iterate, as ``SVI``.
 
     Examples
     --------
@@ -188,7 +203,8 @@ class MCMCTeaching:
     def __init__(self, model: Callable, guide: Callable, optim: Any, num_steps: int = 20,
                  step_size: float = 0.1, adjust: bool = True, noise_scale: float = 1.0,
                  num_particles: int = 16, elbo_weight: float = 0.0, adapt_iterations: Optional[int] = None,
-                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False):
+                 target_accept_prob: float = 0.574, precondition: bool | str = True, persistent: bool = False,
+                 average_from: Optional[int] = None):
         if isinstance(guide, AutoDelta):
             raise ValueError("AutoDelta is a point mass: it has no density to raise at the revised draws")
         num_particles, elbo_weight, adapt_iterations, target_accept_prob = _check(
@@ -206,6 +222,8 @@ class MCMCTeaching:
         self.persistent = bool(persistent)
         self.chains: Optional[torch.Tensor] = None  # persistent=True: the particles' unconstrained values (n, D)
         self.iteration, self.last_info = 0, None
+        self.average_from = None if average_from is None else as_count("average_from", average_from, minimum=0)
+        self._average: Dict[torch.Tensor, list] = {}  # unconstrained param -> [running mean, count]
         self._revised: Optional[torch.Tensor] = None  # the last update's revised particles (n, D)
         self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations != 0 else None
 
@@ -218,6 +236,12 @@ class MCMCTeaching:
         """
         loss, info = self._iterate(True, args, kwargs)
         self.last_info = info
+        if self.average_from is not None and self.iteration > self.average_from:
+            with torch.no_grad():  # φ̄ ← φ̄ + (φ_t − φ̄) / (t − t₀), from t = t₀ + 1 on
+                for p in self._stepped:
+                    entry = self._average.setdefault(p, [p.detach().clone(), 0])
+                    entry[1] += 1
+                    entry[0].add_(p.detach() - entry[0], alpha=1.0 / entry[1])
         adapting = self.adapt_iterations is None or self.iteration <= self.adapt_iterations
         if self._da is not None and adapting:
             self._da.step(self.target_accept_prob - float(info.acceptance_rate))
@@ -232,6 +256,27 @@ class MCMCTeaching:
             self._da = DualAveraging(prox_center=math.log(10 * self.step_size))
         return loss
 
+    @contextlib.contextmanager
+    def averaged(self):
+        """``with teaching.averaged(): ...``: the guide's parameters at their running mean (see
+        ``average_from``) inside the block, e.g. for ``Predictive``; the live values after it.
+        Without an average yet (``average_from`` unset or not reached), the live values."""
+        live = self._swap_in_averages()
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for p, value in live:
+                    p.copy_(value)
+
+    def _swap_in_averages(self) -> list:
+        """Copy the averages into the parameters; returns ``[(param, its live value)]``."""
+        with torch.no_grad():
+            live = [(p, p.detach().clone()) for p in self._average]
+            for p, (mean, _) in self._average.items():
+                p.copy_(mean)
+        return live
+
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
         """The loss of `step()` (a fresh draw and revision) without updating anything."""
         return self._iterate(False, args, kwargs)[0]
@@ -240,6 +285,7 @@ class MCMCTeaching:
         """``num_steps`` calls of `step()` under a fork of torch's RNG seeded from ``rng``.
 
         Returns the losses, shape ``(num_steps,)``. The caller's global RNG is left as it was.
+        With ``average_from``, the guide's parameters are left at their average (see `averaged()`).
         """
         gen = as_rng(rng)
         if gen is None:
@@ -247,7 +293,9 @@ class MCMCTeaching:
         seed = int(torch.randint(2 ** 62, (1,), generator=gen))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return torch.tensor([self.step(*args, **kwargs) for _ in range(check_num_steps(num_steps))])
+            losses = torch.tensor([self.step(*args, **kwargs) for _ in range(check_num_steps(num_steps))])
+        self._swap_in_averages()
+        return losses
 
     def _iterate(self, update: bool, args: tuple, kwargs: dict) -> Tuple[float, MCMCTeachingInfo]:
         sub, latent, nest, model_trace = self._prototype(args, kwargs)
@@ -307,6 +355,7 @@ class MCMCTeaching:
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
             self.optim(params)
             zero_grads(params)
+            self._stepped = params
             self.iteration += 1
         info = MCMCTeachingInfo(float(loss.detach()), float(log_q.detach()), float(elbo.detach()), float(rev.acceptance_rate.mean()),
                                 self.step_size, float(grad_u(state.grad).norm(dim=1).mean()),

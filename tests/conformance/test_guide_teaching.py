@@ -66,6 +66,36 @@ class PyroBackend:
             svi.step(*self.data)
         return guide
 
+    def iterates(self, iters, **kw):
+        """The unconstrained ``(loc, scale)`` of ``th`` after each `step()`, inside `averaged()`,
+        after it, and after a `run()` of the same length."""
+        from torch.distributions import biject_to
+
+        from pyro_vmt import MCMCTeaching
+
+        def read(guide):
+            loc, scale = guide._get_loc_and_scale("th")
+            return np.concatenate([loc.detach().numpy(), biject_to(guide.scale_constraint).inv(scale).detach().numpy()])
+
+        def fresh():  # the global RNG as run(0) seeds it, so that both loops take the same draws
+            self.pyro.clear_param_store()
+            torch = self.torch
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(0))))
+            guide = self.autonormal()(self.gaussian_model)
+            return guide, MCMCTeaching(self.gaussian_model, guide, self.pyro.optim.Adam({"lr": 0.05}), **kw)
+
+        guide, teaching = fresh()
+        live = []
+        for _ in range(iters):
+            teaching.step(*self.data)
+            live.append(read(guide))
+        with teaching.averaged():
+            averaged = read(guide)
+        after = read(guide)
+        guide, teaching = fresh()
+        teaching.run(0, iters, *self.data)
+        return np.array(live), averaged, after, read(guide)
+
     def mean_field(self, guide, _=None):
         loc, scale = guide._get_loc_and_scale("th")
         return loc.detach().numpy(), scale.detach().numpy() ** 2
@@ -128,6 +158,32 @@ class NumPyroBackend:
             jax.random.key(0), iters, *self.data, progress_bar=False)
         self.params = result.params
         return guide
+
+    def iterates(self, iters, **kw):
+        """As ``PyroBackend.iterates``: the live values after each `update()`, `get_params()`,
+        the live values once more, and `run()`'s params."""
+        import jax
+        import optax
+        from numpyro.distributions import biject_to
+        from numpyro.infer import SVI, Trace_ELBO
+
+        from numpyro_vmt import MCMCTeaching
+
+        guide = self.autonormal()(self.gaussian_model)
+        teaching = MCMCTeaching(self.gaussian_model, guide, optax.adam(0.05), **kw)
+        plain = SVI(self.gaussian_model, guide, optax.adam(0.05), Trace_ELBO())  # reads the live params
+        plain.init(jax.random.key(0), *self.data)
+
+        def read(params):
+            scale = biject_to(guide.scale_constraint).inv(params["th_auto_scale"])
+            return np.concatenate([np.asarray(params["th_auto_loc"]), np.asarray(scale)])
+
+        state, live = teaching.init(0, *self.data), []
+        for _ in range(iters):
+            state, _ = teaching.update(state, *self.data)
+            live.append(read(plain.get_params(state.svi_state)))
+        ran = teaching.run(0, iters, *self.data).params
+        return np.array(live), read(teaching.get_params(state)), live[-1], read(ran)
 
     def mean_field(self, guide, _=None):
         return np.asarray(self.params["th_auto_loc"]), np.asarray(self.params["th_auto_scale"]) ** 2
@@ -240,6 +296,21 @@ def test_step_size_adapts_toward_target(backend):
 
 
 @pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_average_is_the_mean_of_the_iterates_after_average_from(backend):
+    """Polyak–Ruppert averaging: exactly the arithmetic mean of the unconstrained iterates
+    of updates t0+1..T; training itself follows the live iterates; run() gives the average."""
+    b = _backend(backend)
+    iters, t0 = 20, 8
+    live, averaged, after, ran = b.iterates(iters, num_steps=3, num_particles=8, average_from=t0)
+    np.testing.assert_allclose(averaged, live[t0:].mean(0), rtol=1e-5, atol=1e-6)
+    assert np.abs(averaged - live[-1]).max() > 1e-3  # it is not the last iterate
+    np.testing.assert_array_equal(after, live[-1])  # the live values are back (Pyro) / untouched (NumPyro)
+    np.testing.assert_allclose(ran, averaged, rtol=1e-5, atol=1e-6)  # run() leaves / returns the average
+    live, averaged, _, _ = b.iterates(4, num_steps=3, num_particles=8, average_from=4)
+    np.testing.assert_array_equal(averaged, live[-1])  # no average before update t0 + 1
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
 def test_rejects_point_mass_and_bad_options(backend):
     b = _backend(backend)
     mod = pytest.importorskip(f"{backend}_vmt")
@@ -249,3 +320,5 @@ def test_rejects_point_mass_and_bad_options(backend):
         mod.MCMCTeaching(b.gaussian_model, b.autonormal()(b.gaussian_model), None, num_particles=0)
     with pytest.raises(ValueError, match="elbo_weight"):
         mod.MCMCTeaching(b.gaussian_model, b.autonormal()(b.gaussian_model), None, elbo_weight=-1.0)
+    with pytest.raises(ValueError, match="average_from"):
+        mod.MCMCTeaching(b.gaussian_model, b.autonormal()(b.gaussian_model), None, average_from=-1)

@@ -27,8 +27,9 @@ ONLY_NUMPYRO["LangevinKernel"] = {"init", "sample", "postprocess_fn", "get_diagn
 # global RNG, sample(key, sample_shape) from a key; Pyro's expand is overridden.
 ONLY_PYRO["EnergyDistribution"] = {"sample", "expand"}
 ONLY_NUMPYRO["EnergyDistribution"] = {"sample"}
-# MCMCTeaching follows each PPL's SVI: Pyro's stateful step, NumPyro's init/update/get_params.
-ONLY_PYRO["MCMCTeaching"] = {"step", "evaluate_loss"}
+# MCMCTeaching follows each PPL's SVI: Pyro's stateful step, NumPyro's init/update/get_params
+# (the averaged parameters: `get_params` in NumPyro, `averaged()` swaps them into Pyro's params).
+ONLY_PYRO["MCMCTeaching"] = {"step", "evaluate_loss", "averaged"}
 ONLY_NUMPYRO["MCMCTeaching"] = {"init", "update", "get_params", "evaluate_loss"}
 ONLY_PYRO_INIT = {"LangevinKernel": {"transforms", "max_plate_nesting", "num_chains", "vectorize", "rng"},
                   # torch.compile of the Langevin loop (JAX always jits the whole iteration)
