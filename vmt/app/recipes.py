@@ -147,8 +147,8 @@ RECIPES = {
     # teaching on every 2-D data set: it won over three seeds (docs/benchmarks.md,
     # docs/theory.md): the held-out log-likelihood within 0.3 nats of the truth's where
     # plain teaching's EBM is a spike or lost modes. grid25's 25 sharp modes need twice
-    # the budget to narrow (high-quality fraction 0.63–0.83 at 10k iterations, 0.82–0.95 at 20k).
-    "grid25": _toy("grid25", num_iters=30_000, **EXACT),
+    # the budget to narrow (high-quality fraction 0.63–0.83 at 10k iterations, 0.90–0.95 at 20k).
+    "grid25": _toy("grid25", num_iters=20_000, **EXACT),
     "8gaussians": _toy("8gaussians", step_size=0.25, **EXACT),
     "ring8": _toy("ring8", step_size=0.008, **EXACT),
     "rings": _toy("rings", step_size=0.06, **EXACT),
