@@ -7,9 +7,10 @@ fresh draws each iteration (``taught``, the paper's update), with persistent cha
 (``taught_persistent``, ``persistent=True``), with persistent chains and a dense mass
 matrix learned from their history (``taught_dense``, ``precondition="dense"``), and by
 ``SVI(Trace_ELBO)``, all at the same number of gradient evaluations of the model and
-with the same Adam learning-rate schedule and the same Polyak–Ruppert averaging of
-the parameters over the second half of the updates (``average_from``), and
-its draws are compared with the ground truth: analytic moments for the Gaussian and
+with the same Adam learning-rate schedule, and scored twice: with its parameters
+averaged over the second half of the updates (Polyak–Ruppert, ``average_from``; SVI
+by the same running mean) and at the last iterate (labels ending ``_last``). Its
+draws are compared with the ground truth: analytic moments for the Gaussian and
 the banana, a long NUTS run (4 chains x 1000 draws after 500 warmup, seed 12345) otherwise.
 
 Per target and method, over seeds (mean ± sd):
@@ -215,6 +216,12 @@ def main():
 
     from numpyro_vmt import LangevinKernel, MCMCTeaching, initial_params_from_guide
 
+    def live_params(model, guide, svi_state):
+        """The last iterate's constrained params (``MCMCTeaching.get_params`` gives the average)."""
+        reader = SVI(model, guide, optax.adam(0.0), Trace_ELBO())
+        reader.init(jax.random.key(0))
+        return reader.get_params(svi_state)
+
     quick = args.quick
     # many short revisions: a guide scale that must grow 100-fold (the banana's) needs optimiser steps
     iters, K, n, n_svi = (30, 5, 8, 8) if quick else (1000, 4, 16, 8)
@@ -258,7 +265,9 @@ def main():
             fitted = {}
             for label, teaching in teachers.items():
                 t = time.process_time()
-                fitted[label] = (guides[label], teaching.run(seed, iters).params)
+                result = teaching.run(seed, iters)
+                fitted[label] = (guides[label], result.params,
+                                 live_params(model, guides[label], result.state.svi_state))
                 row[label + "_cpu_s"] = time.process_time() - t
             t = time.process_time()
             state = svi.init(jax.random.key(seed))
@@ -268,10 +277,10 @@ def main():
                 if i >= svi_steps // 2:
                     live, k = svi.optim.get_params(state.optim_state), i + 1 - svi_steps // 2
                     average = live if average is None else jax.tree.map(lambda a, b: a + (b - a) / k, average, live)
-            svi_params = svi.constrain_fn(average)
             row["svi_cpu_s"] = time.process_time() - t
-            fitted["svi"] = (guide_s, svi_params)
-            for label, (guide, params) in fitted.items():
+            fitted["svi"] = (guide_s, svi.constrain_fn(average), svi.get_params(state))
+            for label, (guide, params, last) in fitted.items():
+                row[label + "_last"] = score(guide_moments(model, guide, last, seed), refs[name])
                 row[label] = score(guide_moments(model, guide, params, seed), refs[name])
                 init = initial_params_from_guide(guide, model, chains, seed, params=params)
                 mala.run(jax.random.key(100 + seed), init_params=init)
@@ -283,7 +292,8 @@ def main():
             grads = warm_grads + int(np.sum(nuts.get_extra_fields()["num_steps"]))
             row["nuts_ess_per_grad"] = min_ess(nuts.get_samples(group_by_chain=True)) / grads
             rows.append(row)
-            print(name, seed, {label: {m: round(row[label][m], 3) for m in METRICS} for label in LABELS},
+            print(name, seed, {label: {m: round(row[label][m], 3) for m in METRICS if m in row[label]}
+                               for label in LABELS + LAST},
                   "nuts", row["nuts_ess_per_grad"], flush=True)
         # written after every target, so a long run keeps what it has finished
         summary = summarise(rows, [t for t in targets if t in refs])
@@ -299,6 +309,7 @@ def main():
 
 
 LABELS = ("taught", "taught_persistent", "taught_dense", "svi")
+LAST = tuple(label + "_last" for label in LABELS)  # the same runs at their last iterate (no MALA run)
 SCORES = ("mean_err_max", "mean_err_mean", "sd_ratio_min", "sd_ratio_median", "sd_ratio_max", "sd_in_band")
 METRICS = SCORES + tuple(k + "_u" for k in SCORES) + ("mala_ess_per_grad",)
 
@@ -312,7 +323,8 @@ def summarise(rows, targets):
     out = {}
     for name in targets:
         rs = [r for r in rows if r["target"] == name]
-        out[name] = {label: {m: _ms([r[label][m] for r in rs]) for m in METRICS} for label in LABELS}
+        out[name] = {label: {m: _ms([r[label][m] for r in rs]) for m in METRICS if m in rs[0][label]}
+                     for label in LABELS + LAST}
         out[name]["nuts_ess_per_grad"] = _ms([r["nuts_ess_per_grad"] for r in rs])
         out[name]["grad_evals"] = rs[0]["grad_evals"]
     return out
@@ -327,11 +339,12 @@ def print_table(summary):
               " MALA ESS/grad |")
         print("|---|---|---|---|---|---|")
         for name, s in summary.items():
-            for label in LABELS:
+            for label in LABELS + LAST:
                 d = s[label]
+                ess = f(d["mala_ess_per_grad"]) if "mala_ess_per_grad" in d else ""
                 print(f"| {name} | {label} | {f(d['mean_err_max' + u])} | {f(d['sd_ratio_min' + u])} / "
                       f"{f(d['sd_ratio_median' + u])} / {f(d['sd_ratio_max' + u])} | {f(d['sd_in_band' + u])} | "
-                      f"{f(d['mala_ess_per_grad'])} |")
+                      f"{ess} |")
             if "moment_matched" in s:
                 d = s["moment_matched"]
                 print(f"| {name} | moment-matched mean-field (limit) | {f(d['mean_err_max' + u])} | "

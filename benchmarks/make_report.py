@@ -143,7 +143,7 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
                 f"{rec['batch_size']} chains, step size {cfg['step_size']}, ref_scale {rec['ref_scale']}, "
                 f"noise_fraction {cfg.get('noise_fraction', 0)} (for `vmt` and `generator`), learning rates "
                 f"decayed to {cfg.get('lr_final_ratio')}×, correction {cfg.get('correction') or 'none'}"
-                + (f" (`vmt` = `vmt_mh`; the baselines and `vmt_paper` plain)" if cfg.get("correction") else "")
+                + (" (`vmt` = `vmt_mh`; the baselines and `vmt_paper` plain)" if cfg.get("correction") else "")
                 + ".", ""]
         table = []
         keys = sorted({(r["backend"], r["method"]) for r in rows if r["data"] == name},
@@ -277,8 +277,11 @@ def kernels_table(kernels: Dict[str, Any], docs: Path) -> Path:
 
 
 GUIDE_START, GUIDE_END = "<!-- guide-teaching:start -->", "<!-- guide-teaching:end -->"
-GUIDE_LABELS = {"taught": "taught", "taught_persistent": "taught, persistent",
-                "taught_dense": "taught, persistent, dense mass", "svi": "SVI",
+GUIDE_LABELS = {"taught": "taught", "taught_last": "taught (last iterate)",
+                "taught_persistent": "taught, persistent", "taught_persistent_last": "taught, persistent (last iterate)",
+                "taught_dense": "taught, persistent, dense mass",
+                "taught_dense_last": "taught, persistent, dense mass (last iterate)",
+                "svi": "SVI", "svi_last": "SVI (last iterate)",
                 "moment_matched": "moment-matched mean-field (limit)"}
 
 
