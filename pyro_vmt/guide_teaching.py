@@ -224,6 +224,7 @@ class MCMCTeaching:
         self.iteration, self.last_info = 0, None
         self.average_from = None if average_from is None else as_count("average_from", average_from, minimum=0)
         self._average: Dict[torch.Tensor, list] = {}  # unconstrained param -> [running mean, count]
+        self._stepped: set = set()  # the unconstrained params the last update changed
         self._revised: Optional[torch.Tensor] = None  # the last update's revised particles (n, D)
         self._da = DualAveraging(prox_center=math.log(10 * self.step_size)) if self.adapt_iterations != 0 else None
 
