@@ -68,13 +68,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
-from numpyro.distributions import biject_to
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoContinuous, AutoDelta
+from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.svi import SVIRunResult, SVIState
-from numpyro.infer.util import log_density, potential_energy
+from numpyro.infer.util import potential_energy
 
+from numpyro_vmt import guide_sites as sites
 from numpyro_vmt import mass as dense_mass
 from numpyro_vmt.langevin import init, scan_steps
 from numpyro_vmt.rng import RNG, as_rng
@@ -122,12 +122,6 @@ class MCMCTeachingState(NamedTuple):
     chains: Any = None
     mass: Any = None
     average: Any = None
-
-
-def _guide_scale(x):
-    """Per-coordinate standard deviation of draws ``(n, D)``; 1 where it is 0 or not finite."""
-    s = x.std(0)
-    return jnp.where(jnp.isfinite(s) & (s > 0), s, jnp.ones_like(s))
 
 
 def _check(num_particles, elbo_weight, adapt_iterations, target_accept_prob, precondition):
@@ -239,14 +233,14 @@ class MCMCTeaching:
             raise ValueError("rng is required: pass a jax.random key or an int seed")
         svi_state = self._svi.init(key, *args, **kwargs)
         params = self._svi.get_params(svi_state)
-        self._latent = self._latent_sites(jax.random.PRNGKey(0), params, args, kwargs)
+        self._latent = sites.latent_sites(self.model, self.guide, jax.random.PRNGKey(0), params, args, kwargs)
         chains, mass = None, None
         dtype = jnp.result_type(float)
         if self.persistent or self.dense:
             k_sub, k_draw = jax.random.split(jax.random.fold_in(key, 1))
-            sub = self._subsample(k_sub, params, args, kwargs, check_persistent=self.persistent)
+            sub = sites.subsample(self.model, self.guide, k_sub, params, args, kwargs, self.persistent)
             guide = handlers.substitute(self.guide, data=sub)
-            draws = jax.vmap(lambda k: ravel_pytree(self._draw(guide, params, k, args, kwargs))[0])(
+            draws = jax.vmap(lambda k: ravel_pytree(sites.draw(guide, self._latent, params, k, args, kwargs))[0])(
                 jax.random.split(k_draw, self.num_particles))
             chains = draws if self.persistent else None
             mass = dense_mass.init(draws.shape[1], dtype) if self.dense else None
@@ -305,17 +299,17 @@ class MCMCTeaching:
         svi_state = state.svi_state
         rng_key, k_sub, k_draw, k_rev, k_elbo = jax.random.split(svi_state.rng_key, 5)
         params = self._svi.get_params(svi_state)  # the live iterate (not the average) is trained
-        sub = self._subsample(k_sub, params, args, kwargs)
+        sub = sites.subsample(self.model, self.guide, k_sub, params, args, kwargs)
         guide = handlers.substitute(self.guide, data=sub)
         model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
 
         # with precondition, n more draws (independent of the revised ones) set the scale
-        u0 = jax.vmap(lambda k: self._draw(guide, params, k, args, kwargs))(
+        u0 = jax.vmap(lambda k: sites.draw(guide, self._latent, params, k, args, kwargs))(
             jax.random.split(k_draw, 2 * n if self.precondition else n))
         _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], u0))
         x_all = jax.vmap(lambda u: ravel_pytree(u)[0])(u0)
         x0 = state.chains if self.persistent else x_all[:n]
-        scale = _guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
+        scale = sites.guide_scale(x_all[n:]) if self.precondition else jnp.ones_like(x0[0])
         # u = A y: A the dense window's Cholesky factor, else (and before its first window) diag(scale)
         to_u, to_y, grad_u = dense_mass.coordinates(scale, state.mass if self.dense else None)
         one = partial(potential_energy, model, args, kwargs)
@@ -330,7 +324,7 @@ class MCMCTeaching:
 
         def loss_fn(unconstrained):
             p = self._svi.constrain_fn(unconstrained)
-            log_q = jax.vmap(lambda u: self._log_q(guide, p, u, args, kwargs))(u_k).mean()
+            log_q = jax.vmap(lambda u: sites.log_q(self.guide, guide, self._latent, p, u, args, kwargs))(u_k).mean()
             elbo = jnp.full((), jnp.nan, log_q.dtype)
             loss = -log_q
             if self.elbo_weight > 0:
@@ -382,50 +376,3 @@ class MCMCTeaching:
         new = MCMCTeachingState(SVIState(optim_state, svi_state.mutable_state, rng_key), step, da, i + 1, info,
                                 chains, mass, average)
         return new, loss
-
-    # ------------------------------------------------------------------ helpers
-    def _latent_sites(self, key, params, args, kwargs) -> dict:
-        """``{name: support}`` of the model's continuous latent sites (checked against the guide)."""
-        k_guide, k_model = jax.random.split(key)
-        guide_trace = handlers.trace(handlers.seed(handlers.substitute(self.guide, data=params), k_guide)
-                                     ).get_trace(*args, **kwargs)
-        model_trace = handlers.trace(handlers.seed(handlers.substitute(self.model, data=params), k_model)
-                                     ).get_trace(*args, **kwargs)
-        latent = {k: s for k, s in model_trace.items() if s["type"] == "sample" and not s["is_observed"]}
-        discrete = [k for k, s in latent.items() if s["fn"].is_discrete]
-        if discrete:
-            raise NotImplementedError(f"MCMCTeaching needs continuous latent sites; {discrete} are discrete")
-        missing = sorted(set(latent) - set(guide_trace))
-        if missing:
-            raise ValueError(f"the guide does not sample the model's latent sites {missing}")
-        return {k: s["fn"].support for k, s in latent.items()}
-
-    def _draw(self, guide, params, key, args, kwargs) -> dict:
-        """One guide draw: the unconstrained values of the model's latent sites."""
-        tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=params), key)).get_trace(*args, **kwargs)
-        return {name: biject_to(support).inv(tr[name]["value"]) for name, support in self._latent.items()}
-
-    def _subsample(self, key, params, args, kwargs, check_persistent: bool = False) -> dict:
-        """This update's subsample indices ``{plate: indices}``: the guide's, then the model's.
-        ``check_persistent``: refuse subsampling plates (``persistent=True``)."""
-        k_guide, k_model = jax.random.split(key)
-        guide_trace = handlers.trace(handlers.seed(handlers.substitute(self.guide, data=params), k_guide)
-                                     ).get_trace(*args, **kwargs)
-        sub = {k: s["value"] for k, s in guide_trace.items() if s["type"] == "plate"}
-        model = handlers.substitute(handlers.substitute(self.model, data=params), data=sub)
-        model_trace = handlers.trace(handlers.seed(model, k_model)).get_trace(*args, **kwargs)
-        sub.update({k: s["value"] for k, s in model_trace.items() if s["type"] == "plate"})
-        subsampled = sorted(k for tr in (guide_trace, model_trace) for k, s in tr.items()
-                            if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0])
-        if check_persistent and subsampled:
-            raise ValueError(f"persistent=True keeps every latent value from step to step; the subsampling "
-                             f"plates {subsampled} redraw their local latents each step")
-        return sub
-
-    def _log_q(self, guide, params, u, args, kwargs):
-        """``log q_φ`` of one particle ``u`` (unconstrained values of the model's latent sites)."""
-        if isinstance(self.guide, AutoContinuous):
-            values = {f"_{self.guide.prefix}_latent": ravel_pytree({k: u[k] for k in self.guide._init_locs})[0]}
-        else:
-            values = {k: biject_to(self._latent[k])(v) for k, v in u.items()}
-        return log_density(guide, args, kwargs, {**params, **values})[0]

@@ -81,12 +81,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoContinuous, AutoDelta, AutoNormal
+from pyro.infer.autoguide import AutoDelta
 from pyro.infer.util import zero_grads
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from pyro.ops.dual_averaging import DualAveraging
+from pyro_vmt import guide_sites as sites
 from pyro_vmt.langevin import Langevin
 from pyro_vmt.mass import DenseMass, coordinates
 from pyro_vmt.potential import ChainPlatePotential
@@ -299,7 +299,7 @@ class MCMCTeaching:
         return losses
 
     def _iterate(self, update: bool, args: tuple, kwargs: dict) -> Tuple[float, MCMCTeachingInfo]:
-        sub, latent, nest, model_trace = self._prototype(args, kwargs)
+        sub, latent, nest, model_trace = sites.prototype(self.model, self.guide, args, kwargs, self.persistent)
         n = self.num_particles
         transforms = {k: biject_to(s["fn"].support).inv for k, s in latent.items()}
         shapes = {k: tuple(s["value"].shape) for k, s in latent.items()}
@@ -317,11 +317,11 @@ class MCMCTeaching:
                 raise ValueError(f"the persistent chains have shape {tuple(self.chains.shape)}, this step's "
                                  f"latent values {tuple(x0.shape)}: did the model change?")
             x0 = self.chains
-        scale = _guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
+        scale = sites.guide_scale(x_all[1]) if self.precondition else torch.ones_like(x0[0])
         # u = A y: A the dense window's Cholesky factor, else (and before its first window) diag(scale)
         to_u, to_y, grad_u = coordinates(scale, self.mass)
         y0 = to_y(x0)
-        flat = _flat(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
+        flat = sites.flat_potential(ChainPlatePotential(poutine.condition(self.model, data=sub), args, kwargs,
                                          transforms, model_trace, nest), shapes)
         # MALA in whitened coordinates y: a constant mass matrix, exact (constant Jacobian)
         sampler = Langevin(lambda y: flat(to_u(y)), self.step_size, self.num_steps, self.noise_scale,
@@ -333,12 +333,12 @@ class MCMCTeaching:
             first = int(torch.nonzero(rev.is_divergent.any(1))[0]) if bool(rev.is_divergent.any()) else 0
             raise DivergenceError(divergence_message(first, int((~finite).sum()), n, self.step_size))
         x_k = to_u(state.position).detach()
-        u_k = _unflatten(x_k, shapes)
-        values = self._condition_data(u_k, transforms, draw, n)
+        u_k = sites.unflatten(x_k, shapes)
+        values = sites.condition_data(self.guide, u_k, transforms, draw, n)
         with poutine.trace(param_only=True) as capture:
             with pyro.plate(_PARTICLES, n, dim=-nest - 1):
                 tr = poutine.trace(poutine.condition(guide, data=values)).get_trace(*args, **kwargs)
-            log_q = _per_particle_log_prob(tr, n).mean()
+            log_q = sites.per_particle_log_prob(tr, n).mean()
             if not torch.isfinite(log_q):
                 raise ValueError("the guide's log density at the revised draws is not finite; is it a guide "
                                  "with auxiliary variables or point masses (not supported)?")
@@ -362,75 +362,3 @@ class MCMCTeaching:
                                 self.step_size, float(grad_u(state.grad).norm(dim=1).mean()),
                                 int(rev.is_divergent.any(0).sum()))
         return info.loss, info
-
-    # ------------------------------------------------------------------ helpers
-    def _prototype(self, args, kwargs) -> Tuple[Dict[str, torch.Tensor], Dict[str, dict], int, Any]:
-        """Subsample indices of this step, the model's latent sites, the plate nesting, the model's trace."""
-        guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)  # also creates its params
-        sub = {k: s["value"] for k, s in guide_trace.nodes.items() if site_is_subsample(s)}
-        with poutine.block():
-            model_trace = poutine.trace(poutine.condition(self.model, data=sub)).get_trace(*args, **kwargs)
-        sub.update({k: s["value"] for k, s in model_trace.nodes.items() if site_is_subsample(s)})
-        subsampled = sorted(k for tr in (guide_trace, model_trace) for k, s in tr.nodes.items()
-                            if site_is_subsample(s) and s["value"].numel() < s["fn"].size)
-        if self.persistent and subsampled:
-            raise ValueError(f"persistent=True keeps every latent value from step to step; the subsampling "
-                             f"plates {subsampled} redraw their local latents each step")
-        latent = {k: s for k, s in model_trace.nodes.items()
-                  if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
-        discrete = [k for k, s in latent.items() if s["fn"].support.is_discrete]
-        if discrete:
-            raise NotImplementedError(f"MCMCTeaching needs continuous latent sites; {discrete} are discrete")
-        missing = sorted(set(latent) - set(guide_trace.nodes))
-        if missing:
-            raise ValueError(f"the guide does not sample the model's latent sites {missing}")
-        dims = [f.dim for tr in (model_trace, guide_trace) for s in tr.nodes.values() if s["type"] == "sample"
-                for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None]
-        return sub, latent, (-min(dims) if dims else 0), model_trace
-
-    def _condition_data(self, u_k, transforms, draw, n) -> Dict[str, torch.Tensor]:
-        """What to condition the guide on so that it scores the revised draws."""
-        def like(name, value):
-            return value.reshape(draw.nodes[name]["value"].shape)
-
-        guide = self.guide
-        if isinstance(guide, AutoNormal):
-            return {k + "_unconstrained": like(k + "_unconstrained", u) for k, u in u_k.items()}
-        if isinstance(guide, AutoContinuous):
-            packed = torch.cat([u_k[k].reshape(n, -1) for k, _ in guide.prototype_trace.iter_stochastic_nodes()], -1)
-            name = f"_{guide._pyro_name}_latent"
-            return {name: like(name, packed)}
-        return {k: like(k, transforms[k].inv(u)) for k, u in u_k.items()}
-
-
-def _guide_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-coordinate standard deviation of draws ``(n, D)``; 1 where it is 0 or not finite."""
-    s = x.std(0, unbiased=False)
-    return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
-
-
-def _flat(potential: ChainPlatePotential, shapes: Dict[str, tuple]) -> Callable:
-    """``U`` of flat positions ``(n, D)`` -> ``(n,)``."""
-    return lambda x: potential(_unflatten(x, shapes))
-
-
-def _unflatten(x: torch.Tensor, shapes: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
-    out, pos = {}, 0
-    for k, shape in shapes.items():
-        size = math.prod(shape)
-        out[k] = x[:, pos:pos + size].reshape((x.shape[0],) + shape)
-        pos += size
-    return out
-
-
-def _per_particle_log_prob(trace, n: int) -> torch.Tensor:
-    """``log q`` of each particle: the sum of every site's log density over its other dims."""
-    trace.compute_log_prob(site_filter=lambda name, site: not site_is_subsample(site))
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = site["log_prob"]
-        # a site outside the particle plate (none of an AutoGuide's) is shared by all particles
-        total = total + (lp.reshape(n, -1).sum(1) if lp.ndim and lp.shape[0] == n else lp.sum() / n)
-    return total
