@@ -313,7 +313,12 @@ def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
                 rows.append((name, GUIDE_LABELS[label], f(d["mean_err_max" + u]),
                              " / ".join(f(d[f"sd_ratio_{k}{u}"]) for k in ("min", "median", "max")),
                              f(d["sd_in_band" + u]), f(d["mala_ess_per_grad"], 3) if "mala_ess_per_grad" in d else ""))
-            rows.append((name, "NUTS (init_to_median)", "", "", "", f(s["nuts_ess_per_grad"], 3)))
+            # NUTS's own draws, scored like a guide (files before that: its ESS alone)
+            nuts = [f(s["nuts"]["mean_err_max" + u]), " / ".join(f(s["nuts"][f"sd_ratio_{k}{u}"]) for k in
+                                                                 ("min", "median", "max")),
+                    f(s["nuts"]["sd_in_band" + u])] if "nuts" in s else ["", "", ""]
+            grads = f", {s['nuts_grads']['mean']:,.0f} grads" if "nuts_grads" in s else ""
+            rows.append((name, f"NUTS draws (init_to_median{grads})", *nuts, f(s["nuts_ess_per_grad"], 3)))
         block += [f"**{space}**, mean ± sd over seeds:", "",
                   md_table(["target", "guide", "max mean err", "sd ratio min / median / max", "in [0.8, 1.2]",
                             "MALA ESS/grad"], rows), ""]
