@@ -74,7 +74,9 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     samples follow the EBM's own branch weights, not the VAE's. The chains start from
     one proposal each on the first `fit()`; training then needs `fit()` on arrays (the
     rows must be known) and ``path_refresh=True`` (a row's chain is revisited only
-    every ``n / m`` iterations, so a stale path term would be many updates old).
+    every ``n / m`` iterations, so a stale path term would be many updates old). On a
+    mesh the chains are replicated and each device moves the chains of its block of
+    the minibatch's rows: the numbers of one device, as for the other options.
 
     Examples
     --------
@@ -100,9 +102,6 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         if self.vae is not None and self.vae.cond_shape != energy.cond_shape:
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
-        if self.config.correction and mesh is not None:
-            raise NotImplementedError("correction='mh' with the conditional teacher on a mesh is not implemented: "
-                                      "its chains, one per training row, are not split over the devices")
         if self.config.correction and not self.config.path_refresh:
             raise ValueError("correction='mh' with the conditional teacher needs path_refresh=True: a row's chain "
                              "is revisited only every n/m iterations, so a stale path term would be many updates old")

@@ -245,8 +245,10 @@ def update_core(spec: Spec, state: TeachingState, batch: Array, draws: Optional[
         else:  # chain j targets p(y | x_j) and proposes from the conditional VAE at x_j
             if rows is None:
                 raise ValueError(KEYED)
-            moved, minfo = mh.update_chains(k_init, jax.tree.map(lambda a: a[rows], state.chains),
-                                            *given(eqx.combine(state.energy, spec.energy), vae, ctx), n, cfg)
+            # the rows' chains split over the mesh with their rows (the chains themselves are replicated)
+            mine = constrain(jax.tree.map(lambda a: a[rows], state.chains), spec.mesh, sharded=True)
+            moved, minfo = mh.update_chains(k_init, mine, *given(eqx.combine(state.energy, spec.energy), vae, ctx),
+                                            n, cfg)
             chains = jax.tree.map(lambda a, b: a.at[rows].set(b), state.chains, moved)
         x_tilde, starts = jax.lax.stop_gradient(moved.position), ChainStarts(moved.position, None, None)
         zero = jnp.zeros((), jnp.int32)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from pyro_vmt import correction, mh
+from pyro_vmt import correction, distributed, mh
 from pyro_vmt.conditional_energy import ConditionalEnergyModel
 from pyro_vmt.conditional_vae import ConditionalVAE
 from pyro_vmt.given import given
@@ -67,7 +67,11 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
     the minibatch's rows (drawn without replacement) propose paths from the
     conditional VAE at their own ``x_j`` and accept them by Metropolis–Hastings
     ([`pyro_vmt.given`][pyro_vmt.given]'s bound energy and VAE); training then needs
-    `fit()` on arrays and ``path_refresh=True``.
+    `fit()` on arrays and ``path_refresh=True``. On a mesh of $W$ ranks rank $r$ owns
+    the chains of the $r$-th block of $n/W$ training rows ($n$ a multiple of $W$) and
+    draws its $m/W$ rows of each minibatch from that block (a stratified minibatch,
+    unbiased as the blocks are equal); the checkpoint holds every rank's chains, in row
+    order, and loads into any number of ranks that divides $n$.
 
     Examples
     --------
@@ -93,9 +97,6 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
         if self.vae is not None and self.vae.cond_shape != energy.cond_shape:
             raise ValueError(f"VAE conditioning shape {self.vae.cond_shape} differs from the energy's "
                              f"{energy.cond_shape}")
-        if self.config.correction and mesh is not None:
-            raise NotImplementedError("correction='mh' with the conditional teacher on a mesh is not implemented: "
-                                      "its chains, one per training row, are not split over the devices")
         if self.config.correction and not self.config.path_refresh:
             raise ValueError("correction='mh' with the conditional teacher needs path_refresh=True: a row's chain "
                              "is revisited only every n/m iterations, so a stale path term would be many updates old")
@@ -177,13 +178,18 @@ class ConditionalVariationalMCMCTeaching(VariationalMCMCTeaching):
 
     def _start_row_chains(self, data: Tuple[Tensor, Tensor]) -> None:
         """One proposal path per training row, the chains' first states (once per data set)."""
-        x = data[0]
+        x, w = data[0], distributed.num_shards(self._group)
+        if x.shape[0] % w:
+            raise ValueError(f"{x.shape[0]} training pairs do not split evenly over the {w} ranks of the process "
+                             f"group: with correction='mh' each rank keeps the chains of its block of the rows; "
+                             f"use a multiple of {w} pairs")
+        x = distributed.split_batch(self._group, None, x, None)[1]  # this rank's block of the rows
         have, n = (0 if self.chains is None else self.chains.position.shape[0]), x.shape[0]
         if have == n:
             return
         if have:
-            raise ValueError(f"this teacher keeps one chain per row of the {have} training pairs it was first "
-                             f"fitted on (correction='mh'); fit() got {n} pairs")
+            raise ValueError(f"this teacher keeps one chain per row of the {have * w} training pairs it was first "
+                             f"fitted on (correction='mh'); fit() got {n * w} pairs")
         cfg = self.config
         vae, opts = self._proposal(None)
         m = n if vae is None else cfg.num_noise_chains(n)

@@ -179,7 +179,10 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
         try:
             ctx, batch = context_and_data(tensors)
             cfg = self.config
-            ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
+            if rows is None:
+                ctx, batch, n = distributed.split_batch(self._group, ctx, batch, cfg.num_samples)  # this rank's share
+            else:  # a keyed conditional batch is this rank's rows already (see fit)
+                n = batch.shape[0]
             chains, minfo, diag = self.chains, None, None
             failed: Optional[BaseException] = None  # on a mesh: this rank failed (told to every rank below)
             try:
@@ -336,8 +339,12 @@ class VariationalMCMCTeaching(SamplingMixin, PersistenceMixin):
             else:  # the minibatch draw is part of the iteration: undone with it on failure
                 rng_state = self.generator.get_state()
                 if keyed(self.config, data):  # distinct rows: each row's chain moves at most once an iteration
-                    idx = torch.randperm(rows_in_data, generator=self.generator, device=self.device)[:batch_size]
-                    info = self._iterate(_take(data, idx), None, rng_state, rows=idx)
+                    # on a mesh, from this rank's block of rows, whose chains it keeps
+                    w = distributed.num_shards(self._group)
+                    block = rows_in_data // w
+                    idx = torch.randperm(block, generator=self.generator, device=self.device)[:batch_size // w]
+                    info = self._iterate(_take(data, idx + distributed.rank(self._group) * block), None, rng_state,
+                                         rows=idx)
                 else:
                     idx = torch.randint(rows_in_data, (batch_size,), generator=self.generator, device=self.device)
                     info = self._iterate(_take(data, idx), None, rng_state)

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from numpyro_vmt import (ConditionalEnergyModel, ConditionalVariationalMCMCTeaching, EnergyModel, VAE,
-                         VariationalMCMCTeaching)
+from numpyro_vmt import (VAE, ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching,
+                         EnergyModel, VariationalMCMCTeaching)
 from numpyro_vmt.nets import conditional_networks
 from numpyro_vmt.nets import default_networks
 
@@ -35,6 +35,12 @@ def params(t):
 def diff(a, b):
     pa, pb = params(a), params(b)
     return float(np.max(np.abs(pa - pb)) / np.max(np.abs(pa)))
+
+
+def chains_diff(a, b):
+    """Largest difference of the persistent chains' positions, relative to their size."""
+    ca, cb = np.asarray(a.state.chains.position), np.asarray(b.state.chains.position)
+    return float(np.max(np.abs(ca - cb)) / np.max(np.abs(ca)))
 
 
 def error(fn):
@@ -70,6 +76,22 @@ def main():
     for c in cond:
         c.fit((x, 2 * x), num_iters=2, batch_size=8, progress=False)
     out["conditional"] = diff(*cond)
+    # exact teaching: persistent MH chains, unconditional (split with the batch) and conditional
+    # (one replicated chain per training row, each device moving its block of the minibatch's rows)
+    mh = [teacher(m, num_samples=16, correction="mh", local_steps=2) for m in (None, 4)]
+    for t in mh:
+        t.fit(DATA, num_iters=3, batch_size=16, progress=False)
+    out["mh"] = diff(*mh)
+    out["mh_chains"] = chains_diff(*mh)
+    e_net, enc, dec = conditional_networks((1,), (1,), latent_dim=1, hidden=(8,))
+    cond_mh = [ConditionalVariationalMCMCTeaching(ConditionalEnergyModel(e_net, (1,), (1,)),
+                                                  ConditionalVAE(enc, dec, 1, (1,), (1,)), rng=1, mesh=m,
+                                                  correction="mh", local_steps=2, **OPTIONS) for m in (None, 4)]
+    hist = [c.fit((x, 2 * x), num_iters=3, batch_size=8, progress=False) for c in cond_mh]
+    out["conditional_mh"] = diff(*cond_mh)
+    out["conditional_mh_chains"] = chains_diff(*cond_mh)
+    out["conditional_mh_acceptance"] = [float(np.max(np.abs(hist[0]["path_acceptance"] - hist[1]["path_acceptance"]))),
+                                        float(np.mean(hist[0]["path_acceptance"]))]
     # checkpoints: sharded -> single device -> sharded, against an uninterrupted run
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "c.ckpt")

@@ -43,6 +43,15 @@ def test_four_devices_give_the_parameters_of_one(result):
     assert result["conditional"] < TOL      # the context is split with its rows
 
 
+def test_exact_teaching_on_four_devices_gives_the_numbers_of_one(result):
+    # correction="mh": the persistent chains move as on one device, and so do the parameters;
+    # conditionally one replicated chain per training row, each device moving its rows' block
+    for key in ("mh", "mh_chains", "conditional_mh", "conditional_mh_chains"):
+        assert result[key] < TOL, key
+    gap, acceptance = result["conditional_mh_acceptance"]
+    assert gap < 1e-6 and 0 < acceptance < 1  # the same accept decisions, and both kinds happened
+
+
 def test_parameters_are_replicated_on_every_device(result):
     assert result["replicated"]
 

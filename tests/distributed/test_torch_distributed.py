@@ -58,6 +58,20 @@ def test_exact_teaching_shards_the_chains(result):
     assert result["mh_ckpt_chain_rows"] == 32 and result["mh_single_chain_rows"] == 32
 
 
+def test_exact_conditional_teaching_keeps_each_ranks_rows(result):
+    """Conditional correction="mh" on a mesh: rank r keeps the chains of its block of the
+    40 training rows (20 each) and draws its half of every minibatch from them; the ranks
+    take the same parameter step, the checkpoint holds all 40 chains and resumes bit for
+    bit (a checkpoint that mixed up the blocks would not), one process loads it and trains
+    on, and a number of rows that does not split is named."""
+    assert result["cmh_ranks_agree"] == 0.0
+    for out in result["rank_outputs"]:
+        assert out["cmh_chain_rows"] == 20 and out["cmh_resumed"] == 0.0
+        assert 0.0 <= out["cmh_acceptance"] <= 1.0
+        assert "39 training pairs" in out["cmh_err_rows"] and "multiple of 2" in out["cmh_err_rows"]
+    assert result["cmh_ckpt_chain_rows"] == 40 and result["cmh_single_chain_rows"] == 40
+
+
 def test_divergence_on_one_rank_stops_both(result):
     rank0, rank1 = result["rank_outputs"]
     assert "1 of 2 ranks failed" in rank0["err_divergence"]

@@ -4,7 +4,6 @@ one JSON object of measured differences and caught errors."""
 
 import json
 import math
-import os
 import sys
 import tempfile
 import warnings
@@ -13,15 +12,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pyro_vmt import VAE, EnergyModel, VariationalMCMCTeaching
+from pyro_vmt import (VAE, ConditionalEnergyModel, ConditionalVAE, ConditionalVariationalMCMCTeaching, EnergyModel,
+                      VariationalMCMCTeaching)
 from pyro_vmt.distributed import rank_seed
-from pyro_vmt.nets import default_networks
+from pyro_vmt.nets import conditional_networks, default_networks
 from pyro_vmt.update import energy_loss, revise, start_chains, vae_loss
 from vmt.core.errors import DivergenceError
 
 WORLD, SEED, ITERS = 2, 3, 3
 OPTIONS = dict(step_size=0.05, num_steps=4, energy_lr=1e-2, vae_lr=1e-2, num_samples=32, grad_clip=1.0)
 DATA = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+_X = torch.linspace(0, 1, 40)[:, None]
+PAIRS = (_X, 2 * _X)  # 40 training pairs, 20 per rank
 
 
 def teacher(mesh=None, rng=SEED, **extra):
@@ -29,6 +31,13 @@ def teacher(mesh=None, rng=SEED, **extra):
     options = dict(OPTIONS, **extra)
     vae = VAE(enc, dec, 2, (2,)) if options.get("init", "vae") == "vae" else None
     return VariationalMCMCTeaching(EnergyModel(e_net, (2,)), vae, rng=rng, mesh=mesh, **options)
+
+
+def cond_teacher(mesh=None):
+    e_net, enc, dec = conditional_networks((1,), (1,), latent_dim=1, hidden=(8,))
+    return ConditionalVariationalMCMCTeaching(ConditionalEnergyModel(e_net, (1,), (1,)),
+                                              ConditionalVAE(enc, dec, 1, (1,), (1,)), rng=SEED, mesh=mesh,
+                                              step_size=0.05, num_steps=4, correction="mh", local_steps=2)
 
 
 def flat(t):
@@ -85,6 +94,20 @@ def rank_main(rank, tmp):
     mq.load(f"{tmp}/mh.ckpt")
     mq.step(batches()[2])
     out["mh_resumed"] = float(max((a - b).abs().max() for a, b in zip([flat(mq), *mq.chains], [flat(m), *m.chains])))
+    # exact conditional teaching: rank r keeps the chains of its block of the 40 training rows
+    c = cond_teacher(mesh)
+    c.fit(PAIRS, num_iters=2, batch_size=8, progress=False)
+    c.save(f"{tmp}/cmh.ckpt")
+    info = c.fit(PAIRS, num_iters=1, batch_size=8, progress=False)
+    out["cmh_acceptance"] = float(info["path_acceptance"][-1])
+    out["cmh_chain_rows"] = int(c.chains.position.shape[0])
+    torch.save(flat(c), f"{tmp}/cmh{rank}.pt")
+    cq = cond_teacher(mesh)
+    cq.load(f"{tmp}/cmh.ckpt")
+    cq.fit(PAIRS, num_iters=1, batch_size=8, progress=False)
+    out["cmh_resumed"] = float(max((a - b).abs().max() for a, b in zip([flat(cq), *cq.chains], [flat(c), *c.chains])))
+    out["cmh_err_rows"] = caught(lambda: cond_teacher(mesh).fit(tuple(a[:39] for a in PAIRS), num_iters=1,
+                                                                 batch_size=8, progress=False))
     # bad configurations: a batch that does not split, a mesh without "data", a generator
     out["err_batch"] = caught(lambda: t.step(DATA[:5]))
     out["err_fit"] = caught(lambda: t.fit(DATA, num_iters=1, batch_size=7, progress=False))
@@ -143,6 +166,13 @@ def main():
             warnings.simplefilter("ignore")
             mh_single.load(f"{tmp}/mh.ckpt")
         mh_single.step(batches()[2])
+        cmh_ranks = [torch.load(f"{tmp}/cmh{r}.pt") for r in range(WORLD)]
+        cmh_ckpt = torch.load(f"{tmp}/cmh.ckpt", weights_only=True)["state"]
+        cmh_single = cond_teacher()  # one process takes all 40 chains and trains on
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmh_single.load(f"{tmp}/cmh.ckpt")
+        cmh_single.fit(PAIRS, num_iters=1, batch_size=8, progress=False)
         # the 2-rank checkpoint in one process: weights load, the buffer is whole, the RNG is reseeded
         single = teacher(init="persistent", buffer_size=64)
         with warnings.catch_warnings(record=True) as caught_warnings:
@@ -164,6 +194,9 @@ def main():
         "mh_ranks_agree": float((mh_ranks[0] - mh_ranks[1]).abs().max()),
         "mh_ckpt_chain_rows": int(mh_ckpt["chains"]["position"].shape[0]),
         "mh_single_chain_rows": int(mh_single.chains.position.shape[0]),
+        "cmh_ranks_agree": float((cmh_ranks[0] - cmh_ranks[1]).abs().max()),
+        "cmh_ckpt_chain_rows": int(cmh_ckpt["chains"]["position"].shape[0]),
+        "cmh_single_chain_rows": int(cmh_single.chains.position.shape[0]),
         "loss_finite": all(math.isfinite(o["loss"]) for o in outs),
         "rank_outputs": outs,
     }
