@@ -146,9 +146,11 @@ RECIPES = {
     # step_size ≈ 0.8 × the density's local scale (mode or ring/spiral noise sd). Exact
     # teaching on every 2-D data set: it won over three seeds (docs/benchmarks.md,
     # docs/theory.md): the held-out log-likelihood within 0.3 nats of the truth's where
-    # plain teaching's EBM is a spike or lost modes. grid25's 25 sharp modes need twice
-    # the budget to narrow (high-quality fraction 0.63–0.83 at 10k iterations, 0.90–0.95 at 20k).
-    "grid25": _toy("grid25", num_iters=20_000, **EXACT),
+    # plain teaching's EBM is a spike or lost modes. grid25's 25 sharp modes need a third
+    # hidden layer to narrow: with two, the learned modes are 1.25–1.45 times too wide
+    # (high-quality fraction 0.63–0.83 at 10k iterations, 0.90–0.95 at 20k, 0.92–0.97 at
+    # 30k); with three, 1.0–1.07 times at 10k (docs/theory.md).
+    "grid25": _toy("grid25", hidden=(128, 128, 128), **EXACT),
     "8gaussians": _toy("8gaussians", step_size=0.25, **EXACT),
     "ring8": _toy("ring8", step_size=0.008, **EXACT),
     "rings": _toy("rings", step_size=0.06, **EXACT),
