@@ -142,8 +142,8 @@ per step."""
 QUALITY_2D = """\
 Variational MCMC teaching (`vmt`) against the baselines that share its code path,
 selected by `TeachingConfig.init`. `vmt` is the recipe as `vmt train` runs it: exact
-teaching on every data set (the settings of `vmt_mh`; grid25 with 20,000 iterations,
-the others 10,000). `vmt_paper` is the
+teaching on every data set (the settings of `vmt_mh`; grid25 with three hidden layers,
+the others two; 10,000 iterations). `vmt_paper` is the
 paper's plain algorithm (every chain from the VAE, the revised proposals are the
 negative samples), `vmt_mh` exact Metropolis–Hastings teaching (`correction="mh"`,
 annealed refreshed paths, 10 MALA steps on the chains between tests, learning rates
