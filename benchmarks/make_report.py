@@ -289,6 +289,10 @@ def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
     def f(d, digits=2):
         return f"{d['mean']:.{digits}f} ± {d['sd']:.{digits}f}"
 
+    def scores(d, u):  # max mean error, sd ratios, fraction in band
+        return (f(d["mean_err_max" + u]), " / ".join(f(d[f"sd_ratio_{k}{u}"]) for k in ("min", "median", "max")),
+                f(d["sd_in_band" + u]))
+
     block = [GUIDE_START]
     for data in files:
         block += ["Run: " + _machine(data["meta"], timing=False) + " "
@@ -310,15 +314,11 @@ def guide_teaching_tables(files: List[Dict[str, Any]], docs: Path) -> Path:
         for name, s in summary.items():
             for label in [k for k in GUIDE_LABELS if k in s]:
                 d = s[label]
-                rows.append((name, GUIDE_LABELS[label], f(d["mean_err_max" + u]),
-                             " / ".join(f(d[f"sd_ratio_{k}{u}"]) for k in ("min", "median", "max")),
-                             f(d["sd_in_band" + u]), f(d["mala_ess_per_grad"], 3) if "mala_ess_per_grad" in d else ""))
-            # NUTS's own draws, scored like a guide (files before that: its ESS alone)
-            nuts = [f(s["nuts"]["mean_err_max" + u]), " / ".join(f(s["nuts"][f"sd_ratio_{k}{u}"]) for k in
-                                                                 ("min", "median", "max")),
-                    f(s["nuts"]["sd_in_band" + u])] if "nuts" in s else ["", "", ""]
-            grads = f", {s['nuts_grads']['mean']:,.0f} grads" if "nuts_grads" in s else ""
-            rows.append((name, f"NUTS draws (init_to_median{grads})", *nuts, f(s["nuts_ess_per_grad"], 3)))
+                rows.append((name, GUIDE_LABELS[label], *scores(d, u),
+                             f(d["mala_ess_per_grad"], 3) if "mala_ess_per_grad" in d else ""))
+            # NUTS's own draws, scored like a guide
+            rows.append((name, f"NUTS draws (init_to_median, {s['nuts_grads']['mean']:,.0f} grads)",
+                         *scores(s["nuts"], u), f(s["nuts_ess_per_grad"], 3)))
         block += [f"**{space}**, mean ± sd over seeds:", "",
                   md_table(["target", "guide", "max mean err", "sd ratio min / median / max", "in [0.8, 1.2]",
                             "MALA ESS/grad"], rows), ""]
