@@ -4,7 +4,8 @@ the same injected random draws — the chains' starting draws and the Langevin n
 through :class:`~pyro_vmt.update.Draws`, and the VAE's reparameterisation noise
 ``z = μ + σ ε`` by fixing ``ε`` in each PPL's Normal distribution (the draw happens
 inside Pyro's / NumPyro's ``Trace_ELBO``). Compared to 1e-5: the diagnostics, the
-updated energy and VAE weights (one Adam step each) and the replay buffer.
+updated energy and VAE weights (one Adam step each) and the replay buffer; and the
+weights after five iterations under a learning-rate schedule (Adam's later steps).
 
 Torch runs its real ``VariationalMCMCTeaching.step`` with the draws bound into the
 ``start_chains`` / ``revise`` it calls; JAX runs ``update_core`` traced afresh in a new
@@ -50,14 +51,15 @@ def draws(seed=0):
                 buffer=g.uniform(-2, 2, (BUFFER, 2)))
 
 
-def twins(init):
+def twins(init, **options):
     te, je = twin_mlp(2, 1, (16, 16), seed=0)
     tenc, jenc = twin_mlp(2, 2 * LATENT, (16,), seed=1)
     tdec, jdec = twin_mlp(LATENT, 2, (16,), seed=2)
     tvae = pv.VAE(tenc, tdec, LATENT, (2,), kl_weight=2.0).double()
     jvae = nv.VAE(jenc, jdec, LATENT, (2,), kl_weight=2.0)
-    t = pv.VariationalMCMCTeaching(pv.EnergyModel(te, (2,), ref_scale=3.0), tvae, init=init, rng=0, **OPTIONS)
-    j = nv.VariationalMCMCTeaching(nv.EnergyModel(je, (2,), ref_scale=3.0), jvae, init=init, rng=0, **OPTIONS)
+    t = pv.VariationalMCMCTeaching(pv.EnergyModel(te, (2,), ref_scale=3.0), tvae, init=init, rng=0, **OPTIONS, **options)
+    j = nv.VariationalMCMCTeaching(nv.EnergyModel(je, (2,), ref_scale=3.0), jvae, init=init, rng=0, **OPTIONS,
+                                  **options)
     return t, j
 
 
@@ -115,3 +117,24 @@ def test_one_iteration_matches(init, monkeypatch):
     if init == "persistent":
         np.testing.assert_allclose(j_buf, t_buf, **TOL)
         assert not np.array_equal(t_buf, d["buffer"])
+
+
+def test_iterations_match_under_the_learning_rate_schedule(monkeypatch):
+    """Five iterations (the same injected draws each time): the optimisers' later steps,
+    where Adam's ``betas`` and bias corrections act (its first step is ``±lr`` whatever
+    they are), and the cosine decay of both learning rates agree across backends."""
+    d = draws(1)
+    t, j = twins("vae", lr_decay_steps=4, lr_final_ratio=0.1, betas=(0.6, 0.95))
+    fix_eps(monkeypatch, d["eps"])
+    given = jupdate.Draws(**{k: jnp.asarray(d[k]) for k in jupdate.Draws._fields})
+    core = jax.jit(lambda state, batch: jupdate.update_core.__wrapped__(j._spec, state, batch, given))
+    state = j.state
+    for _ in range(5):
+        run_torch(t, d, monkeypatch)
+        state, _, _ = core(state, jnp.asarray(d["batch"]))
+    energy, vae = eqx.combine(state.energy, j._spec.energy), eqx.combine(state.vae, j._spec.vae)
+    for a, b in zip(mlp_weights(t.energy.net), mlp_weights(energy.net)):
+        np.testing.assert_allclose(b, a, **TOL)
+    for part in ("encoder", "decoder"):
+        for a, b in zip(mlp_weights(getattr(t.vae, part)), mlp_weights(getattr(vae, part))):
+            np.testing.assert_allclose(b, a, **TOL, err_msg=part)
