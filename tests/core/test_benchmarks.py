@@ -214,3 +214,25 @@ def test_a_rerun_supersedes_the_earlier_row(monkeypatch):
     kept = make_report.supersede([old, new, older])
     methods = [[(r["method"], r["seed"], r["stale"]) for r in f["rows"]] for f in kept]
     assert methods == [[("noise", 0, True)], [("vmt", 0, False), ("vmt", 1, False)], [("persistent", 0, True)]]
+
+
+def test_the_baseline_target_names_who_beats_vmt_and_on_what():
+    """grid25's "better than every baseline" row: a baseline with sharper samples fails the
+    target and is named with the metric it wins; a collapsed baseline (no finite
+    log-likelihood) counts as beaten; all beaten on all three passes."""
+    sys.path.insert(0, str(BENCH))
+    import report_text
+
+    def row(method, hq, ll, kl):
+        return {"data": "grid25", "backend": "jax", "method": method, "seed": 0, "high_quality": hq, "loglik": ll,
+                "mode_kl": kl, "modes_covered": 25, "entropy": 0.065}
+
+    def target(*baselines):
+        rows = [row("vmt", 0.96, -0.2, 0.03), *baselines]
+        return next(line for line in report_text.quality_targets([{"rows": rows}], []) if "every EBM baseline" in line)
+
+    line = target(row("noise", 0.98, -66.0, 66.0), row("vmt_paper", 0.0, None, None), row("generator", 0.2, -15, 12))
+    assert line.endswith("| no |")
+    assert "not than noise (its high quality 0.980)" in line and "vmt_paper (no finite log-lik)" in line
+    assert target(row("generator", 0.2, -15, 12), row("vmt_paper", 0.0, None, None)).endswith("| yes |")
+    assert "its mode kl" in target(row("persistent", 0.5, -15, 0.01))
