@@ -287,7 +287,8 @@ def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> Li
             if theirs["loglik"] is None:  # a collapsed run: no finite likelihood to compare
                 beaten.append(f"{m} (no finite log-lik)")
                 continue
-            worse = [k for k in ours if (ours[k] <= theirs[k] if k != "mode_kl" else ours[k] >= theirs[k])]
+            worse = [k for k in ours if theirs[k] is not None
+                     and (ours[k] <= theirs[k] if k != "mode_kl" else ours[k] >= theirs[k])]
             (not_beaten if worse else beaten).append(
                 m + (" (its " + ", ".join(f"{k.replace('_', ' ')} {theirs[k]:.3f}" for k in worse) + ")" if worse else ""))
         lines.append(f"| {who}: better than every EBM baseline on high quality, log-lik "
