@@ -289,8 +289,8 @@ def quality_targets(q2d: List[Dict[str, Any]], qdig: List[Dict[str, Any]]) -> Li
                 continue
             worse = [k for k in ours if theirs[k] is not None
                      and (ours[k] <= theirs[k] if k != "mode_kl" else ours[k] >= theirs[k])]
-            (not_beaten if worse else beaten).append(
-                m + (" (its " + ", ".join(f"{k.replace('_', ' ')} {theirs[k]:.3f}" for k in worse) + ")" if worse else ""))
+            wins = ", ".join(f"{k.replace('_', ' ')} {theirs[k]:.3f}" for k in worse)
+            (not_beaten if worse else beaten).append(f"{m} (its {wins})" if worse else m)
         lines.append(f"| {who}: better than every EBM baseline on high quality, log-lik "
                      f"and mode-mass KL | better than {', '.join(beaten) or 'none'}"
                      f"{'; not than ' + ', '.join(not_beaten) if not_beaten else ''} | {'no' if not_beaten else 'yes'} |")

@@ -57,9 +57,9 @@ def twins(init, **options):
     tdec, jdec = twin_mlp(LATENT, 2, (16,), seed=2)
     tvae = pv.VAE(tenc, tdec, LATENT, (2,), kl_weight=2.0).double()
     jvae = nv.VAE(jenc, jdec, LATENT, (2,), kl_weight=2.0)
-    t = pv.VariationalMCMCTeaching(pv.EnergyModel(te, (2,), ref_scale=3.0), tvae, init=init, rng=0, **OPTIONS, **options)
-    j = nv.VariationalMCMCTeaching(nv.EnergyModel(je, (2,), ref_scale=3.0), jvae, init=init, rng=0, **OPTIONS,
-                                  **options)
+    options = {**OPTIONS, **options}
+    t = pv.VariationalMCMCTeaching(pv.EnergyModel(te, (2,), ref_scale=3.0), tvae, init=init, rng=0, **options)
+    j = nv.VariationalMCMCTeaching(nv.EnergyModel(je, (2,), ref_scale=3.0), jvae, init=init, rng=0, **options)
     return t, j
 
 
