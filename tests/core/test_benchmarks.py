@@ -133,7 +133,7 @@ def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monke
     git("init", "-q")
     files = ["vmt/a.py", "pyro_vmt/a.py", "numpyro_vmt/a.py", "benchmarks/speed.py", "benchmarks/results/s.json",
              "pyproject.toml", "tests/test_a.py", "docs/a.md", "examples/plot.py", "examples/logistic_regression_pyro.py",
-             "benchmarks/make_report.py", "benchmarks/report_text.py"]
+             "benchmarks/make_report.py", "benchmarks/report_text.py", "benchmarks/report/pages.py"]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("0\n")
@@ -145,7 +145,7 @@ def test_only_code_that_produces_the_numbers_makes_results_stale(tmp_path, monke
         (tmp_path / name).write_text("1\n")
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", name)
         produces = not name.startswith(("benchmarks/results", "tests", "docs", "examples/plot",
-                                         "benchmarks/make_report", "benchmarks/report_text"))
+                                         "benchmarks/make_report", "benchmarks/report_text", "benchmarks/report/"))
         assert common.same_code(base) is not produces, name
         git("reset", "-q", "--hard", base)
     assert common.same_code("0" * 40) is False  # a commit git does not know
