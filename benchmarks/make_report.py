@@ -7,7 +7,7 @@
 Reads ``speed.json``, ``gpu_smoke.json`` (if a GPU run was copied there), every ``quality_2d*.json`` (rows merged: e.g. one file per
 backend) and every ``quality_digits*.json`` from ``--results``; ``kernels_ess.json`` goes
 into the table of ``docs/kernels.md``, every ``guide_teaching*.json`` into the tables
-of ``docs/guide_teaching.md``. The prose of the page lives here, next to the
+of ``docs/guide_teaching.md`` (those two pages' tables are rendered by ``report/pages.py``). The prose of the page lives here, next to the
 tables it explains; the numbers come only from the JSON.
 
 Every result file carries the commit it was made at (``meta.git``, written by
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import report_text  # noqa: E402
 from common import md_table  # noqa: E402
-from report.pages import guide_teaching_tables, kernels_table, run_line as _machine  # noqa: E402
+from report.pages import guide_teaching_tables, kernels_table, run_line  # noqa: E402
 
 IMG = Path("img") / "benchmarks"  # relative to the docs folder
 
@@ -63,7 +63,7 @@ def _clocks(r: Dict[str, Any], backend: str):
 
 # ---------------------------------------------------------------------- speed
 def speed_section(speed: Dict[str, Any], docs: Path) -> List[str]:
-    out = ["## Speed", "", report_text.SPEED_INTRO, "", "Run: " + _machine(speed["meta"]), ""]
+    out = ["## Speed", "", report_text.SPEED_INTRO, "", "Run: " + run_line(speed["meta"]), ""]
     if "floor" in speed:
         rows = [(r["backend"], r["energy"], r["batch"], r["num_steps"], *_clocks(r, r["backend"]),
                  r["ratio_per_eval"], r["ms_floor"], _ok(common.headline(r, r["backend"]), 1.10)) for r in speed["floor"]]
@@ -122,7 +122,7 @@ def quality_2d_section(files: List[Dict[str, Any]], docs: Path) -> List[str]:
     rows = [r for f in files for r in f["rows"]]
     out = ["## Sample quality: 2-D densities", "", report_text.QUALITY_2D, ""]
     for f in files:
-        out += ["Run: " + _machine(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
+        out += ["Run: " + run_line(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
                 f"{', '.join(map(str, f['seeds']))}; data sets {', '.join(f['datasets'])}; methods "
                 f"{', '.join(f.get('methods', []))}.", ""]
     current = [f for f in files if not f["rows"][0].get("stale")]
@@ -168,7 +168,7 @@ def quality_digits_section(files: List[Dict[str, Any]], docs: Path) -> List[str]
     out = ["## Sample quality: 8×8 digits", "", report_text.DIGITS, ""]
     for f in files:
         rec, cfg = f["recipe"], f["recipe"]["config"]
-        out += ["Run: " + _machine(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
+        out += ["Run: " + run_line(f["meta"], timing=False) + f" Backends {', '.join(f['backends'])}; seeds "
                 f"{', '.join(map(str, f['seeds']))}; {f['num_samples']} samples per method; "
                 f"recipe: {rec['num_iters']} iterations, K = {cfg['num_steps']}, {rec['batch_size']} chains; "
                 f"classifier test accuracy {f['classifier_test_accuracy']:.3f}.", ""]
