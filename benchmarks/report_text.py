@@ -184,9 +184,9 @@ training images, 360 held out), with the digits recipe. Fréchet distance and im
 precision/recall (k = 3) in the 64 hidden features of a one-hidden-layer classifier
 trained on the training split (`vmt.evaluation.metrics.digit_scores`); the floor row compares the
 training images themselves with the held-out ones. *est. log-lik (paths)*: each EBM's
-held-out log-likelihood with $\log Z$ estimated from its own proposal paths (biased
+held-out log-likelihood with $\\log Z$ estimated from its own proposal paths (biased
 high); *VAE bound*: the VAE's held-out ELBO (a lower bound). In 64 dimensions the path
-weights can collapse onto one path — the delta-method standard error of $\log \hat Z$
+weights can collapse onto one path — the delta-method standard error of $\\log \\hat Z$
 is then about 1 — and the estimate is only a loose, optimistic number; the notes
 column says so where it happened."""
 

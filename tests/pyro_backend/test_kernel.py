@@ -168,11 +168,18 @@ def test_warmup_adaptation_reaches_target_acceptance():
     # buffer, so the final step lands near, not at, the target (as in NumPyro's; 0.72 seen)
     assert abs(float(out.sample_stats["acceptance_rate"].mean()) - 0.574) < 0.2
     assert (out.sample_stats["step_size"] == kernel.step_size.reshape(-1, 1)).all()
+    # one chain through pyro.infer.MCMC, from a step size 20 times too large: where one
+    # 500-step warmup ends varies with the seed (acceptance 0.55-0.83 seen over ten seeds),
+    # so the mean over six seeds is held to the band of the batched chains above
     pe1 = lambda p: 0.5 * (p["x"] ** 2).sum()  # noqa: E731
-    single = LangevinKernel(potential_fn=pe1, step_size=20.0, rng=6)
-    mcmc = MCMC(single, 500, 500, initial_params={"x": torch.zeros(10, dtype=F64)}, disable_progbar=True)
-    mcmc.run()
-    assert single.step_size < 3 and abs(mcmc.diagnostics()["acceptance rate"]["chain 0"] - 0.574) < 0.15
+    rates = []
+    for seed in range(6):
+        single = LangevinKernel(potential_fn=pe1, step_size=20.0, rng=seed)
+        mcmc = MCMC(single, 500, 500, initial_params={"x": torch.zeros(10, dtype=F64)}, disable_progbar=True)
+        mcmc.run()
+        assert single.step_size < 3
+        rates.append(mcmc.diagnostics()["acceptance rate"]["chain 0"])
+    assert abs(sum(rates) / len(rates) - 0.574) < 0.2, rates
 
 
 def test_kernel_pickles_and_reproduces_with_a_seed():
