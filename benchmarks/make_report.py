@@ -7,8 +7,9 @@
 Reads ``speed.json``, ``gpu_smoke.json`` (if a GPU run was copied there), every ``quality_2d*.json`` (rows merged: e.g. one file per
 backend) and every ``quality_digits*.json`` from ``--results``; ``kernels_ess.json`` goes
 into the table of ``docs/kernels.md``, every ``guide_teaching*.json`` into the tables
-of ``docs/guide_teaching.md`` (those two pages' tables are rendered by ``report/pages.py``). The prose of the page lives here, next to the
-tables it explains; the numbers come only from the JSON.
+of ``docs/guide_teaching.md`` (those two pages' tables are rendered by ``report/pages.py``).
+The prose of the page lives here, next to the tables it explains; the numbers come
+only from the JSON.
 
 Every result file carries the commit it was made at (``meta.git``, written by
 ``common.finish``). A result from other code than HEAD's, or from an uncommitted

@@ -10,14 +10,11 @@ page renderers this folder is not part of the measured code (``common.CODE`` tak
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import common  # noqa: E402
-from common import md_table  # noqa: E402
+import common  # benchmarks/ is on the path: this package is imported as make_report's `report`
+from common import md_table
 
 
 def run_line(meta: Dict[str, Any], timing: bool = True) -> str:
